@@ -1,0 +1,29 @@
+# `make demo` sets everything up and runs the main job; `make test` sets up and runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DISTS := lazarus-core lazarus-families lazarus-trainers lazarus-introspect lazarus-experts plugins/lazarus-example
+
+.PHONY: install demo test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python $(foreach d,$(DISTS),$(d)/pyproject.toml)
+	$(BIN)/python -m pip install --quiet -e "lazarus-core[test]" $(foreach d,$(filter-out lazarus-core,$(DISTS)),-e $(d))
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/lazarus plugins list --all
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,20 @@
+"""Errors meant for people. The CLI prints them as one line and exits with code 2."""
+
+from __future__ import annotations
+
+
+class LazarusError(Exception):
+    """A problem with the user's input or setup: the message says what, where and what to do."""
+
+    exit_code = 2
+
+
+class PluginError(LazarusError):
+    """A plugin failed to import or register (raised only with LAZARUS_STRICT_PLUGINS=1)."""
+
+
+class UnknownNameError(LazarusError, KeyError):
+    """No registered thing of that kind has that name."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return self.args[0] if self.args else ""

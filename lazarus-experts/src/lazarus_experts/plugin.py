@@ -1,0 +1,1 @@
+"""Registers the expert models of this distribution (imported on use)."""

@@ -1,0 +1,3 @@
+"""lazarus-families: a Lazarus plugin distribution."""
+
+__version__ = "0.1.0"

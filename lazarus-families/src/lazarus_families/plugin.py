@@ -1,0 +1,1 @@
+"""Registers the model families of this distribution (one module per family, imported on use)."""

@@ -1,0 +1,1 @@
+"""Registers the introspection probes of this distribution (imported on use)."""

@@ -1,0 +1,1 @@
+"""Registers the trainers and reward functions of this distribution (imported on use)."""
