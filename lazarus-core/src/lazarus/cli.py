@@ -6,6 +6,7 @@ mlx or model code.
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 
@@ -13,6 +14,12 @@ import click
 
 from lazarus import __version__
 from lazarus.errors import LazarusError
+
+
+#: core commands that live in their own module, as name -> "module:attribute". Those modules
+#: import only click at top level (mlx and model code are imported inside the command).
+CORE_COMMANDS: dict[str, str] = {
+}
 
 
 class _UserError(click.ClickException):
@@ -28,9 +35,12 @@ class LazarusGroup(click.Group):
         return {name: cmd for name, (_, cmd) in get_registry().commands.items()}
 
     def list_commands(self, ctx):
-        return sorted(set(super().list_commands(ctx)) | set(self._plugin_commands()))
+        return sorted(set(super().list_commands(ctx)) | set(CORE_COMMANDS) | set(self._plugin_commands()))
 
     def get_command(self, ctx, name):
+        if name in CORE_COMMANDS:
+            module, _, attr = CORE_COMMANDS[name].partition(":")
+            return getattr(importlib.import_module(module), attr)
         return super().get_command(ctx, name) or self._plugin_commands().get(name)
 
     def invoke(self, ctx):
@@ -184,7 +194,7 @@ def doctor(as_json: bool):
 def _reserve_core_commands() -> None:
     from lazarus import plugins as plugin_module
 
-    plugin_module.RESERVED_COMMANDS.update(main.commands)
+    plugin_module.RESERVED_COMMANDS.update(main.commands, CORE_COMMANDS)
 
 
 _reserve_core_commands()
