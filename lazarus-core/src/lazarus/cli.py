@@ -15,7 +15,6 @@ import click
 from lazarus import __version__
 from lazarus.errors import LazarusError
 
-
 #: core commands that live in their own module, as name -> "module:attribute". Those modules
 #: import only click at top level (mlx and model code are imported inside the command).
 CORE_COMMANDS: dict[str, str] = {
@@ -42,6 +41,13 @@ class LazarusGroup(click.Group):
             module, _, attr = CORE_COMMANDS[name].partition(":")
             return getattr(importlib.import_module(module), attr)
         return super().get_command(ctx, name) or self._plugin_commands().get(name)
+
+    def main(self, *args, **kwargs):
+        try:
+            return super().main(*args, **kwargs)
+        except LazarusError as exc:  # raised outside a command, e.g. while listing plugin commands
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(exc.exit_code)
 
     def invoke(self, ctx):
         try:
@@ -201,4 +207,4 @@ _reserve_core_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(main(prog_name="lazarus"))
