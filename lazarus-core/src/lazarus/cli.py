@@ -98,14 +98,21 @@ def plugins_list(as_json: bool, hook: str | None, show_all: bool):
     from rich.table import Table
 
     table = Table(title="Lazarus plugins")
-    for column in ("plugin", "distribution", "version", "status", "provides", "error"):
-        table.add_column(column, overflow="fold")
+    table.add_column("plugin", overflow="fold")
+    table.add_column("distribution", overflow="fold")
+    table.add_column("version", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("provides", overflow="fold", ratio=2)
     style = {"loaded": "green", "failed": "red", "blocked": "yellow"}
     for r in records:
         table.add_row(r.name, r.distribution, r.version, f"[{style[r.status]}]{r.status}[/]",
-                      _provides_text(r.provides), r.error or "")
+                      _provides_text(r.provides))
     console = Console()
     console.print(table)
+    # errors go below the table: they are long and would squeeze every column
+    for r in records:
+        if r.error:
+            console.print(f"[{style[r.status]}]{r.name}[/]: {r.error}", highlight=False)
     if not records:
         console.print("No plugins installed. Install some with: pip install lazarus-families lazarus-trainers")
 
