@@ -1,1 +1,89 @@
-"""Registers the introspection probes of this distribution (imported on use)."""
+"""Registers the introspection probes of this distribution and the ``lazarus introspect`` group.
+
+Each probe is a :class:`~lazarus.specs.ProbeSpec` whose ``entry`` names a click command; the
+``introspect`` group lists every registered probe (ours and other plugins') and imports a probe's
+module only when that probe is run, so ``lazarus --help`` never imports mlx.
+"""
+
+from __future__ import annotations
+
+import click
+
+import lazarus
+from lazarus.specs import ProbeSpec
+
+#: name -> (module:command, one-line description)
+PROBES: dict[str, tuple[str, str]] = {
+    "logit-lens": ("lazarus_introspect.logit_lens:logit_lens_command",
+                   "Read every layer's residual stream through the final norm and the unembedding."),
+    "tuned-lens": ("lazarus_introspect.tuned_lens:tuned_lens_command",
+                   "Train per-layer affine translators (KL to the final layer) and read through them."),
+    "probe": ("lazarus_introspect.linear_probe:probe_command",
+              "Linear (logistic) probes per layer on labelled prompts; saves the best direction."),
+    "patch": ("lazarus_introspect.patching:patch_command",
+              "Activation patching clean -> corrupted over layers x positions (resid, attn, mlp)."),
+    "ablate": ("lazarus_introspect.ablation:ablate_command",
+               "Zero / mean ablation of attention heads, whole attention or MLP per layer."),
+    "steer": ("lazarus_introspect.steering:steer_command",
+              "Add a direction to the residual stream during generation; steered vs plain text."),
+    "attention": ("lazarus_introspect.attention:attention_command",
+                  "Attention patterns per layer and head: entropy, top attended tokens, heatmaps."),
+    "neurons": ("lazarus_introspect.neurons:neurons_command",
+                "Top-activating MLP neurons over prompts and the tokens each one promotes."),
+    "embeddings": ("lazarus_introspect.embeddings:embeddings_command",
+                   "Per-layer prompt representations: cosine similarity, PCA, clustering by label."),
+}
+
+
+@lazarus.hookimpl
+def register_probes(register):
+    for name, (entry, description) in PROBES.items():
+        register(ProbeSpec(name=name, entry=entry, description=description))
+
+
+class IntrospectGroup(click.Group):
+    """``lazarus introspect NAME``: NAME is any registered probe; its command is imported on use."""
+
+    def list_commands(self, ctx):
+        from lazarus.plugins import get_registry
+
+        return sorted(set(super().list_commands(ctx)) | set(get_registry().names("probe")))
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is not None:
+            return command
+        from lazarus.plugins import get_registry
+
+        registry = get_registry()
+        if name not in registry.names("probe"):
+            return None
+        command = registry.get("probe", name).load()
+        if not isinstance(command, click.Command):
+            raise click.ClickException(
+                f"probe {name!r} ({registry.owner('probe', name)}) names {type(command).__name__}, "
+                "not a click command; its ProbeSpec.entry must point at a click command")
+        return command
+
+    def format_commands(self, ctx, formatter):
+        # Listing uses the spec descriptions so `--help` imports no probe module.
+        from lazarus.plugins import get_registry
+
+        specs = get_registry().all("probe")
+        rows = [(name, spec.description) for name, spec in specs.items()]
+        rows += [(name, cmd.get_short_help_str()) for name, cmd in sorted(self.commands.items())
+                 if name not in specs]
+        if rows:
+            with formatter.section("Probes"):
+                formatter.write_dl(rows)
+
+
+@lazarus.hookimpl
+def register_commands(cli):
+    @cli.group(name="introspect", cls=IntrospectGroup)
+    def introspect():
+        """Look inside a model: `lazarus introspect NAME --model M [--adapter DIR] ...`.
+
+        Every probe prints a table, and writes the same numbers with --json FILE and a
+        self-contained HTML page with PNG heatmaps with --report DIR.
+        """
