@@ -1,0 +1,182 @@
+"""Adapters: LoRA, DoRA and full fine-tuning of the last N blocks, in mlx-lm's on-disk format.
+
+Typical use (a trainer, or a user script)::
+
+    from lazarus.adapters import AdapterConfig, LoraParameters, apply_adapter, save_adapter
+    config = AdapterConfig(fine_tune_type="lora", num_layers=8,
+                           lora_parameters=LoraParameters(rank=8, scale=20.0, keys=("self_attn.q_proj",)))
+    apply_adapter(model, config)            # wraps the layers, freezes everything else
+    params = trainable_parameters(model)    # what the optimizer updates
+    ...
+    save_adapter(model, "out/adapter", config, provenance={"data_sha256": ...})
+
+    model, tokenizer, _ = lazarus.load_model("base")
+    load_adapter(model, "out/adapter")      # applies and loads, checking every shape
+    fuse_adapter(model)                     # folds LoRA/DoRA into plain linear layers
+
+Adapter types are looked up in the plugin registry by ``fine_tune_type`` (built-ins ``lora``,
+``dora``, ``full``), so a plugin can add one. Importing this package does not import mlx.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lazarus.adapters.config import AdapterConfig, LoraParameters
+from lazarus.errors import LazarusError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from lazarus.adapters.base import AdapterType
+    from lazarus.checkpoints.base import AdapterCheckpoint
+
+
+def get_adapter_type(name: str) -> AdapterType:
+    """The adapter type registered as ``name`` (``lora``, ``dora``, ``full`` or a plugin's)."""
+    from lazarus.plugins import get
+
+    return get("adapter", name).load()
+
+
+def apply_adapter(model: nn.Module, config: AdapterConfig) -> nn.Module:
+    """Add the adapter described by ``config`` to ``model`` in place and freeze everything it does
+    not train (LoRA/DoRA: only ``lora_a``, ``lora_b``, ``m`` train; full: the selected blocks).
+
+    Raises :class:`LazarusError` for unknown types, keys that name no linear layer, too many
+    layers, or a model that already carries an adapter. Returns ``model``.
+    """
+    adapter_type = get_adapter_type(config.fine_tune_type)
+    adapter_type.apply(model, config)
+    _match_training_mode(model)
+    return model
+
+
+def _match_training_mode(model) -> None:
+    # New layers are created in training mode; follow the model's current mode (dropout!).
+    model.train(model.training)
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, mx.array]:
+    """Flat ``{key: array}`` of the parameters an optimizer should update."""
+    from mlx.utils import tree_flatten
+
+    return dict(tree_flatten(model.trainable_parameters()))
+
+
+def count_parameters(weights: dict) -> int:
+    """Number of scalars in a flat ``{key: array}`` dict (quantized tensors count packed values)."""
+    return int(sum(v.size for v in weights.values()))
+
+
+def adapter_weights(model: nn.Module, config: AdapterConfig) -> dict[str, mx.array]:
+    """The tensors :func:`save_adapter` writes, under mlx-lm's keys (``model.layers.0.self_attn.q_proj.lora_a``)."""
+    return get_adapter_type(config.fine_tune_type).weights(model, config)
+
+
+def fuse_adapter(model: nn.Module, config: AdapterConfig | None = None, dequantize: bool = False) -> nn.Module:
+    """Fold the adapter into the base weights in place, leaving plain (trainable) linear layers.
+
+    LoRA: ``W + scale * (lora_a @ lora_b).T``; DoRA: that, with each row rescaled to norm ``m``.
+    ``config`` picks the adapter type (default: fold every LoRA/DoRA layer found). Quantized base
+    layers are dequantized, updated and quantized again unless ``dequantize``. Returns ``model``.
+    """
+    name = config.fine_tune_type if config is not None else "lora"
+    return get_adapter_type(name).fuse(model, dequantize=dequantize)
+
+
+def save_adapter(model: nn.Module, path: str | Path, config: AdapterConfig,
+                 provenance: dict | None = None) -> Path:
+    """Atomically write the model's adapter to the directory ``path`` in mlx-lm's format
+    (``adapter_config.json``, ``adapters.safetensors``, plus ``lazarus.json`` with ``provenance``
+    merged in). mlx-lm loads the result with ``load(model, adapter_path=path)``. Returns ``path``."""
+    from lazarus import checkpoints
+
+    weights = adapter_weights(model, config)
+    return checkpoints.save("mlx-lm", path, weights=weights, config=config, provenance=provenance)
+
+
+def read_adapter(path: str | Path, num_blocks: int | None = None) -> AdapterCheckpoint:
+    """Read an adapter from disk without a model (any readable adapter format, detected from the
+    files). ``num_blocks`` lets a legacy ``.npz`` infer ``num_layers``."""
+    from lazarus.checkpoints import detect_adapter_format
+
+    return detect_adapter_format(path).read(path, num_blocks=num_blocks)
+
+
+def load_adapter(model: nn.Module, path: str | Path) -> AdapterConfig:
+    """Apply the adapter stored at ``path`` to ``model`` and load its tensors; returns its config.
+
+    ``path``: an mlx-lm adapter directory (from Lazarus or mlx-lm), or a legacy ``.npz``. Every
+    tensor must match a parameter of the applied adapter in key and shape; otherwise a one-line
+    :class:`LazarusError` names the key, its shape and the expected one, and the model is
+    restored to its state before the call.
+    """
+    from lazarus.adapters.base import model_blocks
+
+    checkpoint = read_adapter(path, num_blocks=len(model_blocks(model)))
+    config = checkpoint.config
+    adapter_type = get_adapter_type(config.fine_tune_type)
+    source = checkpoint.path
+    # keep the base weights a full adapter would overwrite, so a failed load can be undone
+    before = adapter_type.weights(model, config) if config.fine_tune_type == "full" else {}
+    adapter_type.apply(model, config)
+    try:
+        expected = adapter_type.weights(model, config)
+        for key, value in checkpoint.weights.items():
+            if key not in expected:
+                example = next(iter(expected), "none")
+                raise LazarusError(f"{source}: adapter key {key!r} is not a parameter of this "
+                                   f"{config.fine_tune_type} adapter on this model (expected keys like "
+                                   f"{example!r}); was it trained for another model?")
+            if tuple(value.shape) != tuple(expected[key].shape):
+                raise LazarusError(f"{source}: adapter key {key!r} has shape {tuple(value.shape)} but the "
+                                   f"model expects {tuple(expected[key].shape)}; load it onto the base "
+                                   "model (and rank) it was trained with")
+        missing = [key for key in expected if key not in checkpoint.weights]
+        if missing:
+            raise LazarusError(f"{source}: adapter lacks {missing[0]!r} (and {len(missing) - 1} more) that "
+                               f"its config (num_layers={config.num_layers}, keys) implies; the files "
+                               "are incomplete or the config was edited")
+        model.load_weights(list(checkpoint.weights.items()), strict=False)
+    except BaseException:
+        remove_adapter(model)
+        if before:
+            model.load_weights(list(before.items()), strict=False)
+        raise
+    _match_training_mode(model)
+    return config
+
+
+def remove_adapter(model: nn.Module) -> nn.Module:
+    """Drop LoRA/DoRA layers without folding them in (the base layers come back unchanged) and
+    make the model trainable again. Returns ``model``."""
+    from mlx.utils import tree_unflatten
+
+    from lazarus.adapters.lora import LoRALinear, unfreeze_plain
+
+    restored = [(path, module.linear) for path, module in model.named_modules()
+                if isinstance(module, LoRALinear)]
+    if restored:
+        model.update_modules(tree_unflatten(restored))
+    unfreeze_plain(model)
+    return model
+
+
+__all__ = [
+    "AdapterConfig",
+    "LazarusError",
+    "LoraParameters",
+    "adapter_weights",
+    "apply_adapter",
+    "count_parameters",
+    "fuse_adapter",
+    "get_adapter_type",
+    "load_adapter",
+    "read_adapter",
+    "remove_adapter",
+    "save_adapter",
+    "trainable_parameters",
+]

@@ -1,0 +1,100 @@
+"""Checkpoint formats: how adapters and models are written to and read from disk.
+
+Built-in formats (registered by ``lazarus.builtins``, looked up through the plugin registry so
+plugins can add more):
+
+- ``mlx-lm``: mlx-lm's adapter directory (``adapter_config.json`` + ``adapters.safetensors``)
+- ``hf``: a whole model in Hugging Face layout (``config.json``, sharded safetensors, tokenizer)
+- ``npz-legacy``: read-only, old ``.npz`` LoRA adapters
+
+Every write is atomic (see :mod:`lazarus.checkpoints.atomic`) and adds ``lazarus.json``.
+
+    from lazarus import checkpoints
+    checkpoints.save("mlx-lm", "out/adapter", weights=..., config=adapter_config)
+    checkpoints.save("hf", "out/fused", model=model, source="path/to/base")
+    ckpt = checkpoints.load("mlx-lm", "out/adapter")    # AdapterCheckpoint
+    model, tokenizer, config = checkpoints.load("hf", "out/fused")
+
+Trainers usually call :func:`lazarus.adapters.save_adapter` instead of ``save("mlx-lm", ...)``.
+This module imports no mlx at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lazarus.checkpoints.atomic import atomic_directory
+from lazarus.checkpoints.base import (
+    PROVENANCE_FILE,
+    AdapterCheckpoint,
+    CheckpointFormat,
+    read_provenance,
+    write_provenance,
+)
+from lazarus.errors import LazarusError
+
+
+def get_format(name: str) -> CheckpointFormat:
+    """The format object registered under ``name`` (``mlx-lm``, ``hf``, ``npz-legacy``, or a plugin's)."""
+    from lazarus.plugins import get
+
+    return get("checkpoint-format", name).load()
+
+
+def save(format_name: str, path: str | Path, **options) -> Path:
+    """Write a checkpoint at ``path`` in the named format; ``options`` are that format's ``write``
+    arguments. Raises :class:`LazarusError` for a read-only format."""
+    from lazarus.plugins import get
+
+    spec = get("checkpoint-format", format_name)
+    if not spec.can_write:
+        raise LazarusError(f"checkpoint format {format_name!r} is read-only; save with 'mlx-lm' "
+                           "(adapters) or 'hf' (models)")
+    return spec.load().write(path, **options)
+
+
+def load(format_name: str, path: str | Path, **options):
+    """Read the checkpoint at ``path`` in the named format (an :class:`AdapterCheckpoint` for
+    adapter formats, ``(model, tokenizer, config)`` for ``hf``)."""
+    from lazarus.plugins import get
+
+    spec = get("checkpoint-format", format_name)
+    if not spec.can_read:
+        raise LazarusError(f"checkpoint format {format_name!r} is write-only")
+    return spec.load().read(path, **options)
+
+
+def detect_adapter_format(path: str | Path) -> CheckpointFormat:
+    """The readable adapter format whose layout ``path`` has (``mlx-lm`` first, then the others).
+
+    Raises :class:`LazarusError` naming the path when no format recognises it.
+    """
+    from lazarus.plugins import get_registry
+
+    path = Path(path)
+    if not path.exists():
+        raise LazarusError(f"{path}: adapter path not found")
+    specs = get_registry().all("checkpoint-format")
+    ordered = sorted(specs.values(), key=lambda s: (s.name != "mlx-lm", s.name))
+    for spec in ordered:
+        if not spec.can_read:
+            continue
+        fmt = spec.load()
+        if getattr(fmt, "holds", "adapter") == "adapter" and fmt.detect(path):
+            return fmt
+    raise LazarusError(f"{path}: not an adapter checkpoint (expected a directory with adapter_config.json "
+                       "and adapters.safetensors, or a legacy .npz)")
+
+
+__all__ = [
+    "PROVENANCE_FILE",
+    "AdapterCheckpoint",
+    "CheckpointFormat",
+    "atomic_directory",
+    "detect_adapter_format",
+    "get_format",
+    "load",
+    "read_provenance",
+    "save",
+    "write_provenance",
+]
