@@ -16,7 +16,10 @@ __version__ = "0.1.0"
 hookimpl = HookimplMarker("lazarus")
 
 # public name -> module that defines it; imported lazily so `import lazarus` stays light
-_LAZY = {}
+_LAZY = {
+    "generate": "lazarus.generate",
+    "stream_generate": "lazarus.generate",
+}
 
 
 def __getattr__(name: str):
