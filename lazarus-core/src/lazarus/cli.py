@@ -19,7 +19,6 @@ from lazarus.errors import LazarusError
 #: import only click at top level (mlx and model code are imported inside the command).
 CORE_COMMANDS: dict[str, str] = {
     "data": "lazarus.commands.data:data",
-    "data": "lazarus.commands.data:data",
     "generate": "lazarus.commands.generate:generate",
 }
 
