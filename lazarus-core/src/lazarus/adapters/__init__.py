@@ -95,7 +95,8 @@ def save_adapter(model: nn.Module, path: str | Path, config: AdapterConfig,
     from lazarus import checkpoints
 
     weights = adapter_weights(model, config)
-    return checkpoints.save("mlx-lm", path, weights=weights, config=config, provenance=provenance)
+    return checkpoints.save("mlx-lm", path, weights=weights, config=config, model=model,
+                            provenance=provenance)
 
 
 def read_adapter(path: str | Path, num_blocks: int | None = None) -> AdapterCheckpoint:

@@ -58,10 +58,12 @@ class MlxLmAdapterFormat(CheckpointFormat):
         return AdapterCheckpoint(config=config, weights=weights, path=directory, format=self.name,
                                  provenance=read_provenance(directory))
 
-    def write(self, path: str | Path, *, weights: dict, config: Any, provenance: dict | None = None,
-              **options) -> Path:
+    def write(self, path: str | Path, *, weights: dict, config: Any, model=None,
+              provenance: dict | None = None, **options) -> Path:
         """Atomically write ``weights`` (key -> mx.array) and ``config`` (an AdapterConfig) to the
-        directory ``path``, plus ``lazarus.json`` with ``provenance`` merged in. Returns the path."""
+        directory ``path``, plus ``lazarus.json``: the source of ``model`` (when given, as loaded by
+        ``lazarus.load_model``) and the ``provenance`` fields (see
+        :func:`lazarus.checkpoints.base.provenance_record`). Returns the path."""
         import mlx.core as mx
 
         from lazarus.checkpoints.atomic import atomic_directory
@@ -74,8 +76,9 @@ class MlxLmAdapterFormat(CheckpointFormat):
             mx.eval(list(weights.values()))
             mx.save_safetensors(str(tmp / WEIGHTS_FILE), dict(weights), metadata={"format": "mlx"})
             (tmp / CONFIG_FILE).write_text(config.to_json())
-            write_provenance(tmp, self.name, self.holds, {
-                "fine_tune_type": config.fine_tune_type, **(provenance or {})})
+            write_provenance(tmp, self.name, self.holds, model=model, fields={
+                "adapter_config": tmp / CONFIG_FILE, "fine_tune_type": config.fine_tune_type,
+                **(provenance or {})})
         return target
 
 

@@ -7,7 +7,6 @@ whether it stores an ``"adapter"`` (loaded onto a base model) or a whole ``"mode
 
 from __future__ import annotations
 
-import datetime
 import json
 from pathlib import Path
 from typing import Any
@@ -51,67 +50,40 @@ class CheckpointFormat:
         return name == PROVENANCE_FILE
 
 
-def _versions() -> dict[str, Any]:
-    from importlib import metadata
+def provenance_record(directory: Path, fmt: str, holds: str, *, model=None,
+                      fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``lazarus.json`` record for a checkpoint being written in ``directory``.
 
-    from lazarus import __version__
-
-    out: dict[str, Any] = {"lazarus": __version__}
-    try:
-        out["mlx"] = metadata.version("mlx")
-    except metadata.PackageNotFoundError:  # pragma: no cover - mlx is a dependency
-        out["mlx"] = None
-    try:
-        from lazarus.plugins import get_registry
-
-        out["plugins"] = {r.name: r.version for r in get_registry().plugins.values() if r.status == "loaded"}
-    except Exception:  # provenance must never break a save
-        out["plugins"] = {}
-    return out
-
-
-def provenance_record(directory: Path, fmt: str, holds: str, extra: dict[str, Any] | None) -> dict[str, Any]:
-    """The ``lazarus.json`` content for a checkpoint being written in ``directory``.
-
-    Uses ``lazarus.provenance.base_record()`` when the core provides it; adds the format, what the
-    checkpoint holds, the SHA-256 of each file written, and the caller's ``extra`` fields
-    (source model and its hash, adapter/data hashes, training config ...), which win on conflicts.
+    Built by :func:`lazarus.provenance.for_model` (source model, versions, git sha ...), plus the
+    checkpoint format, what it holds and the SHA-256 of every file written. ``fields`` are the
+    caller's additions: keys :func:`lazarus.provenance.collect` knows (``source_model``,
+    ``weight_files``, ``config``, ``adapter_config``, ``data_files`` ...) are hashed as it does;
+    any other key is stored as given.
     """
-    from lazarus.checkpoints.atomic import sha256_file
+    from lazarus import provenance
 
-    record: dict[str, Any] = {}
-    try:
-        from lazarus import provenance as shared  # the models engineer's helpers, when present
-
-        base = getattr(shared, "base_record", None)
-        if callable(base):
-            record.update(base())
-    except ImportError:
-        pass
-    if not record:
-        record.update(_versions())
-        record["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    record["format"] = fmt
-    record["holds"] = holds
-    record["files"] = {p.name: sha256_file(p) for p in sorted(directory.iterdir())
-                       if p.is_file() and p.name != PROVENANCE_FILE}
-    record.update(extra or {})
+    kwargs: dict[str, Any] = {"checkpoint_format": fmt, "holds": holds, **(fields or {})}
+    record = provenance.for_model(model, **kwargs) if model is not None else provenance.collect(**kwargs)
+    record["files_sha256"] = {p.name: provenance.sha256_file(p) for p in sorted(directory.iterdir())
+                              if p.is_file() and p.name != PROVENANCE_FILE}
     return record
 
 
-def write_provenance(directory: Path, fmt: str, holds: str, extra: dict[str, Any] | None) -> dict[str, Any]:
-    """Write ``lazarus.json`` into ``directory`` (after the other files) and return it."""
-    record = provenance_record(directory, fmt, holds, extra)
-    (directory / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+def write_provenance(directory: Path, fmt: str, holds: str, *, model=None,
+                     fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``lazarus.json`` into ``directory`` (after the other files) and return the record."""
+    from lazarus import provenance
+
+    record = provenance_record(directory, fmt, holds, model=model, fields=fields)
+    provenance.write(directory, record)
     return record
 
 
 def read_provenance(directory: Path) -> dict[str, Any]:
     """The ``lazarus.json`` of a checkpoint directory, or ``{}`` when it has none (e.g. written by mlx-lm)."""
-    path = Path(directory) / PROVENANCE_FILE
-    if not path.is_file():
-        return {}
+    from lazarus import provenance
+
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
+        return provenance.read(directory) or {}
+    except (json.JSONDecodeError, UnicodeDecodeError):  # a damaged record must not block loading
         return {}

@@ -100,13 +100,6 @@ def make_shards(weights: dict, max_bytes: int) -> list[dict]:
     return shards
 
 
-def source_weights_hash(source: Path) -> dict[str, str]:
-    """SHA-256 of each safetensors file of a source checkpoint, for provenance."""
-    from lazarus.checkpoints.atomic import sha256_file
-
-    return {p.name: sha256_file(p) for p in sorted(source.glob("*.safetensors"))}
-
-
 def _has_quantized_layers(model) -> bool:
     import mlx.nn as nn
 
@@ -182,11 +175,11 @@ class HFModelFormat(CheckpointFormat):
                 for name in TOKENIZER_FILES:
                     if (source / name).is_file():
                         shutil.copy2(source / name, tmp / name)
-            extra: dict[str, Any] = {}
-            if source is not None:
-                extra["source_model"] = str(source.absolute())
-                extra["source_weights_sha256"] = source_weights_hash(source)
-            write_provenance(tmp, self.name, self.holds, extra | (provenance or {}))
+            fields: dict[str, Any] = {"config": tmp / CONFIG_FILE}
+            if source is not None and getattr(model, "source", None) is None:
+                fields |= {"source_model": str(source), "source_path": str(source.absolute()),
+                           "weight_files": sorted(source.glob("*.safetensors"))}
+            write_provenance(tmp, self.name, self.holds, model=model, fields=fields | (provenance or {}))
         return target
 
     @staticmethod
