@@ -18,6 +18,7 @@ from lazarus.errors import LazarusError
 #: core commands that live in their own module, as name -> "module:attribute". Those modules
 #: import only click at top level (mlx and model code are imported inside the command).
 CORE_COMMANDS: dict[str, str] = {
+    "adapters": "lazarus.commands.adapters:adapters",
     "data": "lazarus.commands.data:data",
     "generate": "lazarus.commands.generate:generate",
 }
