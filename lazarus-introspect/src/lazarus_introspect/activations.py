@@ -158,3 +158,33 @@ def _set_position(activation, position: int, value):
     length = activation.shape[1]
     mask = (mx.arange(length) == position).reshape((1, length) + (1,) * (activation.ndim - 2))
     return mx.where(mask, mx.expand_dims(value, 1).astype(activation.dtype), activation)
+
+
+def prompt_representations(model, tokenizer, texts: Sequence[str], *, pool: str = "last",
+                           include_embed: bool = False):
+    """One vector per prompt and layer: a float32 numpy array (layers, N, D).
+
+    ``pool`` is ``"last"`` (the last token's residual) or ``"mean"`` (mean over the prompt's
+    tokens). Layers are the residual stream after each block, preceded by the embeddings when
+    ``include_embed``. Prompts run one at a time, so no padding touches the numbers.
+    """
+    import mlx.core as mx
+    import numpy as np
+
+    if pool not in {"last", "mean"}:
+        raise LazarusError(f"--pool {pool!r}: use 'last' or 'mean'")
+    per_prompt = []
+    for text in texts:
+        ids = tokenizer.encode(text)
+        if not ids:
+            raise LazarusError(f"the prompt {text!r} encodes to no tokens")
+        stream = residual_stream(model, mx.array([ids], dtype=mx.int32), include_embed=include_embed)
+        pooled = [h[0, -1] if pool == "last" else h[0].astype(mx.float32).mean(axis=0) for h in stream]
+        per_prompt.append(to_numpy(mx.stack(pooled)))
+    return np.stack(per_prompt, axis=1)
+
+
+def hidden_size(model) -> int:
+    """Width D of the residual stream."""
+    width = getattr(getattr(model, "args", None), "hidden_size", None)
+    return int(width) if width else int(model.ln_final.weight.shape[-1])

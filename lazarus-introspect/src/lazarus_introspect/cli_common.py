@@ -182,3 +182,13 @@ def resolve_positions(positions, length: int, option: str = "--position") -> lis
             raise LazarusError(f"{option} {position} is out of range for a prompt of {length} tokens")
         resolved.append(index)
     return resolved
+
+
+def generate_text(model, tokenizer, prompt: str, max_tokens: int, hooks=()) -> dict:
+    """Greedy generation through ``lazarus.generate`` with ``hooks`` attached; ``{"text", "token_ids"}``."""
+    from lazarus.generate import generate
+    from lazarus_introspect import activations
+
+    with activations.attached(model, hooks):
+        result = generate(model, tokenizer, prompt, max_tokens=max_tokens, temperature=0.0)
+    return {"text": result.text, "token_ids": list(result.token_ids)}

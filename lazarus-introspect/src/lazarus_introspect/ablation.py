@@ -1,0 +1,225 @@
+"""Ablation: knock out one attention head, a whole attention layer or an MLP and see what changes.
+
+``zero`` ablation replaces the component's output with zeros; ``mean`` ablation with its mean over
+the prompt's tokens (or over the tokens of ``--mean-prompts FILE``), which keeps the activation
+on-distribution. Heads are ablated through ``blocks.{L}.attn.hook_z`` (B, T, H, Dh), the per-head
+output before ``o_proj``; whole attention through ``hook_attn_out`` and the MLP through
+``hook_mlp_out``. The effect is measured on a target token's probability at the last position
+(default: the model's own prediction) and, with ``--max-tokens N``, on the greedy answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+import click
+
+from lazarus.errors import LazarusError
+from lazarus_introspect import activations
+from lazarus_introspect.cli_common import (
+    emit,
+    encode,
+    generate_text,
+    load,
+    parse_layers,
+    probe_options,
+    read_lines,
+    run_meta,
+    single_token,
+    token_strings,
+)
+
+
+@attrs.frozen
+class Ablation:
+    """One component to knock out: ``kind`` is ``head``, ``attn`` or ``mlp``; ``head`` for heads."""
+
+    kind: str
+    layer: int
+    head: int | None = None
+
+    @property
+    def hook(self) -> str:
+        component = {"head": "z", "attn": "attn_out", "mlp": "mlp_out"}[self.kind]
+        return activations.hook_name(component, self.layer)
+
+    @property
+    def label(self) -> str:
+        return f"L{self.layer}H{self.head}" if self.kind == "head" else f"L{self.layer} {self.kind}"
+
+
+def component_means(model, prompts_ids: Sequence, names: Sequence[str]) -> dict:
+    """Mean activation per hook over all tokens of ``prompts_ids`` (each (1, T)): ``{name: (last dims)}``."""
+    import mlx.core as mx
+
+    sums, count = {}, 0
+    for ids in prompts_ids:
+        _, cache = activations.run_with_cache(model, ids, names)
+        for name in names:
+            total = cache[name].astype(mx.float32).sum(axis=(0, 1))
+            sums[name] = total if name not in sums else sums[name] + total
+        count += ids.shape[0] * ids.shape[1]
+    return {name: value / count for name, value in sums.items()}
+
+
+def ablation_hook(ablation: Ablation, mode: str, mean=None, rows: Sequence[int] | None = None):
+    """A hook function applying ``ablation`` (to batch ``rows`` only, or every row when None)."""
+    import mlx.core as mx
+
+    def hook(activation, _name=None):
+        replacement = mx.zeros_like(activation) if mode == "zero" else mx.broadcast_to(
+            mean.astype(activation.dtype), activation.shape)
+        shape = [1] * activation.ndim
+        if rows is not None:
+            shape[0] = activation.shape[0]
+        select = mx.ones(shape, dtype=mx.bool_)
+        if rows is not None:
+            select = (mx.arange(activation.shape[0]) == mx.array(list(rows))[:, None]).any(axis=0)
+            select = select.reshape(shape)
+        if ablation.head is not None:  # (B, T, H, Dh): only this head
+            head_shape = [1] * activation.ndim
+            head_shape[2] = activation.shape[2]
+            select = select & (mx.arange(activation.shape[2]) == ablation.head).reshape(head_shape)
+        return mx.where(select, replacement, activation)
+
+    return hook
+
+
+def ablation_effects(model, ids, ablations: Sequence[Ablation], target_id: int, *, mode: str = "zero",
+                     means: dict | None = None, batch_size: int = 32) -> list[dict]:
+    """Target-token probability and logit at the last position with each ablation applied alone.
+
+    Ablations run in batches (one batch row per ablation). Returns one dict per ablation:
+    ``{"component", "kind", "layer", "head", "prob", "logit", "top_token_id"}``.
+    """
+    import mlx.core as mx
+
+    if mode == "mean" and means is None:
+        means = component_means(model, [ids], sorted({a.hook for a in ablations}))
+    results = []
+    for start in range(0, len(ablations), batch_size):
+        chunk = list(ablations[start:start + batch_size])
+        batch = mx.broadcast_to(ids, (len(chunk), ids.shape[1]))
+        hooks = [(a.hook, ablation_hook(a, mode, None if means is None else means[a.hook], rows=[row]))
+                 for row, a in enumerate(chunk)]
+        logits = activations.run_with_hooks(model, batch, hooks)[:, -1].astype(mx.float32)
+        probs = mx.softmax(logits, axis=-1)
+        mx.eval(probs)
+        for row, ablation in enumerate(chunk):
+            results.append({"component": ablation.label, "kind": ablation.kind, "layer": ablation.layer,
+                            "head": ablation.head, "prob": probs[row, target_id].item(),
+                            "logit": logits[row, target_id].item(),
+                            "top_token_id": int(mx.argmax(logits[row]).item())})
+    return results
+
+
+def num_heads(model, layer: int = 0) -> int:
+    """Attention heads of a block (read from the attention module, so it works for every family)."""
+    attention = model.blocks[layer].self_attn
+    for attr in ("num_heads", "n_heads"):
+        if hasattr(attention, attr):
+            return int(getattr(attention, attr))
+    raise LazarusError("cannot tell how many attention heads this model has (no self_attn.num_heads)")
+
+
+@click.command("ablate")
+@probe_options
+@click.option("--prompt", "-p", required=True, help="The prompt to run.")
+@click.option("--target", default=None, metavar="TOKEN",
+              help="Token whose probability is measured (text or #ID; default: the model's prediction).")
+@click.option("--mode", type=click.Choice(["zero", "mean"]), default="zero", show_default=True,
+              help="Replace with zeros, or with the mean activation.")
+@click.option("--what", "kinds", type=click.Choice(["heads", "attn", "mlp"]), multiple=True,
+              default=("heads", "attn", "mlp"), show_default=True, help="Components to ablate; repeatable.")
+@click.option("--layers", default="all", show_default=True, help="Layers: all, 0,2,-1 or 1-3.")
+@click.option("--mean-prompts", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
+              help="With --mode mean: average over these prompts' tokens (one per line) instead of the prompt's.")
+@click.option("--max-tokens", type=click.IntRange(0), default=0, show_default=True,
+              help="Also generate this many tokens greedily with each ablation and compare the answers.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
+              help="Ablations run together in one batch.")
+def ablate_command(model_path, adapter_path, json_path, report_dir, prompt, target, mode, kinds, layers,
+                   mean_prompts, max_tokens, batch_size):
+    """Zero / mean ablation of heads, attention and MLPs; effect on a token's probability and the answer."""
+    import mlx.core as mx
+    import numpy as np
+
+    from lazarus_introspect.report import Report, heatmap
+
+    model, tokenizer, _ = load(model_path, adapter_path)
+    ids = encode(tokenizer, prompt)
+    chosen = parse_layers(layers, activations.num_layers(model))
+    base_logits = model(ids)[:, -1].astype(mx.float32)
+    base_probs = mx.softmax(base_logits, axis=-1)
+    note = ""
+    if target is None:
+        target_id = int(mx.argmax(base_logits[0]).item())
+    else:
+        target_id, note = single_token(tokenizer, target, "--target")
+    ablations = []
+    for layer in chosen:
+        if "heads" in kinds:
+            ablations += [Ablation("head", layer, h) for h in range(num_heads(model, layer))]
+        if "attn" in kinds:
+            ablations.append(Ablation("attn", layer))
+        if "mlp" in kinds:
+            ablations.append(Ablation("mlp", layer))
+    means = None
+    if mode == "mean":
+        sources = [encode(tokenizer, line) for line in read_lines(mean_prompts, "--mean-prompts")] if mean_prompts else [ids]
+        means = component_means(model, sources, sorted({a.hook for a in ablations}))
+    effects = ablation_effects(model, ids, ablations, target_id, mode=mode, means=means, batch_size=batch_size)
+    base_prob = base_probs[0, target_id].item()
+    for effect in effects:
+        effect["prob_change"] = effect["prob"] - base_prob
+        effect["top_token"] = token_strings(tokenizer, [effect["top_token_id"]])[0]
+
+    result = run_meta("ablate", model_path, adapter_path, model)
+    result.update({"prompt": prompt, "mode": mode, "layers": chosen,
+                   "target": {"id": target_id, "token": token_strings(tokenizer, [target_id])[0],
+                              "text": target},
+                   "baseline_prob": base_prob, "baseline_logit": base_logits[0, target_id].item(),
+                   "effects": effects})
+    if max_tokens:
+        baseline = generate_text(model, tokenizer, prompt, max_tokens)
+        result["baseline_answer"] = baseline["text"]
+        for ablation, effect in zip(ablations, effects, strict=True):
+            hook = ablation_hook(ablation, mode, None if means is None else means[ablation.hook])
+            effect["answer"] = generate_text(model, tokenizer, prompt, max_tokens, [(ablation.hook, hook)])["text"]
+            effect["answer_changed"] = effect["answer"] != baseline["text"]
+
+    report = Report(probe="ablate", title=f"Ablation — {model_path}", data=result)
+    if note:
+        report.notes.append(note)
+    report.notes.append(f"baseline p({result['target']['token']!r}) = {base_prob:.4g}"
+                        + (f"; baseline answer {result['baseline_answer']!r}" if max_tokens else ""))
+    columns = ["component", "prob", "change", "top token"] + (["answer", "changed"] if max_tokens else [])
+    table = report.table(f"{mode}-ablation effect on p({result['target']['token']!r})", columns)
+    for effect in sorted(effects, key=lambda e: e["prob_change"]):
+        cells = [effect["component"], effect["prob"], effect["prob_change"], effect["top_token"]]
+        if max_tokens:
+            cells += [effect["answer"], "yes" if effect["answer_changed"] else ""]
+        table.add_row(*cells)
+    heads = [e for e in effects if e["kind"] == "head"]
+    if heads:
+        head_layers = sorted({e["layer"] for e in heads})
+        width = max(e["head"] for e in heads) + 1
+        grid = np.full((len(head_layers), width), np.nan)
+        for e in heads:
+            grid[head_layers.index(e["layer"]), e["head"]] = e["prob_change"]
+        report.add_figure("heads", heatmap(grid, title=f"{mode}-ablating one head: change in p(target)",
+                                           xlabel="head", ylabel="layer", xticklabels=list(range(width)),
+                                           yticklabels=head_layers, colorbar="probability change",
+                                           center_zero=True), "Change in the target's probability per head")
+    whole = [e for e in effects if e["kind"] != "head"]
+    if whole:
+        kinds_present = [k for k in ("attn", "mlp") if any(e["kind"] == k for e in whole)]
+        grid = np.full((len(chosen), len(kinds_present)), np.nan)
+        for e in whole:
+            grid[chosen.index(e["layer"]), kinds_present.index(e["kind"])] = e["prob_change"]
+        report.add_figure("layers", heatmap(grid, title=f"{mode}-ablating attention / MLP: change in p(target)",
+                                            xlabel="component", ylabel="layer", xticklabels=kinds_present,
+                                            yticklabels=chosen, colorbar="probability change", center_zero=True),
+                          "Change in the target's probability per layer component")
+    emit(report, json_path, report_dir)

@@ -1,0 +1,262 @@
+"""Linear probes: can a label be read linearly off the residual stream at each layer?
+
+For labelled prompts (JSONL ``{"text", "label"}``) each prompt's residual stream after every
+block is pooled (last token or mean), split into train and held-out sets (stratified, seeded),
+and a logistic regression (softmax regression for more than two labels, numpy, L2-regularised,
+on standardised features) is fitted per layer. The table shows train and held-out accuracy per
+layer against chance. The best layer's direction is saved for ``lazarus introspect steer``:
+``direction.safetensors`` (``direction`` (D,), unit norm, pointing from the first label to the
+second; plus ``directions`` (C, D) one per label) and ``direction.json`` (layer, hook, labels,
+accuracy, the class means' separation along the direction).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import click
+
+from lazarus.errors import LazarusError
+from lazarus_introspect import activations
+from lazarus_introspect.cli_common import emit, load, probe_options, read_labelled, run_meta
+
+DIRECTION_WEIGHTS = "direction.safetensors"
+DIRECTION_META = "direction.json"
+
+
+def stratified_split(labels, test_fraction: float, seed: int):
+    """Train and test index arrays with each label split in the same proportion (>= 1 test each)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    train, test = [], []
+    for value in sorted(set(labels.tolist())):
+        members = np.flatnonzero(labels == value)
+        rng.shuffle(members)
+        n_test = max(1, int(round(len(members) * test_fraction)))
+        if n_test >= len(members):
+            raise LazarusError(f"label {value!r} has only {len(members)} example(s); every label needs at "
+                               "least 2 (one to train on, one to test on)")
+        test.extend(members[:n_test])
+        train.extend(members[n_test:])
+    return np.sort(np.array(train)), np.sort(np.array(test))
+
+
+def fit_logistic(features, targets, num_classes: int, *, l2: float = 1e-2, steps: int = 500,
+                 learning_rate: float = 0.5):
+    """Softmax regression by full-batch gradient descent on standardised ``features`` (N, D).
+
+    ``targets`` are class indices. Returns ``(weights (C, D), bias (C,), mean (D,), scale (D,))``
+    so that ``predict`` computes ``argmax(((x - mean) / scale) @ weights.T + bias)``.
+    """
+    import numpy as np
+
+    features = np.asarray(features, dtype=np.float64)
+    mean = features.mean(axis=0)
+    scale = features.std(axis=0)
+    scale[scale < 1e-8] = 1.0
+    x = (features - mean) / scale
+    n, width = x.shape
+    onehot = np.eye(num_classes)[targets]
+    weights = np.zeros((num_classes, width))
+    bias = np.zeros(num_classes)
+    # Nesterov-style momentum keeps this deterministic, dependency-free and fast for D up to a few thousand
+    velocity_w, velocity_b = np.zeros_like(weights), np.zeros_like(bias)
+    for _ in range(steps):
+        logits = x @ weights.T + bias
+        logits -= logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        probs /= probs.sum(axis=1, keepdims=True)
+        error = (probs - onehot) / n
+        grad_w = error.T @ x + l2 * weights
+        grad_b = error.sum(axis=0)
+        velocity_w = 0.9 * velocity_w - learning_rate * grad_w
+        velocity_b = 0.9 * velocity_b - learning_rate * grad_b
+        weights += velocity_w
+        bias += velocity_b
+    return weights, bias, mean, scale
+
+
+def predict(model_params, features):
+    """Class indices for ``features`` (N, D) under ``fit_logistic``'s returned parameters."""
+    import numpy as np
+
+    weights, bias, mean, scale = model_params
+    x = (np.asarray(features, dtype=np.float64) - mean) / scale
+    return np.argmax(x @ weights.T + bias, axis=1)
+
+
+def probe_layers(states, labels, *, test_fraction: float = 0.25, seed: int = 0, l2: float = 1e-2,
+                 steps: int = 500) -> dict:
+    """Fit one probe per layer on ``states`` (layers, N, D) with string ``labels`` (N,).
+
+    Returns ``{"labels", "train_size", "test_size", "chance", "layers": [{"layer", "train_accuracy",
+    "test_accuracy"}], "best_layer", "fits": [per-layer parameters]}`` (``fits`` is not JSON).
+    """
+    import numpy as np
+
+    classes = sorted(set(labels))
+    if len(classes) < 2:
+        raise LazarusError(f"the data has a single label {classes[0]!r}; a probe needs at least two labels")
+    targets = np.array([classes.index(label) for label in labels])
+    train, test = stratified_split(targets, test_fraction, seed)
+    chance = float(np.bincount(targets[test], minlength=len(classes)).max() / len(test))
+    rows, fits = [], []
+    for layer, features in enumerate(states):
+        fit = fit_logistic(features[train], targets[train], len(classes), l2=l2, steps=steps)
+        fits.append(fit)
+        rows.append({
+            "layer": layer,
+            "train_accuracy": float((predict(fit, features[train]) == targets[train]).mean()),
+            "test_accuracy": float((predict(fit, features[test]) == targets[test]).mean()),
+        })
+    best = max(rows, key=lambda r: (r["test_accuracy"], r["train_accuracy"], -r["layer"]))["layer"]
+    return {"labels": classes, "train_size": int(len(train)), "test_size": int(len(test)), "chance": chance,
+            "layers": rows, "best_layer": best, "fits": fits, "targets": targets, "train": train}
+
+
+def probe_direction(fit, states_layer, targets, train) -> dict:
+    """The probe's directions in residual-stream units: unit vectors, one per label and the binary one.
+
+    The standardisation is folded back in (``w / scale``), so the direction lives in the same
+    space as the residual stream and can be added to it.
+    """
+    import numpy as np
+
+    weights, _, _, scale = fit
+    raw = weights / scale  # (C, D) in residual units
+    per_class = raw - raw.mean(axis=0, keepdims=True)
+    per_class /= np.maximum(np.linalg.norm(per_class, axis=1, keepdims=True), 1e-12)
+    binary = raw[1] - raw[0]
+    binary /= max(np.linalg.norm(binary), 1e-12)
+    x = states_layer[train]
+    t = targets[train]
+    means = np.stack([x[t == c].mean(axis=0) for c in range(raw.shape[0])])
+    return {
+        "direction": binary.astype(np.float32),
+        "directions": per_class.astype(np.float32),
+        # how far apart the two first labels' means are along the direction: a natural steering scale
+        "mean_separation": float((means[1] - means[0]) @ binary),
+        "mean_norm": float(np.linalg.norm(x, axis=1).mean()),
+    }
+
+
+def save_direction(directory: str | Path, direction: dict, meta: dict) -> Path:
+    """Write ``direction.safetensors`` and ``direction.json`` into ``directory`` atomically."""
+    import mlx.core as mx
+
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise LazarusError(f"--save {directory} is a file; give a folder")
+    parent = directory.parent if str(directory.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=parent))
+    try:
+        mx.save_safetensors(str(staging / DIRECTION_WEIGHTS),
+                            {"direction": mx.array(direction["direction"]),
+                             "directions": mx.array(direction["directions"])},
+                            metadata={"format": "lazarus-direction"})
+        (staging / DIRECTION_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        directory.mkdir(exist_ok=True)
+        for item in staging.iterdir():
+            os.replace(item, directory / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def load_direction(directory: str | Path, toward: str | None = None):
+    """``(direction (D,) mx.array, meta)`` from a saved probe folder.
+
+    Without ``toward`` it is the binary direction (first label -> second); with ``toward`` the
+    per-label direction of that label.
+    """
+    import mlx.core as mx
+
+    directory = Path(directory)
+    weights_path, meta_path = directory / DIRECTION_WEIGHTS, directory / DIRECTION_META
+    for path in (weights_path, meta_path):
+        if not path.is_file():
+            raise LazarusError(f"{path} not found; save a direction with `lazarus introspect probe --save DIR`")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise LazarusError(f"{meta_path}: not valid JSON (line {exc.lineno}): {exc.msg}") from None
+    try:
+        tensors = mx.load(str(weights_path))
+    except Exception as exc:  # mlx raises plain exceptions for corrupt files
+        raise LazarusError(f"{weights_path}: cannot read safetensors ({exc}); save the direction again") from None
+    if toward is None:
+        if "direction" not in tensors:
+            raise LazarusError(f"{weights_path}: missing key 'direction'")
+        return tensors["direction"], meta
+    labels = meta.get("labels", [])
+    if toward not in labels:
+        raise LazarusError(f"--toward {toward!r} is not a label of {meta_path}; labels: {', '.join(labels)}")
+    return tensors["directions"][labels.index(toward)], meta
+
+
+@click.command("probe")
+@probe_options
+@click.option("--data", "data_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              metavar="FILE", help='Labelled prompts, JSONL: {"text": ..., "label": ...} per line.')
+@click.option("--pool", type=click.Choice(["last", "mean"]), default="last", show_default=True,
+              help="Represent a prompt by its last token's residual or the mean over its tokens.")
+@click.option("--test-fraction", type=click.FloatRange(0.05, 0.9), default=0.25, show_default=True,
+              help="Fraction of each label held out for testing.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the train/test split.")
+@click.option("--l2", type=click.FloatRange(0), default=1e-2, show_default=True, help="L2 penalty.")
+@click.option("--steps", type=click.IntRange(1), default=500, show_default=True, help="Gradient steps per probe.")
+@click.option("--shuffle-labels", is_flag=True, help="Control: shuffle the labels (accuracy should drop to chance).")
+@click.option("--save", "save_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Save the best layer's direction here (for `introspect steer --direction DIR`).")
+def probe_command(model_path, adapter_path, json_path, report_dir, data_path, pool, test_fraction, seed, l2,
+                  steps, shuffle_labels, save_dir):
+    """Linear probes per layer on labelled prompts; held-out accuracy per layer."""
+    import numpy as np
+
+    from lazarus_introspect.report import Report, line_plot
+
+    records = read_labelled(data_path)
+    model, tokenizer, _ = load(model_path, adapter_path)
+    labels = [r["label"] for r in records]
+    if shuffle_labels:
+        labels = list(np.random.default_rng(seed + 1).permutation(labels))
+    states = activations.prompt_representations(model, tokenizer, [r["text"] for r in records], pool=pool)
+    fitted = probe_layers(states, labels, test_fraction=test_fraction, seed=seed, l2=l2, steps=steps)
+    result = run_meta("probe", model_path, adapter_path, model)
+    result.update({"data": str(data_path), "examples": len(records), "pool": pool, "shuffled_labels": shuffle_labels,
+                   "hook": "blocks.{L}.hook_resid_post"})
+    result.update({k: fitted[k] for k in ("labels", "train_size", "test_size", "chance", "layers", "best_layer")})
+    best = fitted["best_layer"]
+    best_row = fitted["layers"][best]
+    if save_dir:
+        direction = probe_direction(fitted["fits"][best], states[best], fitted["targets"], fitted["train"])
+        meta = {"format": "lazarus-direction", "source": "probe", "model": str(model_path),
+                "adapter": str(adapter_path) if adapter_path else None, "family": getattr(model, "family", None),
+                "layer": best, "hook": f"blocks.{best}.hook_resid_post", "pool": pool,
+                "labels": fitted["labels"], "negative_label": fitted["labels"][0],
+                "positive_label": fitted["labels"][1], "test_accuracy": best_row["test_accuracy"],
+                "train_accuracy": best_row["train_accuracy"], "mean_separation": direction["mean_separation"],
+                "mean_norm": direction["mean_norm"], "data": str(data_path)}
+        save_direction(save_dir, direction, meta)
+        result["saved"] = {"dir": str(save_dir), "layer": best, "mean_separation": direction["mean_separation"]}
+
+    report = Report(probe="probe", title=f"Linear probes — {model_path}", data=result)
+    table = report.table(f"probe accuracy per layer ({len(records)} prompts, labels {', '.join(result['labels'])}, "
+                         f"chance {result['chance']:.2f})", ["layer", "train acc", "held-out acc", ""])
+    for row in fitted["layers"]:
+        table.add_row(row["layer"], row["train_accuracy"], row["test_accuracy"], "best" if row["layer"] == best else "")
+    if save_dir:
+        report.notes.append(f"saved layer {best}'s direction to {save_dir}")
+    report.add_figure("accuracy", line_plot(
+        {"held-out": [r["test_accuracy"] for r in fitted["layers"]],
+         "train": [r["train_accuracy"] for r in fitted["layers"]],
+         "chance": [result["chance"]] * len(fitted["layers"])},
+        title="linear probe accuracy per layer", xlabel="layer", ylabel="accuracy"), "Probe accuracy per layer")
+    emit(report, json_path, report_dir)

@@ -1,0 +1,188 @@
+"""Logit lens: read each layer's residual stream as if it were the last one.
+
+For every layer L and chosen position, ``unembed(ln_final(h_L))`` gives a distribution over the
+vocabulary: its top-k tokens, the rank and probability of a tracked token, and the first layer
+from which the model's final prediction is (and stays) the top token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import click
+
+from lazarus_introspect import activations
+from lazarus_introspect.cli_common import (
+    emit,
+    encode,
+    load,
+    probe_options,
+    resolve_positions,
+    run_meta,
+    single_token,
+    token_strings,
+)
+
+
+def layer_logits(model, ids, transform: Callable | None = None):
+    """Logits read from every layer: an array (num_layers, B, T, vocab), plus the model's logits.
+
+    ``transform(layer, hidden)`` maps a residual (B, T, D) before the lens (the tuned lens uses
+    it); without it this is the plain logit lens ``unembed(ln_final(h_L))``.
+    """
+    import mlx.core as mx
+
+    count = activations.num_layers(model)
+    names = [activations.hook_name("resid_post", layer) for layer in range(count)]
+    logits, cache = activations.run_with_cache(model, ids, names)
+    per_layer = []
+    for layer, name in enumerate(names):
+        hidden = cache[name]
+        if transform is not None:
+            hidden = transform(layer, hidden)
+        per_layer.append(activations.lens(model, hidden))
+    return mx.stack(per_layer), logits
+
+
+def read_layers(model, tokenizer, ids, *, positions: Sequence[int] = (-1,), top_k: int = 5,
+                track_id: int | None = None, transform: Callable | None = None) -> dict:
+    """The lens read-out for ``ids`` (1, T) at ``positions``: a JSON-ready dict.
+
+    Returns ``{"tokens", "positions": [{"position", "input_token", "final_prediction",
+    "emergence_layer", "first_top1_layer", "layers": [{"layer", "top": [{"id", "token", "prob"}],
+    "final_prediction_prob", "final_prediction_rank", "track_prob", "track_rank"}]}]}``. Ranks
+    are 1-based (1 = top token); the emergence layer is the first layer from which the final
+    prediction is the top token at every later layer.
+    """
+    import mlx.core as mx
+    import numpy as np
+
+    lens_logits, logits = layer_logits(model, ids, transform)
+    tokens = token_strings(tokenizer, ids[0].tolist())
+    resolved = resolve_positions(positions, ids.shape[1])
+    result = {"tokens": tokens, "positions": []}
+    count = lens_logits.shape[0]
+    for position in resolved:
+        layer_probs = activations.to_numpy(mx.softmax(lens_logits[:, 0, position].astype(mx.float32), axis=-1))
+        final_probs = activations.to_numpy(mx.softmax(logits[0, position].astype(mx.float32), axis=-1))
+        final_id = int(np.argmax(final_probs))
+        layers = []
+        top1 = []
+        for layer in range(count):
+            probs = layer_probs[layer]
+            order = np.argsort(-probs, kind="stable")
+            top1.append(int(order[0]))
+            entry = {
+                "layer": layer,
+                "top": [{"id": int(i), "token": token_strings(tokenizer, [i])[0], "prob": float(probs[i])}
+                        for i in order[:top_k]],
+                "final_prediction_prob": float(probs[final_id]),
+                "final_prediction_rank": _rank(probs, final_id),
+            }
+            if track_id is not None:
+                entry["track_prob"] = float(probs[track_id])
+                entry["track_rank"] = _rank(probs, track_id)
+            layers.append(entry)
+        emergence = None
+        for layer in range(count - 1, -1, -1):
+            if top1[layer] != final_id:
+                break
+            emergence = layer
+        result["positions"].append({
+            "position": position,
+            "input_token": tokens[position],
+            "final_prediction": {"id": final_id, "token": token_strings(tokenizer, [final_id])[0],
+                                 "prob": float(final_probs[final_id])},
+            "emergence_layer": emergence,
+            "first_top1_layer": next((layer for layer, t in enumerate(top1) if t == final_id), None),
+            "layers": layers,
+        })
+    return result
+
+
+def _rank(probs, token_id: int) -> int:
+    """1-based rank of ``token_id`` (ties count in its favour)."""
+    return int((probs > probs[token_id]).sum()) + 1
+
+
+def logit_lens(model, tokenizer, prompt: str, *, positions: Sequence[int] = (-1,), top_k: int = 5,
+               track: str | None = None) -> dict:
+    """Python API: the logit lens of ``prompt`` (see :func:`read_layers` for the returned dict)."""
+    ids = encode(tokenizer, prompt)
+    track_id, note = (None, "")
+    if track is not None:
+        track_id, note = single_token(tokenizer, track, "--track")
+    result = read_layers(model, tokenizer, ids, positions=positions, top_k=top_k, track_id=track_id)
+    result["prompt"] = prompt
+    result["top_k"] = top_k
+    result["track"] = None if track_id is None else {
+        "text": track, "id": track_id, "token": token_strings(tokenizer, [track_id])[0]}
+    if note:
+        result["notes"] = [note]
+    return result
+
+
+def build_report(result: dict, probe: str, title: str):
+    """Tables (one per position) and figures for a lens read-out (shared with the tuned lens)."""
+    import numpy as np
+
+    from lazarus_introspect.report import Report, heatmap, line_plot
+
+    report = Report(probe=probe, title=title, data=result)
+    report.notes.extend(result.get("notes", []))
+    track = result.get("track")
+    for entry in result["positions"]:
+        columns = ["layer", "top tokens (prob)", "final pred rank", "final pred prob"]
+        if track:
+            columns += [f"track {track['token']!r} rank", "track prob"]
+        table = report.table(
+            f"position {entry['position']} ({entry['input_token']!r}) -> final prediction "
+            f"{entry['final_prediction']['token']!r}, emerges at layer {entry['emergence_layer']}",
+            columns)
+        for layer in entry["layers"]:
+            top = ", ".join(f"{t['token']!r} {t['prob']:.3f}" for t in layer["top"])
+            cells = [layer["layer"], top, layer["final_prediction_rank"], layer["final_prediction_prob"]]
+            if track:
+                cells += [layer["track_rank"], layer["track_prob"]]
+            table.add_row(*cells)
+    # heatmap: layers x positions, coloured by the top-1 probability, labelled with the token
+    layers = len(result["positions"][0]["layers"]) if result["positions"] else 0
+    if layers:
+        probs = np.array([[e["layers"][layer]["top"][0]["prob"] for e in result["positions"]]
+                          for layer in range(layers)])
+        fig = heatmap(probs, title="top-1 probability per layer (text: top token)", xlabel="position",
+                      ylabel="layer", xticklabels=[f"{e['position']}:{e['input_token']}" for e in result["positions"]],
+                      yticklabels=list(range(layers)), colorbar="probability", vmin=0, vmax=1)
+        ax = fig.axes[0]
+        for layer in range(layers):
+            for col, e in enumerate(result["positions"]):
+                ax.text(col, layer, e["layers"][layer]["top"][0]["token"][:10], ha="center", va="center",
+                        fontsize=7, color="white" if probs[layer, col] < 0.5 else "black")
+        report.add_figure("top1_heatmap", fig, "Top-1 token and its probability at every layer and position")
+        series = {f"final pred @ {e['position']}": [layer["final_prediction_prob"] for layer in e["layers"]]
+                  for e in result["positions"]}
+        if track:
+            series.update({f"track {track['token']!r} @ {e['position']}": [layer["track_prob"] for layer in e["layers"]]
+                           for e in result["positions"]})
+        report.add_figure("probabilities", line_plot(series, title="probability across layers", xlabel="layer",
+                                                     ylabel="probability"),
+                          "Probability of the final prediction (and the tracked token) at each layer")
+    return report
+
+
+@click.command("logit-lens")
+@probe_options
+@click.option("--prompt", "-p", required=True, help="The prompt to read.")
+@click.option("--position", "positions", type=int, multiple=True, default=(-1,), show_default=True,
+              help="Token position(s) to read (negative counts from the end); repeatable.")
+@click.option("--top-k", type=click.IntRange(1, 100), default=5, show_default=True,
+              help="Tokens to show per layer.")
+@click.option("--track", default=None, metavar="TOKEN",
+              help="Follow this token's rank and probability across layers (text, or #ID).")
+def logit_lens_command(model_path, adapter_path, json_path, report_dir, prompt, positions, top_k, track):
+    """Logit lens: unembed(final_norm(h_L)) at every layer L for the chosen positions."""
+    model, tokenizer, _ = load(model_path, adapter_path)
+    result = run_meta("logit-lens", model_path, adapter_path, model)
+    result.update(logit_lens(model, tokenizer, prompt, positions=positions, top_k=top_k, track=track))
+    report = build_report(result, "logit-lens", f"Logit lens — {model_path}")
+    emit(report, json_path, report_dir)

@@ -1,0 +1,270 @@
+"""Tuned lens: a learned affine translator per layer, then the logit lens.
+
+Each layer L gets ``T_L(h) = h + h @ A_L + b_L`` with ``A_L`` and ``b_L`` initialised to zero (so
+training starts from the plain logit lens) and trained to minimise the KL divergence from the
+model's final distribution to ``softmax(unembed(ln_final(T_L(h_L))))`` over the tokens of a text
+file. The model itself stays frozen. Translators are saved as ``translators.safetensors``
+(``layers.{L}.weight`` (D, D), ``layers.{L}.bias`` (D,)) plus ``translators.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import click
+
+from lazarus.errors import LazarusError
+from lazarus_introspect import activations
+from lazarus_introspect.cli_common import (
+    emit,
+    encode,
+    load,
+    probe_options,
+    run_meta,
+    single_token,
+    token_strings,
+)
+
+WEIGHTS_FILE = "translators.safetensors"
+META_FILE = "translators.json"
+
+
+def _kl_to_final(model, final_logprobs, hidden):
+    """Mean over tokens of KL(final || lens(hidden)); ``hidden`` (N, D), ``final_logprobs`` (N, V)."""
+    import mlx.core as mx
+
+    logits = activations.lens(model, hidden).astype(mx.float32)
+    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    return (mx.exp(final_logprobs) * (final_logprobs - logprobs)).sum(axis=-1).mean()
+
+
+def collect_training_states(model, tokenizer, text: str, *, seq_len: int = 64, max_tokens: int = 4096):
+    """Residuals of every layer and the final log-probabilities over ``text``'s tokens.
+
+    Returns ``(states, final_logprobs)``: ``states`` a list per layer of (N, D) arrays and
+    ``final_logprobs`` (N, vocab), from windows of ``seq_len`` tokens (at most ``max_tokens``).
+    """
+    import mlx.core as mx
+
+    ids = tokenizer.encode(text)[:max_tokens]
+    if len(ids) < 2:
+        raise LazarusError("--train-text has fewer than 2 tokens; give the tuned lens more text to train on")
+    count = activations.num_layers(model)
+    names = [activations.hook_name("resid_post", layer) for layer in range(count)]
+    states: list[list] = [[] for _ in range(count)]
+    finals = []
+    for start in range(0, len(ids), seq_len):
+        window = ids[start:start + seq_len]
+        if not window:
+            continue
+        logits, cache = activations.run_with_cache(model, mx.array([window], dtype=mx.int32), names)
+        logits = logits[0].astype(mx.float32)
+        finals.append(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+        for layer, name in enumerate(names):
+            states[layer].append(cache[name][0].astype(mx.float32))
+    final_logprobs = mx.stop_gradient(mx.concatenate(finals))
+    stacked = [mx.stop_gradient(mx.concatenate(s)) for s in states]
+    mx.eval(final_logprobs, *stacked)
+    return stacked, final_logprobs
+
+
+def train_translators(model, tokenizer, text: str, *, steps: int = 200, learning_rate: float = 1e-3,
+                      seq_len: int = 64, max_tokens: int = 4096, batch_size: int = 256, seed: int = 0,
+                      progress=None) -> dict:
+    """Train one translator per layer on ``text``; returns ``{"weights", "bias", "losses"}``.
+
+    ``weights[L]`` is ``A_L`` (D, D), ``bias[L]`` is ``b_L`` (D,); ``losses[L]`` holds the KL to
+    the final layer before and after training on all collected tokens.
+    """
+    import mlx.core as mx
+    import mlx.optimizers as optim
+
+    states, final_logprobs = collect_training_states(model, tokenizer, text, seq_len=seq_len,
+                                                     max_tokens=max_tokens)
+    total = final_logprobs.shape[0]
+    width = states[0].shape[-1]
+    mx.random.seed(seed)
+    result = {"weights": [], "bias": [], "losses": []}
+    for layer, hidden in enumerate(states):
+        params = {"weight": mx.zeros((width, width)), "bias": mx.zeros((width,))}
+
+        def loss_fn(p, h, target):
+            return _kl_to_final(model, target, h + h @ p["weight"] + p["bias"])
+
+        before = _kl_to_final(model, final_logprobs, hidden).item()
+        optimizer = optim.Adam(learning_rate=learning_rate)
+        grad_fn = mx.value_and_grad(loss_fn)
+        for _ in range(steps):
+            index = mx.random.randint(0, total, (min(batch_size, total),))
+            _, grads = grad_fn(params, hidden[index], final_logprobs[index])
+            optimizer.update(params, grads)
+            mx.eval(params, optimizer.state)
+        after = loss_fn(params, hidden, final_logprobs).item()
+        result["weights"].append(params["weight"])
+        result["bias"].append(params["bias"])
+        result["losses"].append({"layer": layer, "kl_before": before, "kl_after": after})
+        if progress is not None:
+            progress(layer)
+    result["tokens"] = total
+    return result
+
+
+def save_translators(directory: str | Path, trained: dict, meta: dict) -> Path:
+    """Write ``translators.safetensors`` and ``translators.json`` into ``directory`` atomically."""
+    import mlx.core as mx
+
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise LazarusError(f"--translators {directory} is a file; give a folder")
+    parent = directory.parent if str(directory.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=parent))
+    try:
+        tensors = {}
+        for layer, (weight, bias) in enumerate(zip(trained["weights"], trained["bias"], strict=True)):
+            tensors[f"layers.{layer}.weight"] = weight
+            tensors[f"layers.{layer}.bias"] = bias
+        mx.save_safetensors(str(staging / WEIGHTS_FILE), tensors, metadata={"format": "lazarus-tuned-lens"})
+        (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        directory.mkdir(exist_ok=True)
+        for item in staging.iterdir():
+            os.replace(item, directory / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def load_translators(directory: str | Path, model) -> tuple[list, list, dict]:
+    """``(weights, biases, meta)`` from a translators folder, checked against ``model``'s shape."""
+    import mlx.core as mx
+
+    directory = Path(directory)
+    weights_path, meta_path = directory / WEIGHTS_FILE, directory / META_FILE
+    for path in (weights_path, meta_path):
+        if not path.is_file():
+            raise LazarusError(f"{path} not found; train translators first with "
+                               "`lazarus introspect tuned-lens --train-text FILE --translators DIR`")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise LazarusError(f"{meta_path}: not valid JSON (line {exc.lineno}): {exc.msg}") from None
+    try:
+        tensors = mx.load(str(weights_path))
+    except Exception as exc:  # mlx raises plain exceptions for corrupt files
+        raise LazarusError(f"{weights_path}: cannot read safetensors ({exc}); retrain the translators") from None
+    count = activations.num_layers(model)
+    width = model.args.hidden_size if hasattr(model.args, "hidden_size") else None
+    weights, biases = [], []
+    for layer in range(count):
+        key_w, key_b = f"layers.{layer}.weight", f"layers.{layer}.bias"
+        if key_w not in tensors or key_b not in tensors:
+            raise LazarusError(f"{weights_path}: missing key {key_w if key_w not in tensors else key_b}; "
+                               f"these translators were trained for a model with {meta.get('num_layers')} "
+                               f"layers, this one has {count}")
+        weight, bias = tensors[key_w], tensors[key_b]
+        if weight.ndim != 2 or weight.shape[0] != weight.shape[1] or bias.shape != (weight.shape[0],) or (
+                width is not None and weight.shape[0] != width):
+            raise LazarusError(f"{weights_path}: key {key_w} has shape {tuple(weight.shape)}, expected "
+                               f"({width}, {width}); the translators belong to another model")
+        weights.append(weight)
+        biases.append(bias)
+    return weights, biases, meta
+
+
+def translator_transform(weights, biases):
+    """The ``transform(layer, hidden)`` for :func:`logit_lens.read_layers` applying ``T_L``."""
+
+    def transform(layer, hidden):
+        weight, bias = weights[layer], biases[layer]
+        hidden32 = hidden.astype(weight.dtype)
+        return (hidden32 + hidden32 @ weight + bias).astype(hidden.dtype)
+
+    return transform
+
+
+@click.command("tuned-lens")
+@probe_options
+@click.option("--translators", "translators_dir", required=True, type=click.Path(file_okay=False),
+              metavar="DIR", help="Where translators are saved (with --train-text) or read from.")
+@click.option("--train-text", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
+              help="Train translators on this text file first (KL to the final layer).")
+@click.option("--steps", type=click.IntRange(0), default=200, show_default=True, help="Training steps per layer.")
+@click.option("--lr", "learning_rate", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option("--seq-len", type=click.IntRange(2), default=64, show_default=True,
+              help="Window length for reading the training text.")
+@click.option("--max-tokens", type=click.IntRange(2), default=4096, show_default=True,
+              help="Use at most this many tokens of the training text.")
+@click.option("--prompt", "-p", default=None, help="A prompt to read through the translators.")
+@click.option("--position", "positions", type=int, multiple=True, default=(-1,), show_default=True,
+              help="Token position(s) to read; repeatable.")
+@click.option("--top-k", type=click.IntRange(1, 100), default=5, show_default=True, help="Tokens per layer.")
+@click.option("--track", default=None, metavar="TOKEN", help="Follow this token across layers (text or #ID).")
+@click.option("--compare/--no-compare", default=True, show_default=True,
+              help="Also show the plain logit lens's final-prediction probability per layer.")
+def tuned_lens_command(model_path, adapter_path, json_path, report_dir, translators_dir, train_text, steps,
+                       learning_rate, seq_len, max_tokens, prompt, positions, top_k, track, compare):
+    """Tuned lens: train per-layer affine translators and/or read a prompt through them."""
+    from lazarus_introspect.logit_lens import build_report, read_layers
+    from lazarus_introspect.report import Report, line_plot
+
+    if train_text is None and prompt is None:
+        raise LazarusError("give --train-text FILE to train translators, --prompt TEXT to read through them, "
+                           "or both")
+    model, tokenizer, _ = load(model_path, adapter_path)
+    result = run_meta("tuned-lens", model_path, adapter_path, model)
+    result["translators"] = str(translators_dir)
+    if train_text is not None:
+        text = Path(train_text).read_text(encoding="utf-8")
+        trained = train_translators(model, tokenizer, text, steps=steps, learning_rate=learning_rate,
+                                    seq_len=seq_len, max_tokens=max_tokens)
+        meta = {"format": "lazarus-tuned-lens", "model": str(model_path),
+                "adapter": str(adapter_path) if adapter_path else None,
+                "family": getattr(model, "family", None), "num_layers": activations.num_layers(model),
+                "hidden_size": int(trained["weights"][0].shape[0]), "steps": steps, "learning_rate": learning_rate,
+                "train_text": str(train_text), "train_text_sha256": hashlib.sha256(text.encode()).hexdigest(),
+                "train_tokens": trained["tokens"], "losses": trained["losses"]}
+        save_translators(translators_dir, trained, meta)
+        result["training"] = {"steps": steps, "tokens": trained["tokens"], "losses": trained["losses"]}
+        weights, biases = trained["weights"], trained["bias"]
+    else:
+        weights, biases, meta = load_translators(translators_dir, model)
+        result["training"] = {"steps": meta.get("steps"), "tokens": meta.get("train_tokens"),
+                              "losses": meta.get("losses")}
+
+    if prompt is not None:
+        ids = encode(tokenizer, prompt)
+        track_id, note = (None, "")
+        if track is not None:
+            track_id, note = single_token(tokenizer, track, "--track")
+        read = read_layers(model, tokenizer, ids, positions=positions, top_k=top_k, track_id=track_id,
+                           transform=translator_transform(weights, biases))
+        result.update(read)
+        result["prompt"] = prompt
+        result["track"] = None if track_id is None else {
+            "text": track, "id": track_id, "token": token_strings(tokenizer, [track_id])[0]}
+        if note:
+            result["notes"] = [note]
+        if compare:
+            plain = read_layers(model, tokenizer, ids, positions=positions, top_k=1, track_id=track_id)
+            for tuned_entry, plain_entry in zip(result["positions"], plain["positions"], strict=True):
+                for tuned_layer, plain_layer in zip(tuned_entry["layers"], plain_entry["layers"], strict=True):
+                    tuned_layer["logit_lens_final_prediction_prob"] = plain_layer["final_prediction_prob"]
+        report = build_report(result, "tuned-lens", f"Tuned lens — {model_path}")
+    else:
+        report = Report(probe="tuned-lens", title=f"Tuned lens — {model_path}", data=result)
+    losses = result["training"]["losses"]
+    if losses:
+        table = report.table("translator KL to the final layer", ["layer", "KL before (logit lens)", "KL after"])
+        for row in losses:
+            table.add_row(row["layer"], row["kl_before"], row["kl_after"])
+        if train_text is not None:
+            report.add_figure("translator_kl", line_plot(
+                {"logit lens": [r["kl_before"] for r in losses], "tuned lens": [r["kl_after"] for r in losses]},
+                title="KL(final || lens) on the training text", xlabel="layer", ylabel="KL (nats)"),
+                "KL divergence to the final distribution before and after training the translators")
+    emit(report, json_path, report_dir)
