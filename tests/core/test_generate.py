@@ -122,3 +122,221 @@ def test_stop_strings_cut_and_hold_back_partial_matches():
     assert stops.flush() == "S"
     assert _StopStrings([]).push("anything") == ("anything", False)
 
+
+
+# -- on a real (tiny, random) checkpoint loaded through lazarus.load_model ---------------------------
+PROMPTS = ["What is 12 + 7?", "The cat", "Hello! How are you today? I am fine, thank you. " * 2]
+
+
+def _write_tiny_llama(path):
+    """A random 2-layer llama in HF layout with a trained tokenizer (same config the families use)."""
+    import json
+
+    from mlx.utils import tree_flatten
+
+    from lazarus.tokenizer import train_tokenizer
+    from lazarus_families import llama
+
+    tokenizer = train_tokenizer(path, vocab_size=512)
+    config = llama.tiny_config(vocab_size=tokenizer.vocab_size)
+    config.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    mx.random.seed(1)
+    model = llama.Model(llama.ModelArgs.from_hf_config(config))
+    mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    from lazarus.loader import load_model
+
+    path = _write_tiny_llama(tmp_path_factory.mktemp("llama"))
+    model, tokenizer, _ = load_model(path)
+    return path, model, tokenizer
+
+
+def _full_recompute_greedy(model, prompt_ids, n):
+    ids = list(prompt_ids)
+    out, logits = [], []
+    for _ in range(n):
+        last = model(mx.array([ids]))[0, -1]
+        logits.append(last)
+        out.append(mx.argmax(last).item())
+        ids.append(out[-1])
+    return out, logits
+
+
+def test_kv_cache_decode_equals_full_recompute(tiny_llama):
+    from lazarus.generate import generate
+
+    _, model, tok = tiny_llama
+    prompt = tok.encode(PROMPTS[2])
+    expected, full_logits = _full_recompute_greedy(model, prompt, 12)
+    for step in (512, 5):  # one prefill pass, and several chunks
+        result = generate(model, tok, prompt, max_tokens=12, prefill_step_size=step, stop_token_ids=[])
+        assert result.token_ids == expected
+    # the cached logits themselves match the full forward pass
+    cache = model.make_cache()
+    cached = model(mx.array([prompt]), cache=cache)[0, -1]
+    np.testing.assert_allclose(np.array(cached), np.array(full_logits[0]), atol=1e-4)
+    for i, token in enumerate(expected[:-1]):
+        cached = model(mx.array([[token]]), cache=cache)[0, -1]
+        np.testing.assert_allclose(np.array(cached), np.array(full_logits[i + 1]), atol=1e-4)
+
+
+def test_batched_equals_one_by_one(tiny_llama):
+    from lazarus.generate import batch_generate, generate
+
+    _, model, tok = tiny_llama
+    for options in ({}, {"repetition_penalty": 1.5, "repetition_context_size": 8}):
+        singles = [generate(model, tok, p, max_tokens=10, **options) for p in PROMPTS]
+        batch = batch_generate(model, tok, PROMPTS, max_tokens=10, **options)
+        assert [r.token_ids for r in batch] == [r.token_ids for r in singles]
+        assert [r.text for r in batch] == [r.text for r in singles]
+        assert [r.prompt_token_ids for r in batch] == [tok.encode(p) for p in PROMPTS]
+
+
+def test_batched_rows_stop_independently(tiny_llama):
+    from lazarus.generate import batch_generate, generate
+
+    _, model, tok = tiny_llama
+    free = [generate(model, tok, p, max_tokens=12, stop_token_ids=[]) for p in PROMPTS]
+    stopper = free[1].token_ids[3]  # a token row 1 emits early
+    singles = [generate(model, tok, p, max_tokens=12, stop_token_ids=[stopper]) for p in PROMPTS]
+    batch = batch_generate(model, tok, PROMPTS, max_tokens=12, stop_token_ids=[stopper])
+    assert [r.token_ids for r in batch] == [r.token_ids for r in singles]
+    assert batch[1].finish_reason == "stop" and batch[1].token_ids[-1] == stopper
+    assert len(batch[1].token_ids) <= 4
+    longest = max(len(r.token_ids) for r in batch)
+    assert longest > len(batch[1].token_ids)  # other rows kept going
+
+
+def test_seed_reproducibility(tiny_llama):
+    from lazarus.generate import SamplingConfig, batch_generate, generate
+
+    _, model, tok = tiny_llama
+    sampling = SamplingConfig(temperature=1.0, seed=11)
+    a = generate(model, tok, PROMPTS[0], max_tokens=16, sampling=sampling)
+    b = generate(model, tok, PROMPTS[0], max_tokens=16, sampling=sampling)
+    c = generate(model, tok, PROMPTS[0], max_tokens=16, temperature=1.0, seed=12)
+    greedy = generate(model, tok, PROMPTS[0], max_tokens=16)
+    assert a.token_ids == b.token_ids
+    assert a.token_ids != c.token_ids
+    assert a.token_ids != greedy.token_ids
+    # batches are reproducible too
+    x = batch_generate(model, tok, PROMPTS, max_tokens=8, sampling=sampling)
+    y = batch_generate(model, tok, PROMPTS, max_tokens=8, sampling=sampling)
+    assert [r.token_ids for r in x] == [r.token_ids for r in y]
+
+
+def test_stop_strings_stop_and_are_not_emitted(tiny_llama):
+    from lazarus.generate import generate, stream_generate
+
+    _, model, tok = tiny_llama
+    free = generate(model, tok, PROMPTS[0], max_tokens=30, stop_token_ids=[])
+    text = free.text
+    assert len(text) > 12
+    stop = text[6:10]
+    first = text.find(stop)
+    result = generate(model, tok, PROMPTS[0], max_tokens=30, stop=[stop, "never appears"])
+    assert result.finish_reason == "stop"
+    assert result.text == text[:first]
+    assert stop not in result.text
+    assert len(result.token_ids) < len(free.token_ids)
+    streamed = "".join(c.text for c in stream_generate(model, tok, PROMPTS[0], max_tokens=30, stop=[stop]))
+    assert streamed == result.text
+
+
+def test_stop_tokens_and_max_tokens(tiny_llama):
+    from lazarus.generate import generate, stream_generate
+
+    _, model, tok = tiny_llama
+    free = generate(model, tok, PROMPTS[0], max_tokens=15, stop_token_ids=[])
+    assert free.finish_reason == "length" and len(free.token_ids) == 15
+    assert free.text == tok.decode(free.token_ids)
+    stopper = free.token_ids[5]
+    cut = free.token_ids.index(stopper)
+    result = generate(model, tok, PROMPTS[0], max_tokens=15, stop_token_ids=[stopper])
+    assert result.finish_reason == "stop"
+    assert result.token_ids == free.token_ids[:cut + 1]  # the stop token is returned...
+    assert result.text == tok.decode(free.token_ids[:cut])  # ...but its text is not emitted
+    chunks = list(stream_generate(model, tok, PROMPTS[0], max_tokens=15))
+    assert [c.finish_reason for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+    last = chunks[-1]
+    assert last.stats.generation_tokens == len(chunks) and last.stats.prompt_tokens == len(tok.encode(PROMPTS[0]))
+    assert last.stats.generation_tps > 0 and last.stats.prompt_tps > 0 and last.stats.peak_memory_gb > 0
+
+
+def test_greedy_matches_mlx_lm(tiny_llama):
+    mlx_lm = pytest.importorskip("mlx_lm")
+    from mlx_lm.sample_utils import make_sampler as mlx_make_sampler
+
+    from lazarus.generate import generate
+
+    path, model, tok = tiny_llama
+    ref_model, ref_tok = mlx_lm.load(str(path))
+    prompt = tok.encode(PROMPTS[0])
+    ours = generate(model, tok, prompt, max_tokens=20, stop_token_ids=[])
+    theirs = [r.token for r in mlx_lm.stream_generate(ref_model, ref_tok, prompt, max_tokens=20,
+                                                       sampler=mlx_make_sampler(temp=0.0))]
+    eos = sorted(tok.eos_token_ids)
+    if not any(t in eos for t in ours.token_ids):
+        assert ours.token_ids == theirs[:20]
+    else:
+        assert ours.token_ids[: len(theirs)] == theirs
+    text = mlx_lm.generate(ref_model, ref_tok, prompt, max_tokens=20, sampler=mlx_make_sampler(temp=0.0))
+    assert generate(model, tok, prompt, max_tokens=20).text == text
+
+
+# -- the CLI ---------------------------------------------------------------------------------------------
+def _run_cli(args, input=None):
+    from click.testing import CliRunner
+
+    from lazarus.cli import main
+
+    return CliRunner().invoke(main, args, input=input, catch_exceptions=False)
+
+
+def test_cli_streams_text_and_reports_speed(tiny_llama):
+    from lazarus.generate import generate
+
+    path, model, tok = tiny_llama
+    res = _run_cli(["generate", "--model", str(path), "--prompt", PROMPTS[0], "--max-tokens", "12"])
+    assert res.exit_code == 0, res.output
+    expected = generate(model, tok, PROMPTS[0], max_tokens=12).text
+    assert res.stdout == expected + "\n"
+    assert "tokens/s" in res.stderr and "peak memory" in res.stderr
+    n_prompt = len(tok.encode(PROMPTS[0]))
+    assert f"prompt: {n_prompt} tokens" in res.stderr
+
+    raw = _run_cli(["generate", "-m", str(path), "-p", "-", "--raw", "-n", "4"], input=PROMPTS[0])
+    assert raw.exit_code == 0
+    assert f"prompt: {n_prompt - 1} tokens" in raw.stderr  # no BOS in raw mode
+
+    chat = _run_cli(["generate", "-m", str(path), "-p", "Hi", "--system", "Be brief.", "-n", "4"])
+    n_chat = len(tok.encode_chat([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]))
+    assert chat.exit_code == 0 and f"prompt: {n_chat} tokens" in chat.stderr
+
+    sampled = [_run_cli(["generate", "-m", str(path), "-p", "The", "-t", "1.0", "--top-p", "0.9",
+                         "--seed", "3", "-n", "8"]).stdout for _ in range(2)]
+    assert sampled[0] == sampled[1]
+
+
+def test_cli_errors_are_one_line(tiny_llama, tmp_path):
+    import json
+    import shutil
+
+    path, _, _ = tiny_llama
+    res = _run_cli(["generate", "-m", str(path), "-p", "x", "--chat", "--raw"])
+    assert res.exit_code == 2 and "exclude each other" in res.stderr
+    no_template = tmp_path / "m"
+    shutil.copytree(path, no_template)
+    config = json.loads((no_template / "tokenizer_config.json").read_text())
+    del config["chat_template"]
+    (no_template / "tokenizer_config.json").write_text(json.dumps(config))
+    res = _run_cli(["generate", "-m", str(no_template), "-p", "x", "--chat"])
+    assert res.exit_code == 2
+    assert "no chat template" in res.stderr and "Traceback" not in res.output
+    res = _run_cli(["generate", "-m", str(tmp_path / "missing"), "-p", "x"])
+    assert res.exit_code == 2

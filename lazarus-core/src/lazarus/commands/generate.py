@@ -76,14 +76,11 @@ def generate(model_path, prompt, chat, system, raw, max_tokens, temperature, top
                               repetition_penalty=repetition_penalty,
                               repetition_context_size=repetition_context_size, seed=seed)
     chunk = None
-    out = click.get_text_stream("stdout")
     for chunk in stream_generate(model, tokenizer, prompt_ids, max_tokens=max_tokens, sampling=sampling,
                                  stop=stop, prefill_step_size=prefill_step_size):
         if chunk.text:
-            out.write(chunk.text)
-            out.flush()
-    out.write("\n")
-    out.flush()
+            click.echo(chunk.text, nl=False)  # echo flushes, so text appears as it is generated
+    click.echo()
     if verbose and chunk is not None:
         s = chunk.stats
         click.echo(f"prompt: {s.prompt_tokens} tokens, {s.prompt_tps:.1f} tokens/s | "
