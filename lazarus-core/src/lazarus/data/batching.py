@@ -6,7 +6,7 @@ example lengths and the batching settings, never of rank or world size):
 1. shuffle the example indices with ``numpy.random.default_rng([seed, epoch])``;
 2. cut the shuffled order into windows of ``sort_window`` examples and sort each window by length
    (stable), so batches hold similar lengths and little padding;
-3. cut each window into batches: ``batch_size`` examples each, or as many as fit
+3. cut the result into batches: ``batch_size`` examples each, or as many as fit
    ``max_tokens_per_batch`` padded tokens (batch rows × longest length × sequences per example);
 4. shuffle the order of the batches, so the epoch does not run from short to long.
 
@@ -219,31 +219,30 @@ class BatchIterator:
         rng = np.random.default_rng([self.seed, epoch])
         count = len(self.examples)
         order = rng.permutation(count) if self.shuffle else np.arange(count)
-        batches: list[np.ndarray] = []
-        for start in range(0, count, self.sort_window):
-            window = order[start:start + self.sort_window]
-            window = window[np.argsort(self.lengths[window], kind="stable")]
-            batches.extend(self._cut(window))
-        if self.drop_last and self.batch_size is not None and batches:
-            batches = [b for b in batches if len(b) == self.batch_size]
+        if self.sort_window > 1:
+            windows = [order[start:start + self.sort_window] for start in range(0, count, self.sort_window)]
+            order = np.concatenate([w[np.argsort(self.lengths[w], kind="stable")] for w in windows])
+        batches = self._cut(order)
+        if self.drop_last and self.batch_size is not None and len(batches[-1]) < self.batch_size:
+            batches = batches[:-1]
+        if not batches:
+            raise LazarusError(f"no batches: {count} examples and drop_last with batch_size={self.batch_size}")
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         self._plans = {epoch: batches}  # keep one epoch: plans are cheap to rebuild
-        if not batches:
-            raise LazarusError(f"no batches: {count} examples and drop_last with batch_size={self.batch_size}")
         return batches
 
-    def _cut(self, window: np.ndarray) -> list[np.ndarray]:
+    def _cut(self, order: np.ndarray) -> list[np.ndarray]:
         if self.batch_size is not None:
-            return [window[i:i + self.batch_size] for i in range(0, len(window), self.batch_size)]
+            return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         batches, start, longest = [], 0, 0
-        for i, index in enumerate(window):
+        for i, index in enumerate(order):
             longest_if_added = max(longest, int(self.lengths[index]))
             if i > start and self._cost(i - start + 1, longest_if_added) > self.max_tokens_per_batch:
-                batches.append(window[start:i])
+                batches.append(order[start:i])
                 start, longest_if_added = i, int(self.lengths[index])
             longest = longest_if_added
-        batches.append(window[start:])
+        batches.append(order[start:])
         return batches
 
     def batches_per_epoch(self, epoch: int | None = None) -> int:

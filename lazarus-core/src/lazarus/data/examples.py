@@ -141,8 +141,11 @@ def _encode(tokenizer, text: str, add_special_tokens: bool) -> list[int]:
     """Encode, keeping a single BOS when the text already starts with the BOS string."""
     ids = list(tokenizer.encode(text, add_special_tokens=add_special_tokens))
     bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is not None and len(ids) >= 2 and ids[0] == bos and ids[1] == bos:
-        ids = ids[1:]
+    if bos is not None and ids and ids[0] == bos:
+        start = 0
+        while start + 1 < len(ids) and ids[start + 1] == bos:
+            start += 1
+        ids = ids[start:]  # a run of leading BOS (text's own + the tokenizer's) becomes one
     return ids
 
 
