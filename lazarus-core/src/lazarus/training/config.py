@@ -1,0 +1,315 @@
+"""Training configuration: one attrs schema is the source of the CLI options and the config-file keys.
+
+A trainer's config class is an attrs class that extends :class:`TrainingConfig` with its own fields,
+each declared with :func:`setting` (default + help). From that one schema:
+
+- :func:`click_options` makes the ``lazarus train NAME`` options (``--learning-rate``, ``--lora-targets``...);
+- :func:`read_config_file` reads a TOML (or YAML, when a YAML library is installed) file whose keys are the
+  field names, and rejects unknown keys naming the file and the key;
+- :func:`build_config` merges, lowest to highest: field defaults, a resumed run's saved config, the config
+  file, the options given on the command line.
+
+This module imports only the standard library, attrs and click, so building ``--help`` stays light.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import attrs
+import click
+
+from lazarus.errors import LazarusError
+
+#: the learning-rate schedules :mod:`lazarus.training.schedules` implements
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+def setting(default: Any = None, help: str = "", *, choices: tuple[str, ...] | None = None,
+            minimum: float | None = None, metavar: str | None = None, cli: bool = True) -> Any:
+    """Declare one config field: its default, the help shown by ``--help``, and optional checks.
+
+    ``choices`` limits a string field; ``minimum`` is an inclusive lower bound for numbers (``None``
+    values are always allowed for optional fields); ``cli=False`` keeps a field out of the CLI.
+    """
+    validators = []
+    if choices is not None:
+        validators.append(_one_of(choices))
+    if minimum is not None:
+        validators.append(_at_least(minimum))
+    metadata = {"help": help, "choices": choices, "metavar": metavar, "cli": cli, "minimum": minimum}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use a tuple or None as the default of a config field")
+    return attrs.field(default=default, metadata=metadata, validator=validators or None,
+                       converter=_tuple_converter if isinstance(default, tuple) else None)
+
+
+def _tuple_converter(value):
+    if value is None or isinstance(value, tuple):
+        return value
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return tuple(value)
+
+
+def _one_of(choices):
+    def check(instance, attribute, value):
+        if value is not None and value not in choices:
+            raise ValueError(f"{attribute.name} must be one of {', '.join(choices)}, got {value!r}")
+
+    return check
+
+
+def _at_least(minimum):
+    def check(instance, attribute, value):
+        if value is not None and value < minimum:
+            raise ValueError(f"{attribute.name} must be >= {minimum:g}, got {value!r}")
+
+    return check
+
+
+@attrs.define(kw_only=True)
+class TrainingConfig:
+    """Everything a training run needs besides the trainer's loss. Trainers subclass this.
+
+    Field names are the config-file keys; ``--field-name`` is the CLI option.
+    """
+
+    # -- what to train on ----------------------------------------------------------------------
+    model: str | None = setting(None, "Base model: a local directory in Hugging Face layout, or a hub id.",
+                                metavar="PATH")
+    data: str | None = setting(
+        None, "Training data: a JSONL file, or a directory with train.jsonl (and valid.jsonl for eval).",
+        metavar="PATH")
+    output: str = setting("lazarus-out", "Output directory: adapter, metrics.jsonl, loss.png, checkpoints/.",
+                          metavar="DIR")
+    resume: str | None = setting(
+        None, "Resume from a checkpoint directory (or an output directory: its latest checkpoint).",
+        metavar="DIR")
+    dtype: str | None = setting(None, "Load the model in this dtype (default: as stored).",
+                                choices=("float32", "float16", "bfloat16"))
+
+    # -- adapter -------------------------------------------------------------------------------
+    adapter: str = setting("lora", "Adapter type: lora, dora or full (full fine-tune).", metavar="TYPE")
+    rank: int = setting(8, "LoRA/DoRA rank.", minimum=1)
+    scale: float = setting(20.0, "LoRA/DoRA scale: y = W x + scale * (x @ A) @ B.")
+    dropout: float = setting(0.0, "Dropout on the LoRA/DoRA input.", minimum=0.0)
+    lora_targets: tuple[str, ...] | None = setting(
+        None, "Comma-separated module names to adapt, e.g. q_proj,v_proj (default: the adapter's default).",
+        metavar="NAMES")
+    num_layers: int = setting(16, "Adapt the last N transformer blocks (-1: all).", minimum=-1)
+
+    # -- optimisation --------------------------------------------------------------------------
+    learning_rate: float = setting(1e-5, "Peak learning rate (AdamW).", minimum=0.0)
+    lr_schedule: str = setting("constant", "Learning-rate schedule after warmup.", choices=SCHEDULES)
+    warmup_steps: int = setting(0, "Linear warmup steps from 0 to the peak learning rate.", minimum=0)
+    min_learning_rate: float = setting(0.0, "Final learning rate of the linear and cosine schedules.",
+                                       minimum=0.0)
+    weight_decay: float = setting(0.0, "AdamW decoupled weight decay.", minimum=0.0)
+    max_grad_norm: float = setting(1.0, "Clip gradients to this global L2 norm (0 disables clipping).",
+                                   minimum=0.0)
+    grad_accumulation: int = setting(1, "Micro-batches whose gradients make one optimizer step.", minimum=1)
+    batch_size: int = setting(4, "Examples per micro-batch, over all ranks (split evenly between them).",
+                              minimum=1)
+    max_steps: int | None = setting(None, "Optimizer steps to train for (default 1000 unless --epochs).",
+                                    minimum=1)
+    epochs: int | None = setting(None, "Passes over the training data (stops at whichever of --max-steps "
+                                       "and --epochs comes first).", minimum=1)
+    max_seq_length: int = setting(2048, "Truncate examples to this many tokens.", minimum=2)
+    seed: int = setting(0, "Seed for adapter initialisation, data order and dropout.")
+    compile: bool = setting(True, "Compile the training step with mx.compile.")
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    log_interval: int = setting(10, "Steps between train-metric rows in metrics.jsonl.", minimum=1)
+    eval_interval: int = setting(200, "Steps between evaluations on the validation set (0: only at "
+                                      "the start and end).", minimum=0)
+    eval_batches: int = setting(25, "Validation batches per evaluation (-1: the whole set).", minimum=-1)
+    save_interval: int = setting(100, "Steps between resumable checkpoints (0: only at the end).", minimum=0)
+    keep_checkpoints: int = setting(3, "How many step checkpoints to keep (0: keep all).", minimum=0)
+
+    #: default number of optimizer steps when neither max_steps nor epochs is given
+    DEFAULT_STEPS: typing.ClassVar[int] = 1000
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every field (tuples become lists)."""
+        return {name: list(value) if isinstance(value, tuple) else value
+                for name, value in attrs.asdict(self, recurse=False).items()}
+
+
+# -- field introspection ----------------------------------------------------------------------------
+@attrs.frozen
+class FieldKind:
+    """What a config field holds: ``base`` is int, float, str or bool; ``many`` for tuples of str."""
+
+    base: type
+    optional: bool
+    many: bool
+
+
+def field_kind(cls: type, field: attrs.Attribute) -> FieldKind:
+    """Resolve a field's annotation (``int``, ``str | None``, ``tuple[str, ...] | None``...)."""
+    hints = typing.get_type_hints(cls)
+    hint = hints[field.name]
+    optional = False
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        optional = type(None) in args
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) != 1:
+            raise TypeError(f"config field {field.name}: unsupported type {hint!r}")
+        hint = rest[0]
+    if typing.get_origin(hint) is tuple:
+        return FieldKind(str, optional, True)
+    if hint not in (int, float, str, bool):
+        raise TypeError(f"config field {field.name}: unsupported type {hint!r}")
+    return FieldKind(hint, optional, False)
+
+
+def config_fields(cls: type) -> list[attrs.Attribute]:
+    """The fields of a config class, in declaration order."""
+    return list(attrs.fields(cls))
+
+
+def option_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+# -- CLI --------------------------------------------------------------------------------------------
+def _default_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def click_options(cls: type) -> list[click.Option]:
+    """One click option per CLI field of ``cls``. Their click default is ``None`` so that
+    :func:`build_config` can tell "given on the command line" from "left at the default"."""
+    options = []
+    for field in config_fields(cls):
+        if not field.metadata.get("cli", True):
+            continue
+        kind = field_kind(cls, field)
+        name = option_name(field.name)
+        help_text = field.metadata.get("help", "")
+        shown = _default_text(field.default)
+        if shown is not None:
+            help_text = f"{help_text}  [default: {shown}]"
+        common = dict(default=None, help=help_text, show_default=False)
+        if kind.base is bool and not kind.many:
+            options.append(click.Option([f"{name}/--no-{name[2:]}", field.name], **common))
+            continue
+        if field.metadata.get("choices"):
+            click_type = click.Choice(field.metadata["choices"])
+        elif kind.many:
+            click_type = click.STRING
+        else:
+            click_type = {int: click.INT, float: click.FLOAT, str: click.STRING}[kind.base]
+        options.append(click.Option([name, field.name], type=click_type, metavar=field.metadata.get("metavar"),
+                                    **common))
+    return options
+
+
+# -- config files -----------------------------------------------------------------------------------
+def read_config_file(path: str | os.PathLike, cls: type) -> dict[str, Any]:
+    """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) config file into ``{field: value}``.
+
+    Keys are field names (``learning_rate``; ``learning-rate`` is accepted too). An unknown key, a
+    value of the wrong type or an unreadable file raises :class:`LazarusError` naming file and key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LazarusError(f"config file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            raise LazarusError(f"{path}: reading TOML needs Python 3.11+; use a YAML config "
+                               "with PyYAML installed") from None
+        try:
+            with path.open("rb") as handle:
+                raw = tomllib.load(handle)
+        except tomllib.TOMLDecodeError as exc:
+            raise LazarusError(f"{path}: not valid TOML: {exc}") from None
+    elif suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise LazarusError(f"{path}: reading YAML needs PyYAML (pip install pyyaml), "
+                               "or write the config as TOML") from None
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise LazarusError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    else:
+        raise LazarusError(f"{path}: unknown config file type {suffix or '(none)'}; use .toml or .yaml")
+    if not isinstance(raw, dict):
+        raise LazarusError(f"{path}: the top level must be a table of key = value settings")
+
+    fields = {f.name: f for f in config_fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name not in fields:
+            raise LazarusError(f"{path}: unknown key {key!r}; valid keys: {', '.join(fields)}")
+        values[name] = _check_value(cls, fields[name], value, where=f"{path}: key {key!r}")
+    return values
+
+
+def _check_value(cls: type, field: attrs.Attribute, value: Any, where: str) -> Any:
+    kind = field_kind(cls, field)
+    if value is None and kind.optional:
+        return None
+    if kind.many:
+        if isinstance(value, str):
+            return _tuple_converter(value)
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise LazarusError(f"{where} must be a list of strings, got {value!r}")
+    if kind.base is bool:
+        ok = isinstance(value, bool)
+    elif kind.base is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind.base is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise LazarusError(f"{where} must be {kind.base.__name__}, got {value!r}")
+    return value
+
+
+# -- merging ----------------------------------------------------------------------------------------
+def build_config(cls: type, *, cli_values: dict[str, Any] | None = None, config_file: str | None = None,
+                 saved: dict[str, Any] | None = None):
+    """Make a ``cls`` instance from (lowest to highest): defaults, ``saved`` (a resumed run's
+    config), ``config_file``, ``cli_values`` (``None`` values mean "not given" and are skipped).
+
+    Raises :class:`LazarusError` naming the option for a value a validator rejects.
+    """
+    values: dict[str, Any] = {}
+    names = {f.name for f in config_fields(cls)}
+    if saved:
+        values.update({k: v for k, v in saved.items() if k in names})
+    if config_file:
+        values.update(read_config_file(config_file, cls))
+    values.update({k: v for k, v in (cli_values or {}).items() if v is not None and k in names})
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as exc:
+        message = str(exc)
+        for name in names:  # name the option the way the user typed it
+            if message.startswith(f"{name} "):
+                message = f"{option_name(name)} (config key {name!r}) {message[len(name) + 1:]}"
+                break
+        raise LazarusError(f"invalid training setting: {message}") from None

@@ -1,0 +1,588 @@
+"""The trainer base: one loop that every trainer (sft, dpo, grpo, ppo ...) shares.
+
+A trainer subclasses :class:`Trainer`, sets ``config_class`` (a :class:`TrainingConfig` subclass
+with its own fields) and ``data_format``, and implements two things:
+
+- :meth:`Trainer.batch_arrays`: turn one batch from the data layer into a tuple of ``mx.array``;
+- :meth:`Trainer.loss`: ``loss(model, *arrays) -> (total, count)``: the *sum* of the per-item losses
+  of the batch and how many items they cover (tokens for SFT, pairs for DPO ...).
+
+The base does the rest: loading the model and applying the adapter, data sharding by rank,
+gradient accumulation, averaging over ranks, clipping, AdamW with a schedule, compiled steps,
+evaluation, progress, metrics, checkpoints and resume. Because losses are returned as sums with
+their counts, the loss of a step is the exact mean over all items of all micro-batches of all
+ranks, whatever the padding or the split.
+
+Optional hooks: :meth:`Trainer.setup` (after the model is ready: build a reference model ...),
+:meth:`Trainer.tokenize` (turn records into examples).
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import signal
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import attrs
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
+
+from lazarus.errors import LazarusError
+from lazarus.training import checkpoint as ckpt
+from lazarus.training.config import TrainingConfig
+from lazarus.training.distributed import World, init_world
+from lazarus.training.metrics import MetricsLog, plot_loss_curve
+from lazarus.training.optimizer import build_optimizer, clip_by_global_norm
+from lazarus.training.schedules import learning_rate_at
+
+METRICS_FILE = "metrics.jsonl"
+LOSS_PNG = "loss.png"
+
+
+@attrs.define
+class TrainResult:
+    """What a finished (or interrupted) run produced."""
+
+    output: Path
+    step: int  #: optimizer steps done
+    total_steps: int
+    interrupted: bool = False
+    checkpoint: Path | None = None  #: the last resumable checkpoint written
+    first_eval_loss: float | None = None
+    last_eval_loss: float | None = None
+    last_train_loss: float | None = None
+    resume_command: str | None = None
+    metrics: list[dict] = attrs.Factory(list)
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM handler: the first signal asks the loop to save and stop after the current
+    step (state is only consistent between steps); a second one aborts at once."""
+
+    def __init__(self, console) -> None:
+        self.requested = False
+        self.console = console
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self):
+        if _in_main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if self.console is not None:
+            self.console.print("[yellow]Stopping after this step and saving a checkpoint "
+                               "(press Ctrl-C again to quit without saving)...[/]")
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+class Trainer:
+    """Base class of trainers. See the module docstring for what a subclass implements.
+
+    ``name`` is the registry name (``sft``); ``data_format`` the kind of records it reads
+    (``sft``, ``preference``, ``prompt``), passed to :func:`lazarus.data.records.load_splits`.
+    """
+
+    name: ClassVar[str] = "trainer"
+    config_class: ClassVar[type] = TrainingConfig
+    data_format: ClassVar[str] = "sft"
+    #: pad batch lengths to a multiple of this (fewer distinct shapes to compile)
+    pad_to_multiple: ClassVar[int] = 8
+
+    def __init__(self, config: TrainingConfig, *, world: World | None = None, console=None,
+                 progress: bool = True) -> None:
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, "
+                            f"got {type(config).__name__}")
+        self.config = config
+        self.world = world or init_world()
+        if console is None:
+            from rich.console import Console
+
+            console = Console(stderr=True)
+        self.console = console if self.world.is_main else None
+        self.show_progress = progress and self.world.is_main
+        self.output = Path(config.output)
+        self.model = None
+        self.tokenizer = None
+        self.model_config: dict = {}
+        self.optimizer = None
+        self.adapter_config = None
+
+    # -- what a subclass implements ------------------------------------------------------------
+    def batch_arrays(self, batch) -> tuple:
+        """The ``mx.array`` arguments of :meth:`loss` for one batch of the data layer."""
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, *arrays) -> tuple[mx.array, mx.array]:
+        """``(sum of losses, number of items)`` for one batch; both scalar arrays."""
+        raise NotImplementedError
+
+    def batch_tokens(self, batch) -> int:
+        """Real (unpadded) tokens in a batch, for throughput; filler rows do not count."""
+        lengths = getattr(batch, "lengths", None)
+        if lengths is None:
+            return 0
+        return int(lengths[batch.indices >= 0].sum())
+
+    def setup(self) -> None:
+        """Called once the model, tokenizer and adapter are ready (and weights restored on resume)."""
+
+    def tokenize(self, dataset):
+        """Records -> examples (default: :func:`lazarus.data.examples.tokenize` with the config)."""
+        from lazarus.data.examples import tokenize
+
+        return tokenize(dataset, self.tokenizer, max_seq_length=self.config.max_seq_length,
+                        mask_prompt=getattr(self.config, "mask_prompt", True))
+
+    # -- helpers -------------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        if self.console is not None:
+            self.console.print(message)
+
+    @property
+    def full_fine_tune(self) -> bool:
+        return self.config.adapter == "full"
+
+    # -- model and adapter ---------------------------------------------------------------------
+    def load(self) -> None:
+        """Load the base model and tokenizer and apply the configured adapter."""
+        from lazarus.loader import load_model
+
+        config = self.config
+        if not config.model:
+            raise LazarusError("no model given: pass --model PATH (a Hugging Face layout directory)")
+        self.model, self.tokenizer, self.model_config = load_model(config.model, dtype=config.dtype)
+        self.apply_adapter()
+
+    def apply_adapter(self) -> None:
+        from lazarus.adapters import AdapterConfig, LoraParameters, apply_adapter
+
+        config = self.config
+        keys = self._resolve_targets(config.lora_targets) if config.lora_targets else None
+        self.adapter_config = AdapterConfig(
+            fine_tune_type=config.adapter, num_layers=config.num_layers,
+            lora_parameters=LoraParameters(rank=config.rank, scale=config.scale, dropout=config.dropout,
+                                           keys=keys))
+        mx.random.seed(config.seed)  # adapter initialisation is part of the run's seed
+        apply_adapter(self.model, self.adapter_config)
+        self.model.train()
+        trainable = sum(v.size for _, v in tree_flatten(self.model.trainable_parameters()))
+        if trainable == 0:
+            raise LazarusError(f"the {config.adapter} adapter left nothing to train; check --lora-targets "
+                               "and --num-layers")
+        self.num_trainable = trainable
+
+    def _resolve_targets(self, targets: tuple[str, ...]) -> tuple[str, ...]:
+        """Expand short names (``q_proj``) to block-relative paths (``self_attn.q_proj``)."""
+        from lazarus.adapters.base import default_keys, select_blocks
+
+        available = default_keys(select_blocks(self.model, self.config.num_layers))
+        resolved: list[str] = []
+        for target in targets:
+            matches = [k for k in available if k == target or k.endswith("." + target)]
+            if not matches:
+                raise LazarusError(f"--lora-targets: {target!r} matches no linear layer of the adapted "
+                                   f"blocks; available: {', '.join(available)}")
+            resolved.extend(m for m in matches if m not in resolved)
+        return tuple(resolved)
+
+    def write_weights(self, directory: Path, *, step: int) -> None:
+        """Write the trained weights into ``directory`` through the checkpoint-format plugins:
+        ``mlx-lm`` for adapters, ``hf`` (whole model, Hugging Face layout) for a full fine-tune."""
+        from lazarus import checkpoints
+        from lazarus.adapters import adapter_weights
+
+        if self.full_fine_tune:
+            checkpoints.save("hf", directory, model=self.model, source=self.config.model,
+                             config=self.model_config if isinstance(self.model_config, dict) else None,
+                             provenance=self.provenance(step))
+        else:
+            checkpoints.save("mlx-lm", directory, weights=adapter_weights(self.model, self.adapter_config),
+                             config=self._adapter_config_for_disk(), model=self.model,
+                             provenance=self.provenance(step))
+
+    def _adapter_config_for_disk(self):
+        # mlx-lm keeps its training options in adapter_config.json; we record ours the same way
+        extra = {"trainer": self.name, "model": self.config.model, "data": self.config.data,
+                 "seed": self.config.seed, "learning_rate": self.config.learning_rate,
+                 "batch_size": self.config.batch_size}
+        return attrs.evolve(self.adapter_config, extra={**self.adapter_config.extra, **extra})
+
+    def read_weights(self, checkpoint: Path) -> None:
+        """Load the trained weights saved in a checkpoint directory into the (adapted) model."""
+        from lazarus import checkpoints
+
+        expected = dict(tree_flatten(self.model.trainable_parameters()))
+        if self.full_fine_tune:
+            saved_model, _, _ = checkpoints.load("hf", checkpoint)
+            weights = {k: v for k, v in tree_flatten(saved_model.parameters()) if k in expected}
+        else:
+            weights = checkpoints.load("mlx-lm", checkpoint).weights
+        missing = sorted(set(expected) - set(weights))
+        if missing:
+            raise LazarusError(f"{checkpoint}: the checkpoint lacks {missing[0]} (and {len(missing) - 1} "
+                               "more); it was written with other adapter settings than this run's")
+        for key, value in weights.items():
+            if key in expected and tuple(value.shape) != tuple(expected[key].shape):
+                raise LazarusError(f"{checkpoint}: {key} has shape {tuple(value.shape)}, this run expects "
+                                   f"{tuple(expected[key].shape)}; resume with the settings it was saved with")
+        self.model.load_weights([(k, v) for k, v in weights.items() if k in expected], strict=False)
+
+    def provenance(self, step: int) -> dict:
+        """Extra ``lazarus.json`` fields of a checkpoint: trainer, step, settings, hashed data files."""
+        data_files = []
+        if self.config.data:
+            data = Path(self.config.data)
+            data_files = [data] if data.is_file() else sorted(
+                p for p in (data / "train.jsonl", data / "valid.jsonl") if p.is_file())
+        return {"trainer": self.name, "step": step, "training": self.config.to_dict(),
+                "data_files": data_files}
+
+    # -- data ----------------------------------------------------------------------------------
+    def load_data(self) -> None:
+        from lazarus.data.examples import pad_id_for
+        from lazarus.data.records import load_splits
+
+        config = self.config
+        if not config.data:
+            raise LazarusError("no data given: pass --data PATH (a JSONL file or a directory with train.jsonl)")
+        splits = load_splits(config.data, format=self.data_format)
+        self.train_examples = self.tokenize(splits.train)
+        self.valid_examples = self.tokenize(splits.valid) if splits.valid is not None and len(splits.valid) else None
+        if not len(self.train_examples):
+            raise LazarusError(f"{config.data}: no training examples left after tokenisation "
+                               f"(max_seq_length={config.max_seq_length})")
+        self.pad_id = pad_id_for(self.tokenizer)
+        if config.batch_size % self.world.size:
+            raise LazarusError(f"--batch-size {config.batch_size} is the global batch and must divide evenly "
+                               f"over {self.world.size} ranks")
+        self.train_batches = self._iterator(self.train_examples, shuffle=True)
+
+    def _iterator(self, examples, *, shuffle: bool):
+        from lazarus.data.batching import BatchIterator
+
+        return BatchIterator(examples, batch_size=self.config.batch_size, seed=self.config.seed,
+                             shuffle=shuffle, pad_id=self.pad_id, pad_to_multiple=self.pad_to_multiple,
+                             rank=self.world.rank, world_size=self.world.size)
+
+    def total_steps(self) -> int:
+        """Optimizer steps of the run: max_steps and/or epochs (whichever ends first)."""
+        config = self.config
+        candidates = []
+        if config.max_steps:
+            candidates.append(config.max_steps)
+        if config.epochs:
+            per_epoch = self.train_batches.batches_per_epoch(0)
+            candidates.append(max(1, math.ceil(config.epochs * per_epoch / config.grad_accumulation)))
+        return min(candidates) if candidates else config.DEFAULT_STEPS
+
+    # -- compiled steps ------------------------------------------------------------------------
+    def _build_steps(self):
+        model, optimizer, world, config = self.model, self.optimizer, self.world, self.config
+        loss_and_grad = nn.value_and_grad(model, self.loss)
+
+        def micro_step(*arrays):
+            (total, count), grads = loss_and_grad(model, *arrays)
+            return total, count, grads
+
+        def apply_step(grads, count):
+            # grads are sums over this rank's items: sum over ranks, divide by the global count
+            grads, count = world.all_sum((grads, count))
+            count = mx.maximum(count, 1)
+            grads = tree_map(lambda g: g / count.astype(g.dtype), grads)
+            grads, norm = clip_by_global_norm(grads, config.max_grad_norm)
+            optimizer.update(model, grads)
+            return norm
+
+        def eval_step(*arrays):
+            return self.loss(model, *arrays)
+
+        if config.compile:
+            # value_and_grad swaps the parameters in and out of the model, so the model's state is
+            # an output too; the random state carries dropout noise from step to step
+            micro_step = mx.compile(micro_step, inputs=[model.state, mx.random.state],
+                                    outputs=[model.state, mx.random.state])
+            apply_step = mx.compile(apply_step, inputs=[model.state, optimizer.state],
+                                    outputs=[model.state, optimizer.state])
+            eval_step = mx.compile(eval_step, inputs=[model.state])
+        return micro_step, apply_step, eval_step
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def evaluate(self, eval_step=None) -> float | None:
+        """Mean loss over ``eval_batches`` validation batches (all ranks together); None without
+        a validation split."""
+        if self.valid_examples is None or not len(self.valid_examples):
+            return None
+        eval_step = eval_step or (lambda *a: self.loss(self.model, *a))
+        iterator = self._iterator(self.valid_examples, shuffle=False)
+        limit = self.config.eval_batches
+        total, count = mx.array(0.0), mx.array(0.0)
+        self.model.eval()
+        try:
+            for index, batch in enumerate(iterator.epoch()):
+                if 0 <= limit <= index:
+                    break
+                batch_total, batch_count = eval_step(*self.batch_arrays(batch))
+                total, count = total + batch_total, count + batch_count
+                mx.eval(total, count)
+        finally:
+            self.model.train()
+        total, count = self.world.all_sum((total, count))
+        return float(total.item() / max(count.item(), 1.0))
+
+    # -- the loop ------------------------------------------------------------------------------
+    def train(self) -> TrainResult:
+        """Run training to the end (or until Ctrl-C) and return what it produced."""
+        config = self.config
+        resume_from = ckpt.find_checkpoint(config.resume) if config.resume else None
+        state: dict[str, Any] = ckpt.read_state(resume_from) if resume_from else {}
+        if state and state["trainer"] != self.name:
+            raise LazarusError(f"--resume {resume_from}: this checkpoint was written by the "
+                               f"{state['trainer']!r} trainer; resume it with `lazarus train {state['trainer']}`")
+
+        if self.model is None:
+            self.load()
+        self.load_data()
+        total_steps = self.total_steps()
+        self.optimizer = build_optimizer(config, total_steps)
+        self.optimizer.init(self.model.trainable_parameters())
+        start_step = 0
+        counters = {"trained_tokens": 0, "loss_tokens": 0.0, "elapsed": 0.0}
+        if resume_from is not None:
+            start_step = int(state["step"])
+            self.read_weights(resume_from)
+            saved = ckpt.read_optimizer_state(resume_from)
+            self.optimizer.state = tree_unflatten(list(saved.items()))
+            self.optimizer.init(self.model.trainable_parameters())  # fills nothing, marks initialised
+            from lazarus.data.batching import BatchPosition
+
+            self.train_batches.seek(BatchPosition.from_dict(state["data_position"]))
+            ckpt.set_rng_state(state["rng"])
+            counters.update(state.get("counters", {}))
+            self.log(f"Resuming from {resume_from} at step {start_step}/{total_steps}")
+        else:
+            mx.random.seed(config.seed + 1 + self.world.rank)  # dropout noise differs between ranks
+        self.setup()
+        mx.eval(self.model.parameters(), self.optimizer.state)
+
+        metrics = MetricsLog(self.output / METRICS_FILE, enabled=self.world.is_main)
+        if self.world.is_main:
+            self.output.mkdir(parents=True, exist_ok=True)
+            if resume_from is not None:
+                metrics.drop_after(start_step)
+            elif (self.output / METRICS_FILE).exists():
+                (self.output / METRICS_FILE).unlink()  # a fresh run starts a fresh log
+        result = TrainResult(output=self.output, step=start_step, total_steps=total_steps,
+                             checkpoint=resume_from)
+        self._describe(total_steps, start_step)
+        micro_step, apply_step, eval_step = self._build_steps()
+
+        if start_step == 0 and self.valid_examples is not None:
+            loss = self.evaluate(eval_step)
+            metrics.write({"split": "eval", "step": 0, "loss": loss})
+            result.first_eval_loss = result.last_eval_loss = loss
+            self.log(f"step 0: eval loss {loss:.4f}")
+        else:
+            result.first_eval_loss = next((r["loss"] for r in _previous_evals(self.output) if r["step"] == 0),
+                                          None)
+
+        batches = iter(self.train_batches)
+        window = _new_window()
+        step = start_step
+        progress = self._progress(total_steps, start_step)
+        with _StopRequest(self.console) as stop, progress:
+            task = progress.add_task("train", total=total_steps, completed=start_step, loss="-", tps="-",
+                                     lr=f"{learning_rate_at(start_step, **self._schedule_args(total_steps)):.2e}")
+            while step < total_steps:
+                step_start = time.perf_counter()
+                grads_sum, step_total, step_count, step_tokens = None, mx.array(0.0), mx.array(0.0), 0
+                for _ in range(config.grad_accumulation):
+                    batch = next(batches)
+                    step_tokens += self.batch_tokens(batch)
+                    total, count, grads = micro_step(*self.batch_arrays(batch))
+                    grads_sum = grads if grads_sum is None else tree_map(mx.add, grads_sum, grads)
+                    step_total, step_count = step_total + total, step_count + count
+                    if config.grad_accumulation > 1:
+                        mx.eval(grads_sum, step_total, step_count)
+                norm = apply_step(grads_sum, step_count)
+                mx.eval(self.model.state, self.optimizer.state, step_total, step_count, norm)
+                step += 1
+                step_seconds = time.perf_counter() - step_start
+                counters["elapsed"] += step_seconds
+                window["seconds"] += step_seconds
+                counters["trained_tokens"] += step_tokens
+                window["total"] = window["total"] + step_total
+                window["count"] = window["count"] + step_count
+                window["tokens"] += step_tokens
+                window["steps"] += 1
+
+                if step % config.log_interval == 0 or step == total_steps:
+                    row = self._train_row(step, window, norm, total_steps)
+                    metrics.write(row)
+                    result.last_train_loss = row["loss"]
+                    progress.update(task, loss=f"{row['loss']:.3f}", tps=f"{row['tokens_per_second']:.0f}",
+                                    lr=f"{row['learning_rate']:.2e}")
+                    window = _new_window()
+                progress.update(task, completed=step)
+
+                if config.eval_interval and step % config.eval_interval == 0 and step < total_steps:
+                    loss = self.evaluate(eval_step)
+                    if loss is not None:
+                        metrics.write({"split": "eval", "step": step, "loss": loss})
+                        result.last_eval_loss = loss
+                        if self.console is not None:
+                            progress.console.print(f"step {step}: eval loss {loss:.4f}")
+
+                stop_now = self.world.any(stop.requested)
+                if stop_now and step < total_steps:
+                    result.checkpoint = self.save_checkpoint(step, counters)
+                    result.interrupted = True
+                    result.step = step
+                    result.resume_command = self.resume_command(result.checkpoint)
+                    break
+                if config.save_interval and step % config.save_interval == 0 and step < total_steps:
+                    result.checkpoint = self.save_checkpoint(step, counters)
+        result.step = step
+        if result.interrupted:
+            self.log(f"[yellow]Interrupted at step {step}/{total_steps}.[/] Checkpoint saved to "
+                     f"{result.checkpoint}\nResume with:\n  {result.resume_command}")
+            result.metrics = metrics.rows
+            return result
+
+        if self.valid_examples is not None:
+            loss = self.evaluate(eval_step)
+            metrics.write({"split": "eval", "step": step, "loss": loss})
+            result.last_eval_loss = loss
+        result.checkpoint = self.save_checkpoint(step, counters)
+        self.save_final(step)
+        if self.world.is_main:
+            try:
+                plot_loss_curve(self.output / METRICS_FILE, self.output / LOSS_PNG,
+                                title=f"{self.name} · {Path(config.model or '').name} · {config.adapter}")
+            except Exception as exc:  # a plot must never lose a finished run
+                self.log(f"[yellow]could not draw {LOSS_PNG}: {exc}[/]")
+        result.metrics = metrics.rows
+        self._summary(result)
+        return result
+
+    def _schedule_args(self, total_steps: int) -> dict:
+        c = self.config
+        return {"peak": c.learning_rate, "kind": c.lr_schedule, "warmup_steps": c.warmup_steps,
+                "total_steps": total_steps, "end": c.min_learning_rate}
+
+    def _train_row(self, step: int, window: dict, norm, total_steps: int) -> dict:
+        total, count = self.world.all_sum((window["total"], window["count"]))
+        tokens = window["tokens"] * self.world.size if self.world.distributed else window["tokens"]
+        elapsed = max(window["seconds"], 1e-9)
+        return {
+            "split": "train", "step": step,
+            "loss": float(total.item() / max(count.item(), 1.0)),
+            # the rate the optimizer used for this step (the schedule is read before the step counter moves)
+            "learning_rate": learning_rate_at(step - 1, **self._schedule_args(total_steps)),
+            "grad_norm": float(norm.item()),
+            "tokens_per_second": tokens / elapsed,
+            "loss_items": float(count.item()),
+            "peak_memory_gb": mx.get_peak_memory() / 1e9,
+        }
+
+    # -- saving --------------------------------------------------------------------------------
+    def save_checkpoint(self, step: int, counters: dict) -> Path:
+        """Write a resumable checkpoint for ``step`` (rank 0 writes; every rank waits for it)."""
+        target = self.output / ckpt.CHECKPOINTS_DIR / ckpt.checkpoint_name(step)
+        if self.world.is_main:
+            state = {
+                "step": step,
+                "trainer": self.name,
+                "config": {**self.config.to_dict(), "resume": None},
+                "data_position": self.train_batches.position.as_dict(),
+                "rng": ckpt.rng_state(),
+                "counters": counters,
+                "world_size": self.world.size,
+            }
+            optimizer_state = dict(tree_flatten(self.optimizer.state))
+            target = ckpt.save_checkpoint(self.output, step, write_weights=lambda d: self.write_weights(d, step=step),
+                                          optimizer_state=optimizer_state, state=state,
+                                          keep=self.config.keep_checkpoints)
+        self.world.barrier()
+        return target
+
+    def save_final(self, step: int) -> None:
+        """Write the trained adapter (or full model) into the output directory itself, so that
+        ``--adapter-path OUTPUT`` works in Lazarus and mlx-lm alike."""
+        if self.world.is_main:
+            self.write_weights(self.output, step=step)
+        self.world.barrier()
+
+    def resume_command(self, checkpoint: Path) -> str:
+        launcher = f"mlx.launch -n {self.world.size} -- " if self.world.distributed else ""
+        return f"{launcher}lazarus train {self.name} --resume {shlex.quote(str(checkpoint))}"
+
+    # -- display -------------------------------------------------------------------------------
+    def _describe(self, total_steps: int, start_step: int) -> None:
+        c = self.config
+        ranks = f" on {self.world.size} ranks" if self.world.distributed else ""
+        adapter = "full fine-tune" if self.full_fine_tune else f"{c.adapter} rank {c.rank}"
+        valid = f", {len(self.valid_examples)} validation" if self.valid_examples is not None else ""
+        self.log(f"Training [bold]{self.name}[/] on {c.model} ({adapter}, "
+                 f"{self.num_trainable / 1e6:.3f}M trainable parameters){ranks}: "
+                 f"{len(self.train_examples)} training examples{valid}, {total_steps} steps of "
+                 f"{c.batch_size}×{c.grad_accumulation} examples, lr {c.learning_rate:g} ({c.lr_schedule})")
+
+    def _progress(self, total_steps: int, start_step: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        return Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
+            TextColumn("lr {task.fields[lr]}"), TimeRemainingColumn(),
+            console=self.console, disable=not self.show_progress, transient=False,
+        )
+
+    def _summary(self, result: TrainResult) -> None:
+        if self.console is None:
+            return
+        lines = [f"[green]Done:[/] {result.step} steps; weights in {self.output}"]
+        if result.first_eval_loss is not None and result.last_eval_loss is not None:
+            lines.append(f"eval loss {result.first_eval_loss:.4f} -> {result.last_eval_loss:.4f}")
+        lines.append(f"metrics: {self.output / METRICS_FILE}, loss curve: {self.output / LOSS_PNG}")
+        self.log("\n".join(lines))
+
+
+def _new_window() -> dict:
+    """Sums over the steps since the last train-metrics row (time counts training steps only)."""
+    return {"total": mx.array(0.0), "count": mx.array(0.0), "tokens": 0, "seconds": 0.0, "steps": 0}
+
+
+def _previous_evals(output: Path) -> list[dict]:
+    from lazarus.training.metrics import read_metrics
+
+    path = output / METRICS_FILE
+    if not path.exists():
+        return []
+    return [r for r in read_metrics(path) if r.get("split") == "eval"]
+
+
+def run_trainer(trainer_cls: type[Trainer], config: TrainingConfig, **kwargs) -> TrainResult:
+    """Build ``trainer_cls(config)`` and train it; the Python entry point behind ``lazarus train``."""
+    return trainer_cls(config, **kwargs).train()
+
+
