@@ -1,0 +1,372 @@
+"""The decoder every family configures: :class:`TransformerArgs` and :class:`CausalLM`.
+
+A family module subclasses :class:`TransformerArgs` (adding its own HF config fields and
+overriding the few properties that differ, such as ``attention_scale`` or ``embedding_scale``)
+and :class:`CausalLM` (setting ``family`` and ``Args``). The module tree mirrors Hugging Face
+checkpoint names, so ``tree_flatten(model.parameters())`` yields HF keys::
+
+    model.embed_tokens.weight
+    model.layers.{i}.input_layernorm.weight
+    model.layers.{i}.self_attn.{q,k,v,o}_proj.weight (.bias)
+    model.layers.{i}.post_attention_layernorm.weight
+    model.layers.{i}.{pre,post}_feedforward_layernorm.weight    (sandwich-norm families)
+    model.layers.{i}.mlp.{gate,up,down}_proj.weight
+    model.norm.weight
+    lm_head.weight                                              (absent when embeddings are tied)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import attrs
+import mlx.core as mx
+import mlx.nn as nn
+
+from lazarus.errors import LazarusError
+from lazarus.models.attention import Attention, Mask, attention_mask
+from lazarus.models.cache import KVCache
+from lazarus.models.hooks import HookedModel, HookRegistry
+from lazarus.models.mlp import GatedMLP
+from lazarus.models.norms import RMSNorm
+from lazarus.models.rope import RoPE, rope_from_hf_config
+
+
+@attrs.define(kw_only=True)
+class TransformerArgs:
+    """Hyper-parameters of a Llama-style decoder, named as in HF ``config.json``.
+
+    Families subclass it, add their own fields and override the behaviour properties below
+    (``attention_scale``, ``embedding_scale``, ``residual_scale``, ``logits_divisor``,
+    ``attn_softcap``, ``final_softcap``, ``qkv_bias``, ``o_bias``, ``activation``,
+    ``window_for_layer``) and class attributes (``norm_offset``, ``sandwich_norms``).
+    """
+
+    #: Gemma stores norm weights centred on 0 and scales by (1 + w)
+    norm_offset: ClassVar[float] = 0.0
+    #: Gemma-2 also norms each branch's output and uses a separate pre-MLP norm
+    sandwich_norms: ClassVar[bool] = False
+
+    model_type: str = ""
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 4096
+    rope_theta: float = 10000.0
+    #: None for plain RoPE, else ``{"rope_type": "linear"|"llama3", "factor": ..., ...}``
+    rope_scaling: dict | None = None
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    hidden_act: str = "silu"
+    sliding_window: int | None = None
+    #: per layer "full_attention" / "sliding_attention" (HF's newer configs); None = all full
+    layer_types: list | None = None
+
+    @classmethod
+    def from_hf_config(cls, config: dict) -> TransformerArgs:
+        """Build the args from a Hugging Face ``config.json`` dict (transformers 4 or 5 layout).
+
+        Keys the class does not know are ignored; a missing required key raises LazarusError.
+        """
+        names = {field.name for field in attrs.fields(cls)}
+        values = {k: v for k, v in config.items() if k in names and v is not None}
+        values["rope_theta"], values["rope_scaling"] = rope_from_hf_config(config)
+        missing = [f.name for f in attrs.fields(cls)
+                   if f.default is attrs.NOTHING and f.name not in values]
+        if missing:
+            raise LazarusError(
+                f"config.json has no {', '.join(repr(m) for m in missing)}, which a "
+                f"{config.get('model_type', '?')} model needs"
+            )
+        return cls(**values)
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise LazarusError(f"config.json {name} must be a positive integer, got {value!r}")
+        if self.num_attention_heads % self.kv_heads:
+            raise LazarusError(
+                f"config.json num_attention_heads ({self.num_attention_heads}) must be a multiple "
+                f"of num_key_value_heads ({self.kv_heads})"
+            )
+        if self.layer_types is not None and len(self.layer_types) != self.num_hidden_layers:
+            raise LazarusError(
+                f"config.json layer_types has {len(self.layer_types)} entries for "
+                f"{self.num_hidden_layers} layers"
+            )
+
+    # -- derived sizes -------------------------------------------------------------------------
+    @property
+    def kv_heads(self) -> int:
+        return self.num_key_value_heads or self.num_attention_heads
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    # -- behaviour families override -----------------------------------------------------------
+    @property
+    def attention_scale(self) -> float:
+        """Multiplier of q·k before softmax."""
+        return self.dim_per_head ** -0.5
+
+    @property
+    def embedding_scale(self) -> float | None:
+        """Multiplier of the token embeddings (applied in the model dtype), None for none."""
+        return None
+
+    @property
+    def residual_scale(self) -> float:
+        """Multiplier of each branch's output before it is added to the residual stream."""
+        return 1.0
+
+    @property
+    def logits_divisor(self) -> float | None:
+        """Logits are divided by this (Granite's ``logits_scaling``), None for none."""
+        return None
+
+    @property
+    def attn_softcap(self) -> float | None:
+        return None
+
+    @property
+    def final_softcap(self) -> float | None:
+        return None
+
+    @property
+    def qkv_bias(self) -> bool:
+        return self.attention_bias
+
+    @property
+    def o_bias(self) -> bool:
+        return self.attention_bias
+
+    @property
+    def activation(self) -> str:
+        """The MLP's activation as an HF ``hidden_act`` name."""
+        return self.hidden_act
+
+    def window_for_layer(self, layer: int) -> int | None:
+        """The sliding-window size of layer ``layer``, None for full attention."""
+        if self.sliding_window and self.layer_types and self.layer_types[layer] == "sliding_attention":
+            return self.sliding_window
+        return None
+
+
+class DecoderBlock(nn.Module):
+    """One pre-norm decoder layer: ``x + attn(norm(x))`` then ``h + mlp(norm(h))``.
+
+    With ``args.sandwich_norms`` (Gemma-2) each branch output is normed again before it is added
+    (``post_attention_layernorm``, ``post_feedforward_layernorm``) and the MLP reads
+    ``pre_feedforward_layernorm(h)``; otherwise ``post_attention_layernorm`` is the pre-MLP norm,
+    as in Llama checkpoints.
+    """
+
+    def __init__(self, args: TransformerArgs, layer: int, rope: RoPE, hooks: HookRegistry):
+        super().__init__()
+        hidden, eps, offset = args.hidden_size, args.rms_norm_eps, args.norm_offset
+        self.self_attn = Attention(
+            hidden, args.num_attention_heads, args.kv_heads, args.dim_per_head, rope=rope,
+            scale=args.attention_scale, qkv_bias=args.qkv_bias, o_bias=args.o_bias,
+            softcap=args.attn_softcap, hooks=hooks, pattern_hook=f"blocks.{layer}.attn.hook_pattern",
+        )
+        self.mlp = GatedMLP(hidden, args.intermediate_size, args.activation, bias=args.mlp_bias)
+        self.input_layernorm = RMSNorm(hidden, eps, offset)
+        self.post_attention_layernorm = RMSNorm(hidden, eps, offset)
+        self.sandwich = args.sandwich_norms
+        if self.sandwich:
+            self.pre_feedforward_layernorm = RMSNorm(hidden, eps, offset)
+            self.post_feedforward_layernorm = RMSNorm(hidden, eps, offset)
+        self.window = args.window_for_layer(layer)
+        self.residual_scale = args.residual_scale
+        self._hooks = hooks
+        prefix = f"blocks.{layer}."
+        self._names = tuple(prefix + n for n in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid",
+                                                  "hook_mlp_out", "hook_resid_post"))
+
+    def __call__(self, x: mx.array, mask: Mask = None, cache: KVCache | None = None) -> mx.array:
+        hooked = bool(self._hooks.fns)
+        fire = self._hooks.fire
+        resid_pre, attn_out, resid_mid, mlp_out, resid_post = self._names
+        if hooked:
+            x = fire(resid_pre, x)
+
+        attn = self.self_attn(self.input_layernorm(x), mask, cache)
+        if self.sandwich:
+            attn = self.post_attention_layernorm(attn)
+        if self.residual_scale != 1.0:
+            attn = attn * self.residual_scale
+        if hooked:
+            attn = fire(attn_out, attn)
+        h = x + attn
+        if hooked:
+            h = fire(resid_mid, h)
+
+        if self.sandwich:
+            mlp = self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
+        else:
+            mlp = self.mlp(self.post_attention_layernorm(h))
+        if self.residual_scale != 1.0:
+            mlp = mlp * self.residual_scale
+        if hooked:
+            mlp = fire(mlp_out, mlp)
+        out = h + mlp
+        if hooked:
+            out = fire(resid_post, out)
+        return out
+
+
+class DecoderModel(nn.Module):
+    """The HF ``model.`` sub-tree: ``embed_tokens``, ``layers``, ``norm``."""
+
+    def __init__(self, args: TransformerArgs, rope: RoPE, hooks: HookRegistry):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.layers = [DecoderBlock(args, i, rope, hooks) for i in range(args.num_hidden_layers)]
+        self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps, args.norm_offset)
+
+
+@attrs.frozen
+class ModelSource:
+    """Where a loaded model came from (set by the loader as ``model.source``; used for provenance)."""
+
+    model: str  #: what the user passed: a hub id or a path
+    path: str  #: the local directory read
+    family: str
+    weight_files: tuple[str, ...] = ()
+    adapter_path: str | None = None
+
+
+class CausalLM(HookedModel, nn.Module):
+    """A decoder-only language model: ``model(ids, cache=None, mask=None) -> logits``.
+
+    ``ids``: int (B, T). ``cache``: the list from :meth:`make_cache` (one :class:`KVCache` per
+    block), updated in place. ``mask``: optional (B, S) 1/0 marking real keys for left-padded
+    batches, where S = cached length + T; it may also cover only the T new tokens, or be left out
+    after the first call, since the cache remembers the mask of what it holds. Positions are
+    shared by the batch; RoPE is relative, so a left-padded row gives its unpadded logits.
+
+    Common parts: :meth:`embed`, ``blocks``, ``ln_final``, :meth:`unembed`, ``args``, ``family``;
+    hooks: see :mod:`lazarus.models.hooks`.
+    """
+
+    family: ClassVar[str] = ""
+
+    def __init__(self, args: TransformerArgs):
+        super().__init__()
+        self.args = args
+        self._hook_registry = HookRegistry()
+        theta, scaling = args.rope_theta, args.rope_scaling
+        self._rope = RoPE(args.dim_per_head, theta, scaling)
+        self.model = DecoderModel(args, self._rope, self._hook_registry)
+        if not args.tie_word_embeddings:
+            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        self._windows = tuple(sorted({b.window for b in self.model.layers}, key=lambda w: (w is not None, w or 0)))
+        self.source: ModelSource | None = None
+
+    # -- common parts --------------------------------------------------------------------------
+    @property
+    def blocks(self) -> list[DecoderBlock]:
+        return self.model.layers
+
+    @property
+    def ln_final(self) -> RMSNorm:
+        return self.model.norm
+
+    def embed(self, ids: mx.array) -> mx.array:
+        """Token embeddings (B, T, D), including any family scale; fires ``hook_embed``."""
+        h = self.model.embed_tokens(ids)
+        scale = self.args.embedding_scale
+        if scale is not None:
+            h = h * mx.array(scale, dtype=h.dtype)
+        if self._hook_registry.fns:
+            h = self._hook_registry.fire("hook_embed", h)
+        return h
+
+    def unembed(self, h: mx.array) -> mx.array:
+        """Logits (B, T, vocab) from final-normed hidden states, with scaling and soft-capping."""
+        if self.args.tie_word_embeddings:
+            logits = self.model.embed_tokens.as_linear(h)
+        else:
+            logits = self.lm_head(h)
+        if self.args.logits_divisor is not None:
+            logits = logits / self.args.logits_divisor
+        cap = self.args.final_softcap
+        if cap is not None:
+            logits = mx.tanh(logits / cap) * cap
+        return logits
+
+    # -- forward -------------------------------------------------------------------------------
+    def __call__(self, ids: mx.array, cache: list[KVCache] | None = None, mask: Any = None) -> mx.array:
+        if ids.ndim != 2:
+            raise LazarusError(f"model input must be token ids of shape (batch, length), got {ids.shape}")
+        h = self.embed(ids)
+        offset = cache[0].offset if cache else 0
+        key_mask = self._key_mask(mask, cache, ids.shape[0], ids.shape[1], offset)
+        masks = {w: attention_mask(ids.shape[1], offset, key_mask, w) for w in self._windows}
+        for i, block in enumerate(self.model.layers):
+            h = block(h, masks[block.window], cache[i] if cache else None)
+        h = self.model.norm(h)
+        if self._hook_registry.fns:
+            h = self._hook_registry.fire("ln_final.hook_normalized", h)
+        return self.unembed(h)
+
+    @staticmethod
+    def _key_mask(mask, cache, batch: int, new: int, offset: int) -> mx.array | None:
+        remembered = cache[0].key_mask if cache else None
+        if mask is None and remembered is None:
+            return None
+        if mask is None:
+            key_mask = mx.concatenate([remembered, mx.ones((batch, new), dtype=mx.bool_)], axis=1)
+        else:
+            mask = mx.array(mask).astype(mx.bool_)
+            if mask.ndim != 2 or mask.shape[0] != batch:
+                raise LazarusError(f"mask must have shape (batch={batch}, positions), got {mask.shape}")
+            if mask.shape[1] == offset + new:
+                key_mask = mask
+            elif mask.shape[1] == new:
+                earlier = remembered if remembered is not None else mx.ones((batch, offset), dtype=mx.bool_)
+                key_mask = mx.concatenate([earlier, mask], axis=1)
+            else:
+                raise LazarusError(
+                    f"mask covers {mask.shape[1]} positions; expected {offset + new} "
+                    f"(cached {offset} + new {new}) or {new}"
+                )
+        for c in cache or ():
+            c.key_mask = key_mask
+        return key_mask
+
+    def make_cache(self) -> list[KVCache]:
+        """A fresh KV cache, one :class:`KVCache` per block."""
+        return [KVCache() for _ in self.model.layers]
+
+    @property
+    def num_parameters(self) -> int:
+        from mlx.utils import tree_flatten
+
+        return sum(v.size for _, v in tree_flatten(self.parameters()))
+
+
+def sanitize_weights(weights: dict[str, mx.array], args: TransformerArgs | None = None) -> dict[str, mx.array]:
+    """Drop what HF checkpoints carry but the model computes itself.
+
+    Removes precomputed rotary ``inv_freq`` buffers and, for tied embeddings, ``lm_head.weight``.
+    """
+    out = {k: v for k, v in weights.items() if not k.endswith("rotary_emb.inv_freq")}
+    if args is not None and args.tie_word_embeddings:
+        out.pop("lm_head.weight", None)
+    return out
+
+
+def gemma_embedding_scale(hidden_size: int) -> float:
+    """``sqrt(hidden_size)``, the scale Gemma families put on token embeddings."""
+    return math.sqrt(hidden_size)

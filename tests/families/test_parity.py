@@ -1,0 +1,185 @@
+"""Every family against mlx-lm on the same checkpoint: logits within 1e-4 in float32, greedy decoding.
+
+HF transformers is the truth; where mlx-lm departs from it the test says so and adjusts only the
+reference, never Lazarus:
+- gemma: mlx-lm's MLP uses exact (erf) GELU, HF uses gelu_pytorch_tanh. Plain mlx-lm therefore
+  differs by ~1e-3 (checked with a loose bound); with its activation switched to the tanh form the
+  match is 1e-4 like every other family.
+- mistral and gemma2: mlx-lm attends over the whole sequence (its llama/gemma2 models ignore
+  ``sliding_window``), HF masks keys older than the window. The reference runs mlx-lm's own decoder
+  layers with mlx-lm's own sliding-window mask on the layers HF windows.
+The tiny checkpoints make each family's specifics matter (see each family's ``tiny_config``): GQA
+with fewer KV heads, a sliding window of 8 against 24-token inputs, Gemma-2 soft caps of 5 and 3,
+Granite multipliers 12 / 0.22 / 0.125 / 4, non-zero Qwen2 biases, llama3 RoPE scaling.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import pytest
+
+import lazarus
+from lazarus.generate import generate_tokens
+
+FAMILIES = ("llama", "mistral", "qwen2", "gemma", "gemma2", "granite")
+WINDOWED = {"mistral", "gemma2"}
+IDS = mx.array([[(i * 37 + 11) % 500 + 6 for i in range(24)],
+                [(i * 53 + 7) % 500 + 6 for i in range(24)]], dtype=mx.int32)
+
+
+def mlx_lm_model(path: Path):
+    from mlx_lm.utils import load_model
+
+    model, _ = load_model(Path(path))
+    return model
+
+
+class _TanhGemmaMLP(nn.Module):
+    """mlx-lm's Gemma MLP with HF's activation (gelu_pytorch_tanh) instead of exact GELU."""
+
+    def __call__(self, x):
+        return self.down_proj(nn.gelu_approx(self.gate_proj(x)) * self.up_proj(x))
+
+
+def with_hf_gelu(ref):
+    for layer in ref.model.layers:
+        layer.mlp.__class__ = type("TanhMLP", (_TanhGemmaMLP, type(layer.mlp)), {})
+    return ref
+
+
+def windowed_reference(ref, family: str, config: dict, ids: mx.array) -> mx.array:
+    """Logits from mlx-lm's layers with HF's sliding-window masks (mlx-lm itself has none here)."""
+    from mlx_lm.models.base import create_causal_mask
+
+    inner = ref.model
+    h = inner.embed_tokens(ids)
+    if family == "gemma2":
+        h = h * (config["hidden_size"] ** 0.5)
+        windows = [config["sliding_window"] if i % 2 == 0 else None for i in range(len(inner.layers))]
+    else:
+        windows = [config["sliding_window"]] * len(inner.layers)
+    for layer, window in zip(inner.layers, windows, strict=True):
+        h = layer(h, create_causal_mask(ids.shape[1], window_size=window), None)
+    h = inner.norm(h)
+    if hasattr(ref, "lm_head"):
+        return ref.lm_head(h)
+    logits = inner.embed_tokens.as_linear(h)
+    if family == "gemma2":
+        cap = config["final_logit_softcapping"]
+        logits = mx.tanh(logits / cap) * cap
+    return logits
+
+
+def reference_logits(family: str, path: Path, ids: mx.array) -> mx.array:
+    ref = mlx_lm_model(path)
+    if family == "gemma":
+        with_hf_gelu(ref)
+    if family in WINDOWED:
+        return windowed_reference(ref, family, json.loads((path / "config.json").read_text()), ids)
+    return ref(ids)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logits_match_mlx_lm(tiny_checkpoint, family):
+    path = tiny_checkpoint(family)
+    model, _, config = lazarus.load_model(path)
+    assert model.family == family and config["model_type"] == family
+    ours = model(IDS)
+    ref = reference_logits(family, path, IDS)
+    assert ours.shape == (2, 24, config["vocab_size"])
+    assert ours.dtype == mx.float32
+    assert mx.abs(ours[:, -1] - ref[:, -1]).max().item() < 1e-4
+    assert mx.abs(ours - ref).max().item() < 1e-4
+    # the logits are not flat: greedy choices are decisive enough for generation tests
+    assert ours.std().item() > 0.3
+
+
+def test_gemma_plain_mlx_lm_differs_only_by_its_gelu(tiny_checkpoint):
+    path = tiny_checkpoint("gemma")
+    model, _, _ = lazarus.load_model(path)
+    diff = mx.abs(model(IDS) - mlx_lm_model(path)(IDS)).max().item()
+    # exact vs tanh GELU: visible (so the family really uses the tanh form) but small
+    assert 1e-5 < diff < 1e-2
+
+
+@pytest.mark.parametrize("family", sorted(WINDOWED))
+def test_sliding_window_changes_logits(tiny_checkpoint, family):
+    """The window is smaller than the input, so dropping it must change late positions only."""
+    path = tiny_checkpoint(family)
+    model, _, _ = lazarus.load_model(path)
+    unwindowed = mlx_lm_model(path)(IDS)  # mlx-lm attends over everything
+    ours = model(IDS)
+    assert mx.abs(ours[:, :8] - unwindowed[:, :8]).max().item() < 1e-4
+    assert mx.abs(ours[:, 8:] - unwindowed[:, 8:]).max().item() > 1e-2
+
+
+def transformers5_layout(src: Path, dst: Path) -> Path:
+    """Rewrite config.json the way transformers 5 saves it: rope_parameters, dtype."""
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    params = {"rope_type": "default", "rope_theta": config.pop("rope_theta")}
+    params.update(config.pop("rope_scaling", None) or {})
+    config["rope_parameters"] = params
+    config["dtype"] = config.pop("torch_dtype")
+    (dst / "config.json").write_text(json.dumps(config, indent=2))
+    return dst
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2"])
+def test_transformers4_and_5_config_layouts_agree(tiny_checkpoint, tmp_path, family):
+    path = tiny_checkpoint(family)
+    v5 = transformers5_layout(path, tmp_path / "v5")
+    assert "rope_theta" not in json.loads((v5 / "config.json").read_text())
+    old, _, _ = lazarus.load_model(path)
+    new, _, _ = lazarus.load_model(v5)
+    assert old.args.rope_theta == new.args.rope_theta and old.args.rope_scaling == new.args.rope_scaling
+    assert mx.array_equal(old(IDS), new(IDS))
+
+
+def test_llama3_rope_scaling_matters(tiny_checkpoint):
+    """The tiny llama uses llama3 scaling; a copy without it must give different logits."""
+    scaled, _, _ = lazarus.load_model(tiny_checkpoint("llama"))
+    plain, _, _ = lazarus.load_model(tiny_checkpoint("llama", rope_scaling=None))
+    assert scaled.args.rope_scaling["rope_type"] == "llama3"
+    assert mx.abs(scaled(IDS) - plain(IDS)).max().item() > 1e-3
+
+
+def test_linear_rope_scaling_matches_mlx_lm(tiny_checkpoint):
+    path = tiny_checkpoint("llama", rope_scaling={"type": "linear", "factor": 4.0})
+    model, _, _ = lazarus.load_model(path)
+    assert mx.abs(model(IDS) - mlx_lm_model(path)(IDS)).max().item() < 1e-4
+
+
+def mlx_lm_greedy(family: str, path: Path, prompt: list[int], n: int) -> list[int]:
+    """mlx-lm's cache-based greedy loop; for windowed families a recompute loop over the windowed reference."""
+    if family in WINDOWED:
+        ref = mlx_lm_model(path)
+        config = json.loads((path / "config.json").read_text())
+        tokens = list(prompt)
+        for _ in range(n):
+            logits = windowed_reference(ref, family, config, mx.array([tokens]))
+            tokens.append(mx.argmax(logits[0, -1]).item())
+        return tokens[len(prompt):]
+    from mlx_lm.generate import generate_step
+
+    ref = mlx_lm_model(path)
+    if family == "gemma":
+        with_hf_gelu(ref)
+    return [tok if isinstance(tok, int) else tok.item()
+            for tok, _ in generate_step(mx.array(prompt), ref, max_tokens=n)]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_generation_matches_mlx_lm(tiny_checkpoint, family):
+    path = tiny_checkpoint(family)
+    model, tokenizer, _ = lazarus.load_model(path)
+    prompt = tokenizer.encode("The cat sat on the mat and")
+    assert len(prompt) < 12  # with 20 new tokens the windowed families run past their window of 8
+    ours = [t.item() for t in generate_tokens(model, mx.array([prompt]), max_tokens=20)]
+    assert len(ours) == 20
+    assert ours == mlx_lm_greedy(family, path, prompt, 20)
