@@ -21,6 +21,7 @@ CORE_COMMANDS: dict[str, str] = {
     "adapters": "lazarus.commands.adapters:adapters",
     "data": "lazarus.commands.data:data",
     "generate": "lazarus.commands.generate:generate",
+    "models": "lazarus.commands.models:models",
     "train": "lazarus.commands.train:train",
 }
 

@@ -200,8 +200,9 @@ def weight_files(path: Path) -> list[Path]:
     return files
 
 
-def check_safetensors_file(path: Path) -> None:
-    """Check a safetensors file's header and that its tensors fit in the file (catches truncation)."""
+def read_safetensors_header(path: Path) -> dict:
+    """The JSON header of a safetensors file (tensor name -> dtype, shape, data_offsets), checked
+    against the file size so that truncated or corrupt files fail here with a one-line error."""
     size = path.stat().st_size
     try:
         with open(path, "rb") as f:
@@ -216,11 +217,13 @@ def check_safetensors_file(path: Path) -> None:
         for key, entry in header.items():
             if key != "__metadata__":
                 end = max(end, int(entry["data_offsets"][1]))
-    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as exc:
+    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError, AttributeError) as exc:
         raise LazarusError(f"{path}: corrupt safetensors file ({exc}); re-download or re-create it") from None
     if 8 + header_len + end > size:
         raise LazarusError(f"{path}: truncated safetensors file ({size} bytes, its header needs "
                            f"{8 + header_len + end}); re-download or re-create it")
+    header.pop("__metadata__", None)
+    return header
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
@@ -230,7 +233,7 @@ def read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     weights: dict[str, Any] = {}
     origin: dict[str, str] = {}
     for f in weight_files(path):
-        check_safetensors_file(f)
+        read_safetensors_header(f)
         try:
             tensors = mx.load(str(f))
         except Exception as exc:
