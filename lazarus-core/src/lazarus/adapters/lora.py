@@ -101,6 +101,10 @@ class LowRankAdapter(AdapterType):
         so a key like ``lm_head`` adapts the head. Raises when a key names no layer or a non-linear.
         """
         blocks = select_blocks(model, config.num_layers)
+        for path, module in model.named_modules():
+            if isinstance(module, self.adapter_layer_types()):
+                raise LazarusError(f"layer {path!r} already carries an adapter; load the base model "
+                                   "again (or fuse_adapter first) before applying another adapter")
         keys = config.keys if config.keys is not None else default_keys(blocks)
         found: list[tuple[nn.Module, str, nn.Module]] = []
         matched: set[str] = set()
@@ -109,9 +113,6 @@ class LowRankAdapter(AdapterType):
             for path, module in owner.named_modules():
                 if path not in keys:
                     continue
-                if isinstance(module, self.adapter_layer_types()):
-                    raise LazarusError(f"layer {path!r} already carries an adapter; load the base model "
-                                       "again before applying another adapter")
                 if not is_linear(module):
                     raise LazarusError(f"adapter key {path!r} names a {type(module).__name__}, not a "
                                        "linear layer; use keys of linear layers such as self_attn.q_proj")
