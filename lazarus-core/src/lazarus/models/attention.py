@@ -48,7 +48,7 @@ class Attention(nn.Module):
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
                  rope: RoPE, scale: float, qkv_bias: bool = False, o_bias: bool = False,
                  softcap: float | None = None, hooks: HookRegistry | None = None,
-                 pattern_hook: str = "attn.hook_pattern"):
+                 pattern_hook: str = "attn.hook_pattern", z_hook: str = "attn.hook_z"):
         super().__init__()
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
@@ -62,6 +62,7 @@ class Attention(nn.Module):
         self._rope = rope
         self._hooks = hooks or HookRegistry()
         self._pattern_hook = pattern_hook
+        self._z_hook = z_hook
 
     def __call__(self, x: mx.array, mask: Mask = None, cache=None) -> mx.array:
         batch, length, _ = x.shape
@@ -79,7 +80,10 @@ class Attention(nn.Module):
             out = mx.fast.scaled_dot_product_attention(queries, keys, values, scale=self.scale, mask=mask)
         else:
             out = self._explicit(queries, keys, values, mask)
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(batch, length, -1))
+        out = out.transpose(0, 2, 1, 3)  # (B, T, H, Dh): per-head outputs
+        if hooks:
+            out = self._hooks.fire(self._z_hook, out)
+        return self.o_proj(out.reshape(batch, length, -1))
 
     def _explicit(self, queries, keys, values, mask: Mask) -> mx.array:
         """Attention with the probabilities formed, for soft-capping and the pattern hook."""

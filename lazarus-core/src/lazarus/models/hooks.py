@@ -8,8 +8,10 @@ name                                  shape           what
 ``hook_embed``                        (B, T, D)       token embeddings, after any family scale
 ``blocks.{L}.hook_resid_pre``         (B, T, D)       the residual stream entering block L
 ``blocks.{L}.attn.hook_pattern``      (B, H, T, S)    attention probabilities after softmax
+``blocks.{L}.attn.hook_z``            (B, T, H, Dh)   each head's output before ``o_proj``
 ``blocks.{L}.hook_attn_out``          (B, T, D)       what attention adds to the residual stream
 ``blocks.{L}.hook_resid_mid``         (B, T, D)       the residual stream between attention and MLP
+``blocks.{L}.mlp.hook_post``          (B, T, I)       the MLP hidden activation before ``down_proj``
 ``blocks.{L}.hook_mlp_out``           (B, T, D)       what the MLP adds to the residual stream
 ``blocks.{L}.hook_resid_post``        (B, T, D)       the residual stream leaving block L
 ``ln_final.hook_normalized``          (B, T, D)       the output of the final norm
@@ -45,10 +47,11 @@ HookFn = Callable[..., object]
 #: a hook name, a glob over names ("blocks.*.hook_resid_post"), or a predicate ``name -> bool``
 NameFilter = str | Callable[[str], bool]
 
-BLOCK_HOOKS = ("hook_resid_pre", "attn.hook_pattern", "hook_attn_out", "hook_resid_mid",
-               "hook_mlp_out", "hook_resid_post")
+BLOCK_HOOKS = ("hook_resid_pre", "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid",
+               "mlp.hook_post", "hook_mlp_out", "hook_resid_post")
 HOOK_NAMES_HELP = ("hook_embed, blocks.{L}.hook_resid_pre, blocks.{L}.attn.hook_pattern, "
-                   "blocks.{L}.hook_attn_out, blocks.{L}.hook_resid_mid, blocks.{L}.hook_mlp_out, "
+                   "blocks.{L}.attn.hook_z, blocks.{L}.hook_attn_out, blocks.{L}.hook_resid_mid, "
+                   "blocks.{L}.mlp.hook_post, blocks.{L}.hook_mlp_out, "
                    "blocks.{L}.hook_resid_post, ln_final.hook_normalized")
 
 

@@ -8,6 +8,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from lazarus.errors import LazarusError
+from lazarus.models.hooks import HookRegistry
 
 
 def gelu_tanh(x: mx.array) -> mx.array:
@@ -41,12 +42,18 @@ def activation(name: str):
 class GatedMLP(nn.Module):
     """``down_proj(act(gate_proj(x)) * up_proj(x))``; names match HF checkpoints."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int, act: str = "silu", bias: bool = False):
+    def __init__(self, hidden_size: int, intermediate_size: int, act: str = "silu", bias: bool = False,
+                 hooks: HookRegistry | None = None, post_hook: str = "mlp.hook_post"):
         super().__init__()
         self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
         self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
         self._act = activation(act)
+        self._hooks = hooks or HookRegistry()
+        self._post_hook = post_hook
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(self._act(self.gate_proj(x)) * self.up_proj(x))
+        hidden = self._act(self.gate_proj(x)) * self.up_proj(x)  # (B, T, intermediate)
+        if self._hooks.fns:
+            hidden = self._hooks.fire(self._post_hook, hidden)
+        return self.down_proj(hidden)

@@ -178,8 +178,10 @@ class DecoderBlock(nn.Module):
             hidden, args.num_attention_heads, args.kv_heads, args.dim_per_head, rope=rope,
             scale=args.attention_scale, qkv_bias=args.qkv_bias, o_bias=args.o_bias,
             softcap=args.attn_softcap, hooks=hooks, pattern_hook=f"blocks.{layer}.attn.hook_pattern",
+            z_hook=f"blocks.{layer}.attn.hook_z",
         )
-        self.mlp = GatedMLP(hidden, args.intermediate_size, args.activation, bias=args.mlp_bias)
+        self.mlp = GatedMLP(hidden, args.intermediate_size, args.activation, bias=args.mlp_bias, hooks=hooks,
+                            post_hook=f"blocks.{layer}.mlp.hook_post")
         self.input_layernorm = RMSNorm(hidden, eps, offset)
         self.post_attention_layernorm = RMSNorm(hidden, eps, offset)
         self.sandwich = args.sandwich_norms

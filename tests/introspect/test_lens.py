@@ -1,0 +1,96 @@
+"""Logit lens and tuned lens against hand computations on a real tiny checkpoint."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from lazarus_introspect import activations
+from lazarus_introspect.logit_lens import layer_logits, logit_lens
+from lazarus_introspect.tuned_lens import (
+    load_translators,
+    save_translators,
+    train_translators,
+    translator_transform,
+)
+
+
+def _ids(tokenizer, text="The cat sat on the mat and looked"):
+    return mx.array([tokenizer.encode(text)], dtype=mx.int32)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_last_layer_of_the_lens_is_the_models_own_logits(loaded, family):
+    model, tokenizer = loaded(family)
+    ids = _ids(tokenizer)
+    per_layer, logits = layer_logits(model, ids)
+    np.testing.assert_allclose(np.array(per_layer[-1]), np.array(model(ids)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.array(logits), np.array(model(ids)), rtol=1e-5, atol=1e-5)
+
+
+def test_every_layer_is_head_of_final_norm_of_its_own_residual(loaded):
+    """By hand for llama: RMSNorm with each layer's own scale, then the untied lm_head."""
+    model, tokenizer = loaded("llama")
+    ids = _ids(tokenizer)
+    per_layer, _ = layer_logits(model, ids)
+    count = activations.num_layers(model)
+    _, cache = model.run_with_cache(ids, names=[f"blocks.{i}.hook_resid_post" for i in range(count)])
+    norm_weight = np.array(model.model.norm.weight)
+    head = np.array(model.lm_head.weight)
+    eps = model.args.rms_norm_eps
+    for layer in range(count):
+        h = np.array(cache[f"blocks.{layer}.hook_resid_post"], dtype=np.float64)
+        normed = h / np.sqrt((h ** 2).mean(axis=-1, keepdims=True) + eps) * norm_weight
+        np.testing.assert_allclose(np.array(per_layer[layer]), normed @ head.T, rtol=1e-4, atol=1e-4)
+    # the layers really differ: normalisation is per layer, not the final layer's cached scale
+    assert not np.allclose(np.array(per_layer[0]), np.array(per_layer[-1]), atol=1e-3)
+
+
+def test_logit_lens_result_tracks_tokens_and_emergence(loaded):
+    model, tokenizer = loaded("llama")
+    result = logit_lens(model, tokenizer, "The cat sat on the", positions=(-1, 1), top_k=3, track=" the")
+    assert [e["position"] for e in result["positions"]] == [len(result["tokens"]) - 1, 1]
+    logits = np.array(model(_ids(tokenizer, "The cat sat on the")))[0]
+    for entry in result["positions"]:
+        final = int(np.argmax(logits[entry["position"]]))
+        assert entry["final_prediction"]["id"] == final
+        last = entry["layers"][-1]
+        assert last["top"][0]["id"] == final and last["final_prediction_rank"] == 1
+        probs = [t["prob"] for t in last["top"]]
+        assert probs == sorted(probs, reverse=True) and len(probs) == 3
+        # emergence: top-1 equals the final prediction from that layer on, and not just before it
+        emerged = entry["emergence_layer"]
+        assert all(layer["top"][0]["id"] == final for layer in entry["layers"][emerged:])
+        if emerged > 0:
+            assert entry["layers"][emerged - 1]["top"][0]["id"] != final
+        assert all(1 <= layer["track_rank"] <= model.args.vocab_size for layer in entry["layers"])
+
+
+def test_tuned_lens_trains_lowers_kl_and_round_trips(loaded, tmp_path):
+    model, tokenizer = loaded("llama")
+    text = "The cat sat on the mat. The dog ran to the park and the bird sang in the tree. " * 6
+    trained = train_translators(model, tokenizer, text, steps=60, learning_rate=3e-3, seq_len=32)
+    losses = trained["losses"]
+    assert losses[0]["kl_after"] < 0.8 * losses[0]["kl_before"]
+    assert losses[-1]["kl_before"] == pytest.approx(0.0, abs=1e-5)  # the last layer is already the output
+    save_translators(tmp_path / "tl", trained, {"num_layers": len(losses)})
+    weights, biases, _ = load_translators(tmp_path / "tl", model)
+    for a, b in zip(weights, trained["weights"], strict=True):
+        np.testing.assert_array_equal(np.array(a), np.array(b))
+    # zero translators are the plain logit lens
+    ids = _ids(tokenizer)
+    zeros = [mx.zeros_like(w) for w in weights]
+    tuned, _ = layer_logits(model, ids, translator_transform(zeros, [mx.zeros_like(b) for b in biases]))
+    plain, _ = layer_logits(model, ids)
+    np.testing.assert_allclose(np.array(tuned), np.array(plain), rtol=1e-5, atol=1e-5)
+
+
+def test_translators_of_another_model_are_refused(loaded, tmp_path):
+    from lazarus.errors import LazarusError
+
+    model, _ = loaded("llama")
+    trained = {"weights": [mx.zeros((8, 8))] * 2, "bias": [mx.zeros((8,))] * 2}
+    save_translators(tmp_path / "bad", trained, {"num_layers": 2})
+    with pytest.raises(LazarusError, match="shape"):
+        load_translators(tmp_path / "bad", model)
