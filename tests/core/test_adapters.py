@@ -62,23 +62,9 @@ def _make_adapter_matter(model, config: AdapterConfig, seed: int = 1) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory) -> Path:
-    """TEMPORARY until tests/conftest.py provides it: a random tiny llama checkpoint in HF layout."""
-    from mlx.utils import tree_flatten as flatten
-
-    from lazarus.plugins import get
-    from lazarus.tokenizer import train_tokenizer
-
-    path = tmp_path_factory.mktemp("tiny_llama")
-    family = get("family", "llama").load()
-    config = family.tiny_config(384)
-    mx.random.seed(0)
-    model = family.Model(family.ModelArgs.from_hf_config(config))
-    mx.save_safetensors(str(path / "model.safetensors"), dict(flatten(model.parameters())),
-                        metadata={"format": "mlx"})
-    (path / "config.json").write_text(json.dumps(config))
-    train_tokenizer(path, vocab_size=384)
-    return path
+def tiny_llama(tiny_checkpoint) -> Path:
+    """The shared tiny random llama checkpoint (read only: tests that write copy it first)."""
+    return tiny_checkpoint("llama")
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +91,25 @@ def test_lazarus_adapter_loads_in_mlx_lm_with_same_logits(tiny_llama, base_logit
     # and Lazarus itself reads it back through load_model(adapter_path=...)
     again = _load(tiny_llama, tmp_path / "adapter")
     np.testing.assert_allclose(_logits(again), ours, atol=1e-6)
+
+
+@pytest.mark.parametrize("family, kind", [("qwen2", "dora"), ("gemma2", "lora")])
+def test_other_families_adapters_match_mlx_lm(tiny_checkpoint, tmp_path, family, kind):
+    """Biased projections (qwen2) and sandwich norms with soft-capping (gemma2) go through
+    ``model.blocks`` like llama does."""
+    import mlx_lm
+
+    base = tiny_checkpoint(family)
+    model = _load(base)
+    config = _config(kind)
+    apply_adapter(model, config)
+    _make_adapter_matter(model, config)
+    ours = _logits(model)
+    save_adapter(model, tmp_path / "adapter", config)
+    reference, _ = mlx_lm.load(str(base), adapter_path=str(tmp_path / "adapter"))
+    np.testing.assert_allclose(_logits(reference), ours, atol=ATOL, rtol=1e-4)
+    fuse_adapter(model, config)
+    np.testing.assert_allclose(_logits(model), ours, atol=ATOL, rtol=1e-4)
 
 
 # -- mlx-lm -> Lazarus --------------------------------------------------------------------------
@@ -175,16 +180,20 @@ def test_fuse_cli_writes_hf_checkpoint_that_loads_in_lazarus_and_mlx_lm(tiny_lla
 
 
 def test_fuse_cli_refuses_to_overwrite_the_base_model(tiny_llama, tmp_path):
-    model = _load(tiny_llama)
+    import shutil
+
+    base = Path(shutil.copytree(tiny_llama, tmp_path / "base"))
+    model = _load(base)
     config = _config("lora")
     apply_adapter(model, config)
     save_adapter(model, tmp_path / "adapter", config)
-    before = (tiny_llama / "model.safetensors").read_bytes()
-    result = CliRunner().invoke(main, ["adapters", "fuse", "-m", str(tiny_llama), "-a", str(tmp_path / "adapter"),
-                                       "-o", str(tiny_llama)])
-    assert result.exit_code == 2
-    assert "would replace the base model" in result.output
-    assert (tiny_llama / "model.safetensors").read_bytes() == before
+    before = (base / "model.safetensors").read_bytes()
+    for output in (base, tmp_path):
+        result = CliRunner().invoke(main, ["adapters", "fuse", "-m", str(base), "-a", str(tmp_path / "adapter"),
+                                           "-o", str(output)])
+        assert result.exit_code == 2
+        assert "would replace the base model" in result.output
+    assert (base / "model.safetensors").read_bytes() == before
 
 
 # -- what apply_adapter does --------------------------------------------------------------------

@@ -58,27 +58,17 @@ def _lora_model(base: Path, kind: str = "lora", seed: int = 1, scale: float = 2.
 
 
 @pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory) -> Path:
-    """TEMPORARY until tests/conftest.py provides it: a random tiny llama checkpoint in HF layout."""
-    from lazarus.plugins import get
-    from lazarus.tokenizer import train_tokenizer
-
-    path = tmp_path_factory.mktemp("tiny_llama")
-    family = get("family", "llama").load()
-    config = family.tiny_config(384)
-    mx.random.seed(0)
-    model = family.Model(family.ModelArgs.from_hf_config(config))
-    mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())),
-                        metadata={"format": "mlx"})
-    (path / "config.json").write_text(json.dumps(config))
-    train_tokenizer(path, vocab_size=384)
-    return path
+def tiny_llama(tiny_checkpoint) -> Path:
+    """The shared tiny random llama checkpoint (read only: tests that write copy it first)."""
+    return tiny_checkpoint("llama")
 
 
 # -- hf -----------------------------------------------------------------------------------------
-def test_hf_save_then_load_model_round_trips_exactly(tiny_llama, tmp_path):
-    model, tokenizer, config = lazarus.load_model(tiny_llama)
-    out = checkpoints.save("hf", tmp_path / "copy", model=model, source=tiny_llama)
+@pytest.mark.parametrize("family", ["llama", "gemma", "qwen2"])
+def test_hf_save_then_load_model_round_trips_exactly(tiny_checkpoint, tmp_path, family):
+    base = tiny_checkpoint(family)
+    model, tokenizer, config = lazarus.load_model(base)
+    out = checkpoints.save("hf", tmp_path / "copy", model=model, source=base)
     loaded, loaded_tokenizer, loaded_config = lazarus.load_model(out)
     original, again = _params(model), _params(loaded)
     assert original.keys() == again.keys()
@@ -90,7 +80,7 @@ def test_hf_save_then_load_model_round_trips_exactly(tiny_llama, tmp_path):
     assert loaded_config == config
     assert loaded_tokenizer.encode("12 + 7 = 19") == tokenizer.encode("12 + 7 = 19")
     record = json.loads((out / "lazarus.json").read_text())
-    assert record["checkpoint_format"] == "hf" and record["source_model"]["model"] == str(tiny_llama)
+    assert record["checkpoint_format"] == "hf" and record["source_model"]["model"] == str(base)
     assert record["files_sha256"]["model.safetensors"] and record["config_sha256"]
     assert not (out / "model.safetensors.index.json").exists()
 
