@@ -418,7 +418,8 @@ def _evaluate(expression: str):
 
 def test_math_answers_are_correct_and_completions_parse():
     problems = math_data.generate(600, seed=11)
-    assert len({p.prompt for p in problems}) == 600
+    assert len({p.expression for p in problems if p.kind != "word"} | {p.prompt for p in problems
+                                                                       if p.kind == "word"}) == 600
     assert {p.kind for p in problems} == set(math_data.KINDS)
     for p in problems:
         value = _evaluate(p.expression)
@@ -432,6 +433,9 @@ def test_math_answers_are_correct_and_completions_parse():
     assert {p.kind for p in only} == {"mul", "div"}
     with pytest.raises(LazarusError, match="unknown problem kind"):
         math_data.generate(5, kinds="add,pow")
+    # two-digit divisions run out: a clear error instead of a hang or repeats
+    with pytest.raises(LazarusError, match=r"could only make \d+ distinct problems of kinds div"):
+        math_data.generate(10_000, seed=0, kinds="div")
 
 
 def test_extract_answer_round_trips_and_formats():

@@ -117,10 +117,10 @@ def _binary(rng: random.Random, kind: str) -> tuple[str, str, int, str, int]:
             a, b = b, a
         op, answer, slips = "-", a - b, [a + b, b - a]
     elif kind == "mul":
-        a, b = rng.randint(2, 99), rng.randint(2, 19)
+        a, b = rng.randint(2, 99), rng.randint(2, 99)
         op, answer, slips = "*", a * b, [a * (b - 1), a * (b + 1), a + b]
     else:  # div: choose the quotient so that the division is exact
-        b, answer = rng.randint(2, 19), rng.randint(2, 99)
+        b, answer = rng.randint(2, 99), rng.randint(2, 99)
         a = b * answer
         op, slips = "/", [answer + 1, answer - 1, a // (b + 1)]
     expression = f"{a} {op} {b}"
@@ -226,36 +226,59 @@ def parse_kinds(kinds: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def _question_key(problem: MathProblem) -> str:
+    """Two problems are the same question when they share an expression (however it is asked);
+    word problems count as the same when the whole story matches."""
+    return problem.prompt if problem.kind == "word" else problem.expression
+
+
+#: consecutive repeats after which a kind counts as used up (its number ranges are finite)
+_EXHAUSTED_AFTER = 2000
+
+
 def generate(count: int, seed: int = 0, kinds: str | Sequence[str] | None = None,
              on_progress: Callable[[int], None] | None = None) -> list[MathProblem]:
-    """``count`` distinct problems (distinct prompts), kinds taken in turn from ``kinds``.
+    """``count`` distinct problems, kinds taken in turn from ``kinds`` (default: all of them).
 
-    Same ``count``, ``seed`` and ``kinds`` give the same problems. ``on_progress(n)`` is called with
-    the number of new problems after every batch of them (for progress bars).
+    No two problems ask the same question (same expression, or same word problem), so splits
+    never leak into each other. A kind whose number ranges are used up drops out of the rotation
+    and the others fill in; LazarusError when all are used up. The result is shuffled, so every
+    slice (train/valid/test) mixes all kinds. Same ``count``, ``seed`` and
+    ``kinds`` give the same problems. ``on_progress(n)`` receives the number of new problems every
+    thousand problems (for progress bars).
     """
     if count < 0:
         raise LazarusError(f"count must be at least 0, got {count}")
-    kinds = parse_kinds(kinds)
+    active = list(parse_kinds(kinds))
     rng = random.Random(seed)
     problems: list[MathProblem] = []
     seen: set[str] = set()
-    attempts, limit = 0, 50 * count + 100
+    repeats = dict.fromkeys(active, 0)
     reported = 0
+    turn = 0
     while len(problems) < count:
-        attempts += 1
-        if attempts > limit:
+        if not active:
             raise LazarusError(f"could only make {len(problems)} distinct problems of kinds "
-                               f"{', '.join(kinds)}; ask for fewer or add kinds")
-        problem = _make(rng, kinds[len(problems) % len(kinds)])
-        if problem.prompt in seen:
+                               f"{', '.join(repeats)}; ask for fewer or add kinds")
+        kind = active[turn % len(active)]
+        problem = _make(rng, kind)
+        key = _question_key(problem)
+        if key in seen:
+            repeats[kind] += 1
+            if repeats[kind] >= _EXHAUSTED_AFTER:
+                active.remove(kind)
             continue
-        seen.add(problem.prompt)
+        repeats[kind] = 0
+        turn += 1
+        seen.add(key)
         problems.append(problem)
         if on_progress is not None and len(problems) - reported >= 1000:
             on_progress(len(problems) - reported)
             reported = len(problems)
     if on_progress is not None and len(problems) > reported:
         on_progress(len(problems) - reported)
+    # kinds that ran out early would otherwise be missing from the last (valid/test) problems
+    rng.shuffle(problems)
     return problems
 
 
