@@ -141,7 +141,11 @@ def load_adapter(model: nn.Module, path: str | Path) -> AdapterConfig:
             raise LazarusError(f"{source}: adapter lacks {missing[0]!r} (and {len(missing) - 1} more) that "
                                f"its config (num_layers={config.num_layers}, keys) implies; the files "
                                "are incomplete or the config was edited")
-        model.load_weights(list(checkpoint.weights.items()), strict=False)
+        weights = checkpoint.weights
+        if config.fine_tune_type == "full":
+            # full weights replace the model's own: keep the dtype the model was loaded in
+            weights = {k: v.astype(expected[k].dtype) for k, v in weights.items()}
+        model.load_weights(list(weights.items()), strict=False)
     except BaseException:
         remove_adapter(model)
         if before:

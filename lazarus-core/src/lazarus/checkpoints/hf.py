@@ -132,8 +132,9 @@ class HFModelFormat(CheckpointFormat):
 
         ``model`` (its parameters are saved) or ``weights`` (key -> mx.array). ``config``: the
         ``config.json`` dict; taken from ``source/config.json`` when omitted. ``source``: the
-        checkpoint directory the model came from (tokenizer files are copied from it and its
-        weight hashes go into ``lazarus.json``). ``dtype``: cast floating tensors (and set
+        checkpoint directory (or hub id) the model came from, by default the directory
+        ``lazarus.load_model`` read it from (tokenizer files are copied from it and its weight
+        hashes go into ``lazarus.json``). ``dtype``: cast floating tensors (and set
         ``torch_dtype``). ``max_shard_size``: bytes or "5GB"; larger models are sharded with an
         index. ``provenance``: extra ``lazarus.json`` fields. Returns the path.
         """
@@ -143,9 +144,7 @@ class HFModelFormat(CheckpointFormat):
 
         if (model is None) == (weights is None):
             raise LazarusError("hf format: pass exactly one of model= or weights=")
-        source = Path(source) if source is not None else None
-        if source is not None and not source.is_dir():
-            raise LazarusError(f"{source}: source checkpoint directory not found")
+        source = self._source_dir(source, model)
         weights = model_weights(model) if weights is None else dict(weights)
         if not weights:
             raise LazarusError(f"{path}: refusing to save a model without weights")
@@ -181,6 +180,20 @@ class HFModelFormat(CheckpointFormat):
                            "weight_files": sorted(source.glob("*.safetensors"))}
             write_provenance(tmp, self.name, self.holds, model=model, fields=fields | (provenance or {}))
         return target
+
+    @staticmethod
+    def _source_dir(source: str | Path | None, model) -> Path | None:
+        """The local directory of the source checkpoint: ``source`` when it is one; otherwise (a hub
+        id, or nothing given) the directory ``lazarus.load_model`` read the model from."""
+        if source is not None and Path(source).is_dir():
+            return Path(source)
+        loaded_from = getattr(getattr(model, "source", None), "path", None)
+        if loaded_from and Path(loaded_from).is_dir():
+            return Path(loaded_from)
+        if source is not None:
+            raise LazarusError(f"{source}: source checkpoint directory not found; pass the local directory "
+                               "the model was loaded from")
+        return None
 
     @staticmethod
     def _config(config: dict | None, source: Path | None, model, dtype) -> dict:
