@@ -334,6 +334,18 @@ def test_adapters_info_json_and_table(tiny_llama, tmp_path):
     assert table.exit_code == 0 and "dora" in table.output and "self_attn.q_proj" in table.output
 
 
+def test_dropout_acts_only_in_training_mode(tiny_llama):
+    model = _load(tiny_llama)
+    config = AdapterConfig(fine_tune_type="lora", num_layers=1,
+                           lora_parameters=LoraParameters(rank=4, scale=2.0, dropout=0.5))
+    apply_adapter(model, config)
+    _make_adapter_matter(model, config)
+    assert not model.training  # load_model returns an eval-mode model and the adapter follows it
+    np.testing.assert_array_equal(_logits(model), _logits(model))
+    model.train()
+    assert np.abs(_logits(model) - _logits(model)).max() > 1e-4
+
+
 # -- quantized base layers ----------------------------------------------------------------------
 def test_lora_on_quantized_layers_and_fuse(tiny_llama):
     import mlx.nn as nn

@@ -241,6 +241,15 @@ def test_legacy_npz_gives_the_same_logits_as_the_safetensors_adapter(tiny_llama,
     assert sorted(loaded_config.keys) == ["mlp.up_proj", "self_attn.q_proj"]
     np.testing.assert_allclose(_logits(legacy), expected, atol=1e-5)
 
+    from click.testing import CliRunner
+
+    from lazarus.cli import main
+
+    result = CliRunner().invoke(main, ["adapters", "info", "--json", str(tmp_path / "adapters.npz")])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert (info["format"], info["type"], info["rank"], info["layers"]) == ("npz-legacy", "lora", 4, [0, 1])
+
 
 def test_pickled_npz_is_refused(tiny_llama, tmp_path):
     np.savez(tmp_path / "objects.npz", **{"layers.0.attention.wq.lora_a": np.array([{"x": 1}], dtype=object)})
