@@ -10,6 +10,7 @@ import ast
 import json
 import operator
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -425,6 +426,9 @@ def test_math_answers_are_correct_and_completions_parse():
         value = _evaluate(p.expression)
         assert value == p.answer and float(value).is_integer(), p
         assert extract_answer(p.completion) == p.answer
+        # every worked step is right too ("First, 9 * 11 = 99. Then, 185 + 99 = 284.")
+        steps = re.findall(r"(\d+ [-+*/] \d+) = (-?\d+)", p.completion)
+        assert steps and all(_evaluate(lhs) == int(rhs) for lhs, rhs in steps), p.completion
         assert p.completion.endswith(f"The answer is {p.answer}.")
         assert extract_answer(p.wrong_completion) == p.wrong_answer != p.answer
         if p.kind != "word":
