@@ -121,7 +121,9 @@ def test_mlx_lm_written_adapter_loads_in_lazarus_with_same_logits(tiny_llama, ba
 
     reference, _ = mlx_lm_load_model(tiny_llama)
     reference.freeze()
-    lora_parameters = {"rank": 4, "scale": 3.0, "dropout": 0.0, "keys": ["self_attn.q_proj", "mlp.down_proj"]}
+    lora_parameters = {"rank": 4, "scale": 3.0, "dropout": 0.0}
+    if kind == "dora":  # LoRA keeps mlx-lm's default keys (every linear layer of the blocks)
+        lora_parameters["keys"] = ["self_attn.q_proj", "mlp.down_proj"]
     linear_to_lora_layers(reference, 2, lora_parameters, use_dora=kind == "dora")
     mx.random.seed(3)
     perturbed = {k: v + 0.05 * mx.random.normal(v.shape) for k, v in tree_flatten(reference.trainable_parameters())}

@@ -59,7 +59,7 @@ class MlxLmAdapterFormat(CheckpointFormat):
                                  provenance=read_provenance(directory))
 
     def write(self, path: str | Path, *, weights: dict, config: Any, model=None,
-              provenance: dict | None = None, **options) -> Path:
+              provenance: dict | None = None) -> Path:
         """Atomically write ``weights`` (key -> mx.array) and ``config`` (an AdapterConfig) to the
         directory ``path``, plus ``lazarus.json``: the source of ``model`` (when given, as loaded by
         ``lazarus.load_model``) and the ``provenance`` fields (see

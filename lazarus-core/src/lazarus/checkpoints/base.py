@@ -39,9 +39,12 @@ class CheckpointFormat:
         return False
 
     def read(self, path: str | Path, **options):
+        """Read the checkpoint at ``path``. Adapter formats return an :class:`AdapterCheckpoint` and
+        accept (and may ignore) ``num_blocks``, the block count of the model it will be loaded on."""
         raise NotImplementedError(f"checkpoint format {self.name!r} cannot read")
 
     def write(self, path: str | Path, **options) -> Path:
+        """Write a checkpoint at ``path`` atomically (with ``lazarus.json``); returns the path."""
         raise NotImplementedError(f"checkpoint format {self.name!r} cannot write")
 
     def owned(self, name: str) -> bool:

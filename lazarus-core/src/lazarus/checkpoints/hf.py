@@ -126,8 +126,7 @@ class HFModelFormat(CheckpointFormat):
 
     def write(self, path: str | Path, *, model=None, weights: dict | None = None,
               config: dict | None = None, source: str | Path | None = None, dtype=None,
-              max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, provenance: dict | None = None,
-              **options) -> Path:
+              max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, provenance: dict | None = None) -> Path:
         """Atomically write a full model to the directory ``path`` in Hugging Face layout.
 
         ``model`` (its parameters are saved) or ``weights`` (key -> mx.array). ``config``: the
