@@ -531,3 +531,20 @@ def test_write_is_atomic_when_interrupted(tmp_path, monkeypatch):
         records.write_jsonl(target, [{"text": "new"}], force=True)
     assert target.read_text() == json.dumps({"text": "old"}) + "\n"
     assert [p.name for p in tmp_path.iterdir()] == ["train.jsonl"]
+
+
+def test_prompt_batches_carry_records_for_rewards(tmp_path, tok):
+    rows = [{"prompt": f"What is {i} * 3?", "answer": 3 * i} for i in range(10)]
+    examples = tokenize_prompts(read_dataset(write_jsonl(tmp_path / "r.jsonl", rows), format="prompt"), tok)
+    shards = [list(BatchIterator(examples, batch_size=4, seed=0, rank=r, world_size=2).epoch())
+              for r in range(2)]
+    seen = []
+    for left, right in zip(*shards, strict=True):
+        for batch in (left, right):
+            assert len(batch) == len(batch.indices) >= 1
+            for index, example in zip(batch.indices.tolist(), batch.examples, strict=True):
+                if index >= 0:
+                    seen.append(index)
+                    assert example.answer == rows[index]["answer"]
+                    assert example.prompt_ids.tolist() == tok.encode(rows[index]["prompt"])
+    assert sorted(seen) == list(range(10))

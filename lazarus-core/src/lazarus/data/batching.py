@@ -81,6 +81,9 @@ class SFTBatch:
     step: int = 0  #: index of this global batch within its epoch
     position: BatchPosition | None = None  #: where the iterator stands after this batch
 
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
     @property
     def num_loss_tokens(self) -> int:
         """Targets that carry loss in this (local) batch, following the shifted-target convention."""
@@ -110,6 +113,9 @@ class PreferenceBatch:
     step: int = 0
     position: BatchPosition | None = None
 
+    def __len__(self) -> int:
+        return int(self.chosen_ids.shape[0])
+
     def as_mlx(self) -> dict:
         import mlx.core as mx
 
@@ -121,13 +127,18 @@ class PreferenceBatch:
 @attrs.frozen(eq=False)
 class PromptBatch:
     """A batch of :class:`PromptExample` for RL: the examples themselves (generation pads its own
-    way) and their indices."""
+    way) and their indices. A filler row (index -1, only when a global batch has fewer prompts
+    than ranks) repeats the batch's first prompt: generate for it if you must keep ranks in step,
+    but give it no weight in the loss."""
 
     examples: tuple[PromptExample, ...]
     indices: np.ndarray
     epoch: int = 0
     step: int = 0
     position: BatchPosition | None = None
+
+    def __len__(self) -> int:
+        return len(self.examples)
 
 
 Batch = SFTBatch | PreferenceBatch | PromptBatch
