@@ -50,13 +50,7 @@ def apply_adapter(model: nn.Module, config: AdapterConfig) -> nn.Module:
     """
     adapter_type = get_adapter_type(config.fine_tune_type)
     adapter_type.apply(model, config)
-    _match_training_mode(model)
     return model
-
-
-def _match_training_mode(model) -> None:
-    # New layers are created in training mode; follow the model's current mode (dropout!).
-    model.train(model.training)
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, mx.array]:
@@ -151,7 +145,6 @@ def load_adapter(model: nn.Module, path: str | Path) -> AdapterConfig:
         if before:
             model.load_weights(list(before.items()), strict=False)
         raise
-    _match_training_mode(model)
     return config
 
 

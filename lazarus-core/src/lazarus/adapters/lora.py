@@ -140,7 +140,7 @@ class LowRankAdapter(AdapterType):
                                           dropout=params.dropout)
             layer.freeze()
             layer.unfreeze(keys=list(self.layer_class.adapter_leaves), recurse=False)
-            layer.train(model.training)
+            layer.train(model.training)  # new modules start in training mode; dropout must follow the model
             by_owner.setdefault(id(owner), (owner, []))[1].append((path, layer))
         for owner, pairs in by_owner.values():
             owner.update_modules(tree_unflatten(pairs))
