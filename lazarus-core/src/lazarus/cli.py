@@ -22,6 +22,7 @@ CORE_COMMANDS: dict[str, str] = {
     "data": "lazarus.commands.data:data",
     "generate": "lazarus.commands.generate:generate",
     "models": "lazarus.commands.models:models",
+    "quickstart": "lazarus.commands.quickstart:quickstart",
     "train": "lazarus.commands.train:train",
 }
 
