@@ -280,3 +280,75 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+KILLED_SAVE = """
+import sys, time
+from pathlib import Path
+import mlx.core as mx
+import lazarus
+from lazarus import checkpoints
+
+base, target, marker = sys.argv[1:4]
+model, _, _ = lazarus.load_model(base)
+real_save = mx.save_safetensors
+
+def save_then_hang(path, arrays, metadata=None):
+    real_save(path, dict(list(arrays.items())[:1]), metadata=metadata)
+    Path(marker).write_text(path)
+    time.sleep(60)
+
+mx.save_safetensors = save_then_hang
+checkpoints.save("hf", target, model=model, max_shard_size="40kB")
+"""
+
+
+def test_killed_save_leaves_previous_checkpoint_and_next_save_cleans_up(tiny_llama, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model = _load(tiny_llama)
+    target = checkpoints.save("hf", tmp_path / "ckpt", model=model)
+    before = _snapshot(target)
+    marker = tmp_path / "marker"
+    child = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(tiny_llama), str(target), str(marker)])
+    try:
+        deadline = time.time() + 120
+        while not marker.exists() and child.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), "the child never started writing"
+        partial = Path(marker.read_text())
+        assert partial.parent.name.startswith(f".ckpt.tmp-{child.pid}-")
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    assert _snapshot(target) == before
+    assert partial.parent.exists()  # the dead writer's temp dir is still there ...
+    np.testing.assert_array_equal(_logits(_load(target)), _logits(model))
+    checkpoints.save("hf", target, model=model)
+    assert not partial.parent.exists()  # ... until the next save to the same place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "marker"]
+
+
+def test_recover_moves_back_a_checkpoint_set_aside_by_a_dead_writer(tmp_path):
+    import subprocess
+    import sys
+
+    from lazarus.checkpoints.atomic import recover_interrupted
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    aside = tmp_path / f".ckpt.old-{dead.pid}-1234abcd"
+    aside.mkdir()
+    (aside / "config.json").write_text("{}")
+    recover_interrupted(tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "config.json").read_text() == "{}"
+    assert not aside.exists()
+    # a writer that is still running is left alone
+    alive = tmp_path / f".ckpt.tmp-{os.getpid()}-5678"
+    alive.mkdir()
+    recover_interrupted(tmp_path / "ckpt")
+    assert alive.exists()

@@ -6,6 +6,9 @@ target (the previous target is moved aside first and deleted only after the new 
 place). If the block raises, or the process dies, the temporary directory is discarded and the
 previous checkpoint is untouched.
 
+A save killed half-way leaves a ``.NAME.tmp-PID-*`` directory next to the target; the next save
+to the same target deletes it (see :func:`recover_interrupted`).
+
 Files already in the target that the new checkpoint does not write and that the format does not
 own (a training log, a README) are carried over as hard links, so saving a checkpoint into a
 directory never deletes the user's other files.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -55,7 +59,7 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 def _carry_over(old: Path, new: Path, owned: Callable[[str], bool]) -> None:
     for entry in old.iterdir():
-        if (new / entry.name).exists() or owned(entry.name) or entry.name.startswith(f".{old.name}."):
+        if (new / entry.name).exists() or owned(entry.name):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.copytree(entry, new / entry.name, symlinks=True, copy_function=_link_or_copy)
@@ -63,6 +67,34 @@ def _carry_over(old: Path, new: Path, owned: Callable[[str], bool]) -> None:
             os.symlink(os.readlink(entry), new / entry.name)
         else:
             _link_or_copy(str(entry), str(new / entry.name))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # alive but not ours, or no way to tell: leave it alone
+        return True
+    return True
+
+
+def recover_interrupted(target: Path) -> None:
+    """Clean up after saves to ``target`` whose process died (killed, power loss).
+
+    A dead writer's temporary directory is deleted. If it died between moving the previous
+    checkpoint aside and renaming the new one in, ``target`` is missing and the set-aside previous
+    checkpoint is moved back. Writers still running are left alone (their pid is in the name).
+    """
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(tmp|old)-(\d+)-")
+    for entry in sorted(target.parent.iterdir()) if target.parent.is_dir() else ():
+        match = pattern.match(entry.name)
+        if not match or _pid_alive(int(match.group(2))):
+            continue
+        if match.group(1) == "old" and not target.exists():
+            os.rename(entry, target)
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _umask() -> int:
@@ -85,7 +117,8 @@ def atomic_directory(target: str | Path, owned: Callable[[str], bool] = lambda n
     if target.exists() and not target.is_dir():
         raise LazarusError(f"{target} exists and is not a directory; choose another output path")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    recover_interrupted(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
         yield tmp
         # mkdtemp makes 0700 directories; give the checkpoint the permissions a mkdir would
@@ -95,7 +128,7 @@ def atomic_directory(target: str | Path, owned: Callable[[str], bool] = lambda n
             _carry_over(target, tmp, owned)
         fsync_tree(tmp)
         if target.exists():
-            aside = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            aside = target.parent / f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             os.rename(target, aside)
             try:
                 os.rename(tmp, target)
