@@ -84,6 +84,8 @@ def test_hf_save_then_load_model_round_trips_exactly(tiny_checkpoint, tmp_path, 
     assert record["checkpoint_format"] == "hf" and record["source_model"]["model"] == str(base)
     assert record["files_sha256"]["model.safetensors"] and record["config_sha256"]
     assert not (out / "model.safetensors.index.json").exists()
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes["lazarus.json"] == modes["model.safetensors"] == modes["config.json"]
 
 
 def test_hf_sharded_save_writes_an_index_and_round_trips(tiny_llama, tmp_path):

@@ -75,10 +75,16 @@ def provenance_record(directory: Path, fmt: str, holds: str, *, model=None,
 def write_provenance(directory: Path, fmt: str, holds: str, *, model=None,
                      fields: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``lazarus.json`` into ``directory`` (after the other files) and return the record."""
+    import os
+
     from lazarus import provenance
 
     record = provenance_record(directory, fmt, holds, model=model, fields=fields)
-    provenance.write(directory, record)
+    written = provenance.write(directory, record)
+    # written through a private temp file (0600): give it the permissions of the other files
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(written, 0o666 & ~mask)
     return record
 
 
