@@ -65,10 +65,11 @@ def save_checkpoint(output: str | os.PathLike, step: int, *, write_weights: Call
     root.mkdir(parents=True, exist_ok=True)
     target = root / checkpoint_name(step)
     with atomic_directory(target) as tmp:
+        # weights first: a format writer replaces the files it owns (hf owns every *.safetensors)
+        write_weights(tmp)
         mx.eval(list(optimizer_state.values()))
         mx.save_safetensors(str(tmp / OPTIMIZER_FILE), dict(optimizer_state))
         (tmp / STATE_FILE).write_text(json.dumps({"version": STATE_VERSION, **state}, indent=2) + "\n")
-        write_weights(tmp)
     _write_text_atomic(root / LATEST_FILE, target.name + "\n")
     if keep > 0:
         prune_checkpoints(root, keep)

@@ -31,11 +31,14 @@ SCHEDULES = ("constant", "linear", "cosine")
 
 
 def setting(default: Any = None, help: str = "", *, choices: tuple[str, ...] | None = None,
-            minimum: float | None = None, metavar: str | None = None, cli: bool = True) -> Any:
+            minimum: float | None = None, metavar: str | None = None, many: bool = False,
+            cli: bool = True) -> Any:
     """Declare one config field: its default, the help shown by ``--help``, and optional checks.
 
     ``choices`` limits a string field; ``minimum`` is an inclusive lower bound for numbers (``None``
-    values are always allowed for optional fields); ``cli=False`` keeps a field out of the CLI.
+    values are always allowed for optional fields); ``many=True`` marks a tuple-of-strings field
+    (given as ``a,b`` on the command line; implied by a tuple default); ``cli=False`` keeps a field
+    out of the CLI.
     """
     validators = []
     if choices is not None:
@@ -46,7 +49,7 @@ def setting(default: Any = None, help: str = "", *, choices: tuple[str, ...] | N
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple or None as the default of a config field")
     return attrs.field(default=default, metadata=metadata, validator=validators or None,
-                       converter=_tuple_converter if isinstance(default, tuple) else None)
+                       converter=_tuple_converter if many or isinstance(default, tuple) else None)
 
 
 def _tuple_converter(value):
@@ -101,7 +104,7 @@ class TrainingConfig:
     dropout: float = setting(0.0, "Dropout on the LoRA/DoRA input.", minimum=0.0)
     lora_targets: tuple[str, ...] | None = setting(
         None, "Comma-separated module names to adapt, e.g. q_proj,v_proj (default: the adapter's default).",
-        metavar="NAMES")
+        metavar="NAMES", many=True)
     num_layers: int = setting(16, "Adapt the last N transformer blocks (-1: all).", minimum=-1)
 
     # -- optimisation --------------------------------------------------------------------------
