@@ -155,8 +155,9 @@ class Trainer:
 
     # -- helpers -------------------------------------------------------------------------------
     def log(self, message: str) -> None:
+        """Print on rank 0; long lines are left to the terminal (rich would break paths apart)."""
         if self.console is not None:
-            self.console.print(message)
+            self.console.print(message, soft_wrap=True)
 
     @property
     def full_fine_tune(self) -> bool:
@@ -463,8 +464,12 @@ class Trainer:
                     result.checkpoint = self.save_checkpoint(step, counters)
         result.step = step
         if result.interrupted:
-            self.log(f"[yellow]Interrupted at step {step}/{total_steps}.[/] Checkpoint saved to "
-                     f"{result.checkpoint}\nResume with:\n  {result.resume_command}")
+            if self.console is not None:
+                self.console.print(f"[yellow]Interrupted at step {step}/{total_steps}.[/] Checkpoint saved to:")
+                # never wrapped or styled: the user copies these lines
+                self.console.print(f"  {result.checkpoint}", markup=False, highlight=False, soft_wrap=True)
+                self.console.print("Resume with:")
+                self.console.print(f"  {result.resume_command}", markup=False, highlight=False, soft_wrap=True)
             result.metrics = metrics.rows
             return result
 

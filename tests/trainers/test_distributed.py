@@ -1,0 +1,77 @@
+"""Data parallelism: `mlx.launch -n 2 -- lazarus train sft` (ring backend over localhost, the default
+on a machine without CUDA) ends with the same weights as one process taking the same global batch."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.trainers.conftest import quiet_console, sft_config
+
+BIN = Path(sys.executable).parent
+
+
+def _free_port_pair() -> int:
+    """A port p with p and p+1 free (the ring backend listens on one port per rank)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port >= 65000:
+            continue
+        try:
+            with socket.socket() as second:
+                second.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    pytest.skip("no two consecutive free ports on localhost")
+
+
+def test_two_ranks_match_one_process_with_the_whole_batch(tiny_llama, math_sft_data, tmp_path):
+    import mlx.core as mx
+
+    from lazarus_trainers.sft import SFTTrainer
+
+    launcher = BIN / "mlx.launch"
+    if not launcher.exists():
+        pytest.skip("mlx.launch is not installed with this mlx")
+    # batch_size is the global batch: each of the 2 ranks takes 4 of every 8 examples
+    settings = dict(max_steps=6, batch_size=8, eval_interval=3, eval_batches=2, save_interval=3,
+                    grad_accumulation=2, learning_rate=1e-3)
+    args = []
+    for key, value in settings.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    output = tmp_path / "two-ranks"
+    command = [str(launcher), "-n", "2", "--starting-port", str(_free_port_pair()), "--",
+               str(BIN / "lazarus"), "train", "sft", "--model", str(tiny_llama), "--data", str(math_sft_data),
+               "--output", str(output), "--num-layers", "-1", "--rank", "4", "--max-seq-length", "96",
+               "--log-interval", "1", *args]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "on 2 ranks" in run.stdout + run.stderr
+
+    single = SFTTrainer(sft_config(tiny_llama, math_sft_data, tmp_path / "one", **settings),
+                        console=quiet_console()).train()
+
+    two = mx.load(str(output / "adapters.safetensors"))
+    one = mx.load(str(single.output / "adapters.safetensors"))
+    assert set(two) == set(one)
+    for key in one:
+        np.testing.assert_allclose(np.array(two[key]), np.array(one[key]), atol=2e-5, err_msg=key)
+
+    # rank 0 alone wrote the metrics: one row per step, and the losses are those of the whole batch
+    rows = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    single_rows = [json.loads(line) for line in (single.output / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["split"], r["step"]) for r in rows] == [(r["split"], r["step"]) for r in single_rows]
+    assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in single_rows], rel=1e-4)
+    assert [r["loss_items"] for r in rows if r["split"] == "train"] == [
+        r["loss_items"] for r in single_rows if r["split"] == "train"]
+    state = json.loads((output / "checkpoints" / "step-00000006" / "trainer_state.json").read_text())
+    assert state["world_size"] == 2
