@@ -208,7 +208,7 @@ def ablate_command(model_path, adapter_path, json_path, report_dir, prompt, targ
         grid = np.full((len(head_layers), width), np.nan)
         for e in heads:
             grid[head_layers.index(e["layer"]), e["head"]] = e["prob_change"]
-        report.add_figure("heads", heatmap(grid, title=f"{mode}-ablating one head: change in p(target)",
+        report.add_figure("heads", lambda grid=grid: heatmap(grid, title=f"{mode}-ablating one head: change in p(target)",
                                            xlabel="head", ylabel="layer", xticklabels=list(range(width)),
                                            yticklabels=head_layers, colorbar="probability change",
                                            center_zero=True), "Change in the target's probability per head")
@@ -218,7 +218,7 @@ def ablate_command(model_path, adapter_path, json_path, report_dir, prompt, targ
         grid = np.full((len(chosen), len(kinds_present)), np.nan)
         for e in whole:
             grid[chosen.index(e["layer"]), kinds_present.index(e["kind"])] = e["prob_change"]
-        report.add_figure("layers", heatmap(grid, title=f"{mode}-ablating attention / MLP: change in p(target)",
+        report.add_figure("layers", lambda grid=grid: heatmap(grid, title=f"{mode}-ablating attention / MLP: change in p(target)",
                                             xlabel="component", ylabel="layer", xticklabels=kinds_present,
                                             yticklabels=chosen, colorbar="probability change", center_zero=True),
                           "Change in the target's probability per layer component")

@@ -64,7 +64,7 @@ def summarise(patterns: dict, tokens: list[str], positions: list[int], top_k: in
 
 def _pattern_grid(pattern, tokens: list[str], layer: int):
     """One panel per head: the (query x key) attention pattern of ``layer``."""
-    from lazarus_introspect.report import _pyplot
+    from lazarus_introspect.report import _pyplot, plot_text
 
     plt = _pyplot()
     heads = pattern.shape[0]
@@ -72,7 +72,7 @@ def _pattern_grid(pattern, tokens: list[str], layer: int):
     rows = math.ceil(heads / cols)
     size = min(2.2 + 0.18 * len(tokens), 6)
     fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
-    labels = [t[:8] for t in tokens]
+    labels = [plot_text(t[:8]) for t in tokens]
     for index, ax in enumerate(axes.flat):
         if index >= heads:
             ax.axis("off")
@@ -129,10 +129,11 @@ def attention_command(model_path, adapter_path, json_path, report_dir, prompt, l
     grid = np.full((len(chosen), width), np.nan)
     for head in heads:
         grid[chosen.index(head["layer"]), head["head"]] = head["mean_entropy"]
-    report.add_figure("entropy", heatmap(grid, title="mean attention entropy per head (nats)", xlabel="head",
+    report.add_figure("entropy", lambda: heatmap(grid, title="mean attention entropy per head (nats)", xlabel="head",
                                          ylabel="layer", xticklabels=list(range(width)), yticklabels=chosen,
                                          colorbar="entropy"), "Mean entropy of each head's attention rows")
     for layer, pattern in patterns.items():
-        report.add_figure(f"pattern_layer{layer}", _pattern_grid(pattern, tokens, layer),
+        report.add_figure(f"pattern_layer{layer}",
+                          lambda pattern=pattern, layer=layer: _pattern_grid(pattern, tokens, layer),
                           f"Attention patterns of layer {layer}")
     emit(report, json_path, report_dir)

@@ -148,16 +148,16 @@ def embeddings_command(model_path, adapter_path, json_path, report_dir, data_pat
         table.add_row(row["layer"], row["mean_cosine"], row["within_label_cosine"], row["between_label_cosine"],
                       row["silhouette"], row["nearest_centroid_accuracy"],
                       ", ".join(f"{v:.3f}" for v in row["pca_explained_variance"]))
-    report.add_figure("pca", scatter_grid([(f"layer {row['layer']}", row["pca"]) for row in rows], labels,
+    report.add_figure("pca", lambda: scatter_grid([(f"layer {row['layer']}", row["pca"]) for row in rows], labels,
                                           title="PCA of prompt representations per layer"),
                       "First two principal components of the prompt representations, coloured by label")
     short = [t if len(t) <= 20 else t[:19] + "…" for t in texts]
-    report.add_figure("cosine", heatmap(rows[drawn + 1]["cosine"], title=f"cosine similarity at layer {drawn}",
+    report.add_figure("cosine", lambda: heatmap(rows[drawn + 1]["cosine"], title=f"cosine similarity at layer {drawn}",
                                         xlabel="prompt", ylabel="prompt", xticklabels=short, yticklabels=short,
                                         colorbar="cosine", vmin=-1, vmax=1, cmap="RdBu_r"),
                       f"Pairwise cosine similarity of the prompts at layer {drawn}")
     if len(set(labels)) > 1:
-        report.add_figure("clustering", line_plot(
+        report.add_figure("clustering", lambda: line_plot(
             {"silhouette": [r["silhouette"] for r in rows],
              "nearest-centroid accuracy": [r["nearest_centroid_accuracy"] for r in rows]},
             x=list(range(-1, count)), title="clustering by label per layer (-1 = embeddings)", xlabel="layer",

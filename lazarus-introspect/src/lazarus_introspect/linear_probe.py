@@ -254,7 +254,7 @@ def probe_command(model_path, adapter_path, json_path, report_dir, data_path, po
         table.add_row(row["layer"], row["train_accuracy"], row["test_accuracy"], "best" if row["layer"] == best else "")
     if save_dir:
         report.notes.append(f"saved layer {best}'s direction to {save_dir}")
-    report.add_figure("accuracy", line_plot(
+    report.add_figure("accuracy", lambda: line_plot(
         {"held-out": [r["test_accuracy"] for r in fitted["layers"]],
          "train": [r["train_accuracy"] for r in fitted["layers"]],
          "chance": [result["chance"]] * len(fitted["layers"])},

@@ -126,7 +126,7 @@ def build_report(result: dict, probe: str, title: str):
     """Tables (one per position) and figures for a lens read-out (shared with the tuned lens)."""
     import numpy as np
 
-    from lazarus_introspect.report import Report, heatmap, line_plot
+    from lazarus_introspect.report import Report, heatmap, line_plot, plot_text
 
     report = Report(probe=probe, title=title, data=result)
     report.notes.extend(result.get("notes", []))
@@ -150,21 +150,26 @@ def build_report(result: dict, probe: str, title: str):
     if layers:
         probs = np.array([[e["layers"][layer]["top"][0]["prob"] for e in result["positions"]]
                           for layer in range(layers)])
-        fig = heatmap(probs, title="top-1 probability per layer (text: top token)", xlabel="position",
-                      ylabel="layer", xticklabels=[f"{e['position']}:{e['input_token']}" for e in result["positions"]],
-                      yticklabels=list(range(layers)), colorbar="probability", vmin=0, vmax=1)
-        ax = fig.axes[0]
-        for layer in range(layers):
-            for col, e in enumerate(result["positions"]):
-                ax.text(col, layer, e["layers"][layer]["top"][0]["token"][:10], ha="center", va="center",
-                        fontsize=7, color="white" if probs[layer, col] < 0.5 else "black")
-        report.add_figure("top1_heatmap", fig, "Top-1 token and its probability at every layer and position")
+
+        def top1_heatmap():
+            fig = heatmap(probs, title="top-1 probability per layer (text: top token)", xlabel="position",
+                          ylabel="layer",
+                          xticklabels=[f"{e['position']}:{e['input_token']}" for e in result["positions"]],
+                          yticklabels=list(range(layers)), colorbar="probability", vmin=0, vmax=1)
+            ax = fig.axes[0]
+            for layer in range(layers):
+                for col, e in enumerate(result["positions"]):
+                    ax.text(col, layer, plot_text(e["layers"][layer]["top"][0]["token"][:10]), ha="center",
+                            va="center", fontsize=7, color="white" if probs[layer, col] < 0.5 else "black")
+            return fig
+
+        report.add_figure("top1_heatmap", top1_heatmap, "Top-1 token and its probability at every layer and position")
         series = {f"final pred @ {e['position']}": [layer["final_prediction_prob"] for layer in e["layers"]]
                   for e in result["positions"]}
         if track:
             series.update({f"track {track['token']!r} @ {e['position']}": [layer["track_prob"] for layer in e["layers"]]
                            for e in result["positions"]})
-        report.add_figure("probabilities", line_plot(series, title="probability across layers", xlabel="layer",
+        report.add_figure("probabilities", lambda: line_plot(series, title="probability across layers", xlabel="layer",
                                                      ylabel="probability"),
                           "Probability of the final prediction (and the tracked token) at each layer")
     return report

@@ -130,7 +130,7 @@ def neurons_command(model_path, adapter_path, json_path, report_dir, prompts, pr
     grid = np.full((len(per_layer), width), np.nan)
     for row, entry in enumerate(per_layer):
         grid[row, :len(entry["peak_activations"])] = np.sort(entry["peak_activations"])[::-1]
-    report.add_figure("peak_activations", heatmap(
+    report.add_figure("peak_activations", lambda: heatmap(
         grid, title="peak activation of each neuron, sorted (per layer)", xlabel="neuron rank", ylabel="layer",
         yticklabels=chosen, colorbar="max activation"), "How concentrated each layer's strongest activations are")
     emit(report, json_path, report_dir)

@@ -107,6 +107,7 @@ class Report:
     data: dict = attrs.Factory(dict)
     tables: list[Table] = attrs.Factory(list)
     figures: list[Figure] = attrs.Factory(list)
+    figure_builders: list = attrs.Factory(list)
     notes: list[str] = attrs.Factory(list)
 
     def table(self, title: str, columns: list[str]) -> Table:
@@ -115,16 +116,25 @@ class Report:
         self.tables.append(table)
         return table
 
-    def add_figure(self, name: str, figure, caption: str = "") -> None:
-        """Render a matplotlib figure to PNG (``name`` becomes ``name.png``) and close it."""
+    def add_figure(self, name: str, build, caption: str = "") -> None:
+        """Add a figure: ``build()`` returns a matplotlib figure; it becomes ``name.png``.
+
+        Figures are drawn only when a report folder is written, so ``--json`` alone costs no plotting.
+        """
+        self.figure_builders.append((name, build, caption))
+
+    def render_figures(self) -> list[Figure]:
+        """Draw every figure added so far (once) and return them as PNGs."""
         import io
 
-        import matplotlib.pyplot as plt
-
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-        plt.close(figure)
-        self.figures.append(Figure(name, buffer.getvalue(), caption))
+        plt = _pyplot()
+        for name, build, caption in self.figure_builders[len(self.figures):]:
+            figure = build()
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+            plt.close(figure)
+            self.figures.append(Figure(name, buffer.getvalue(), caption))
+        return self.figures
 
     # -- output ---------------------------------------------------------------------------------
     def print(self, console=None) -> None:
@@ -146,6 +156,7 @@ class Report:
     def html(self) -> str:
         """The self-contained HTML page: tables, then figures inlined as base64 PNGs."""
         esc = html.escape
+        self.render_figures()
         parts = [
             "<!doctype html>",
             '<html lang="en"><head><meta charset="utf-8">',
@@ -195,6 +206,7 @@ class Report:
         except OSError as exc:
             raise LazarusError(f"cannot write the report to {directory}: {exc.strerror or exc}") from None
         try:
+            self.render_figures()
             (staging / "report.html").write_text(self.html(), encoding="utf-8")
             text = json.dumps(to_jsonable(self.data), indent=2, allow_nan=False)
             (staging / "report.json").write_text(text + "\n", encoding="utf-8")
@@ -225,6 +237,14 @@ def _pyplot():
     return plt
 
 
+def plot_text(text) -> str:
+    """``text`` safe for matplotlib: control characters escaped, ``$`` not read as maths."""
+    text = str(text)
+    if not text.isprintable():
+        text = repr(text)[1:-1]
+    return text.replace("$", r"\$")
+
+
 def heatmap(matrix, *, title: str, xlabel: str, ylabel: str, xticklabels=None, yticklabels=None,
             colorbar: str = "", cmap: str = "viridis", vmin=None, vmax=None, center_zero: bool = False):
     """A matplotlib figure showing ``matrix`` (rows = y) as a heatmap with labelled axes."""
@@ -245,10 +265,10 @@ def heatmap(matrix, *, title: str, xlabel: str, ylabel: str, xticklabels=None, y
     ax.set_ylabel(ylabel)
     if xticklabels is not None:
         ax.set_xticks(range(cols))
-        ax.set_xticklabels([str(t) for t in xticklabels], rotation=60, ha="right", fontsize=8)
+        ax.set_xticklabels([plot_text(t) for t in xticklabels], rotation=60, ha="right", fontsize=8)
     if yticklabels is not None:
         ax.set_yticks(range(rows))
-        ax.set_yticklabels([str(t) for t in yticklabels], fontsize=8)
+        ax.set_yticklabels([plot_text(t) for t in yticklabels], fontsize=8)
     return fig
 
 
@@ -258,7 +278,7 @@ def line_plot(series: dict[str, list[float]], *, title: str, xlabel: str, ylabel
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, values in series.items():
         xs = x if x is not None else list(range(len(values)))
-        ax.plot(xs, [float("nan") if v is None else v for v in values], marker="o", label=label)
+        ax.plot(xs, [float("nan") if v is None else v for v in values], marker="o", label=plot_text(label))
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -287,7 +307,7 @@ def scatter_grid(panels: list[tuple[str, Any]], labels: list[str], *, title: str
         points = np.asarray(points)
         for c_index, cls in enumerate(classes):
             mask = np.array([label == cls for label in labels])
-            ax.scatter(points[mask, 0], points[mask, 1], s=14, color=colours(c_index % 10), label=cls)
+            ax.scatter(points[mask, 0], points[mask, 1], s=14, color=colours(c_index % 10), label=plot_text(cls))
         ax.set_title(name, fontsize=9)
         ax.tick_params(labelsize=7)
     if classes and panels:

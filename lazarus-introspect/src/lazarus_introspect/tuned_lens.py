@@ -263,7 +263,7 @@ def tuned_lens_command(model_path, adapter_path, json_path, report_dir, translat
         for row in losses:
             table.add_row(row["layer"], row["kl_before"], row["kl_after"])
         if train_text is not None:
-            report.add_figure("translator_kl", line_plot(
+            report.add_figure("translator_kl", lambda: line_plot(
                 {"logit lens": [r["kl_before"] for r in losses], "tuned lens": [r["kl_after"] for r in losses]},
                 title="KL(final || lens) on the training text", xlabel="layer", ylabel="KL (nats)"),
                 "KL divergence to the final distribution before and after training the translators")
