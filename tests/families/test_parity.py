@@ -52,6 +52,17 @@ def with_hf_gelu(ref):
     return ref
 
 
+def hf_windows(family: str, config: dict) -> list:
+    """The sliding window of each layer as HF applies it, written out from the HF configs' rules."""
+    n, window = config["num_hidden_layers"], config["sliding_window"]
+    if family == "gemma2":  # layer_types default: sliding on even layers
+        return [window if i % 2 == 0 else None for i in range(n)]
+    if family == "qwen2":  # sliding from max_window_layers on, only with use_sliding_window
+        return [window if config["use_sliding_window"] and i >= config["max_window_layers"] else None
+                for i in range(n)]
+    return [window] * n  # mistral: every layer
+
+
 def windowed_reference(ref, family: str, config: dict, ids: mx.array) -> mx.array:
     """Logits from mlx-lm's layers with HF's sliding-window masks (mlx-lm itself has none here)."""
     from mlx_lm.models.base import create_causal_mask
@@ -60,9 +71,7 @@ def windowed_reference(ref, family: str, config: dict, ids: mx.array) -> mx.arra
     h = inner.embed_tokens(ids)
     if family == "gemma2":
         h = h * (config["hidden_size"] ** 0.5)
-        windows = [config["sliding_window"] if i % 2 == 0 else None for i in range(len(inner.layers))]
-    else:
-        windows = [config["sliding_window"]] * len(inner.layers)
+    windows = hf_windows(family, config)
     for layer, window in zip(inner.layers, windows, strict=True):
         h = layer(h, create_causal_mask(ids.shape[1], window_size=window), None)
     h = inner.norm(h)
@@ -116,6 +125,24 @@ def test_sliding_window_changes_logits(tiny_checkpoint, family):
     ours = model(IDS)
     assert mx.abs(ours[:, :8] - unwindowed[:, :8]).max().item() < 1e-4
     assert mx.abs(ours[:, 8:] - unwindowed[:, 8:]).max().item() > 1e-2
+
+
+def test_qwen2_sliding_window_layers(tiny_checkpoint):
+    """Qwen2's optional windows (use_sliding_window, from max_window_layers on) follow HF."""
+    path = tiny_checkpoint("qwen2", use_sliding_window=True, sliding_window=6, max_window_layers=1)
+    model, _, config = lazarus.load_model(path)
+    assert [b.window for b in model.blocks] == [None, 6]
+    ref = windowed_reference(mlx_lm_model(path), "qwen2", config, IDS)
+    assert mx.abs(model(IDS) - ref).max().item() < 1e-4
+    assert mx.abs(model(IDS) - mlx_lm_model(path)(IDS)).max().item() > 1e-2
+
+
+def test_null_soft_caps_turn_capping_off(tiny_checkpoint):
+    capped, _, _ = lazarus.load_model(tiny_checkpoint("gemma2"))
+    uncapped, _, _ = lazarus.load_model(
+        tiny_checkpoint("gemma2", final_logit_softcapping=None, attn_logit_softcapping=None))
+    assert uncapped.args.final_softcap is None and uncapped.args.attn_softcap is None
+    assert mx.abs(capped(IDS)).max().item() < 3.0 < mx.abs(uncapped(IDS)).max().item()
 
 
 def transformers5_layout(src: Path, dst: Path) -> Path:

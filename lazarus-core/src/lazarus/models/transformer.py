@@ -75,8 +75,11 @@ class TransformerArgs:
 
         Keys the class does not know are ignored; a missing required key raises LazarusError.
         """
-        names = {field.name for field in attrs.fields(cls)}
-        values = {k: v for k, v in config.items() if k in names and v is not None}
+        fields = {field.name: field for field in attrs.fields(cls)}
+        # an explicit null means "off" where the field allows None (a soft cap, a window) and
+        # "use the default" elsewhere, as in HF's config classes
+        values = {k: v for k, v in config.items()
+                  if k in fields and (v is not None or "None" in str(fields[k].type))}
         values["rope_theta"], values["rope_scaling"] = rope_from_hf_config(config)
         missing = [f.name for f in attrs.fields(cls)
                    if f.default is attrs.NOTHING and f.name not in values]
