@@ -215,3 +215,20 @@ def test_cli_turns_loader_errors_into_exit_code_2(llama_copy):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "config.json: missing" in proc.stderr
+
+
+def test_quantized_checkpoints_are_refused_by_name(llama_copy):
+    edit_config(llama_copy, quantization={"group_size": 64, "bits": 4})
+    with pytest.raises(LazarusError) as exc:
+        lazarus.load_model(llama_copy)
+    assert_one_line(exc, "config.json", "quantized checkpoints are not supported")
+
+
+def test_untied_config_without_head_says_how_to_fix(llama_copy):
+    rewrite_weights(llama_copy, lambda w: w.pop("lm_head.weight"))
+    with pytest.raises(LazarusError) as exc:
+        lazarus.load_model(llama_copy)
+    assert_one_line(exc, "'lm_head.weight'", "tie_word_embeddings")
+    edit_config(llama_copy, tie_word_embeddings=True)
+    model, _, _ = lazarus.load_model(llama_copy)
+    assert "lm_head" not in model

@@ -44,6 +44,9 @@ def load_model(model: str | os.PathLike, adapter_path: str | os.PathLike | None 
     path = resolve_model_path(model)
     config = read_config(path)
     spec = detect_family(config, path / "config.json")
+    if config.get("quantization") or config.get("quantization_config"):
+        raise LazarusError(f"{path / 'config.json'}: quantized checkpoints are not supported yet; "
+                           "use the full-precision (float16/bfloat16/float32) checkpoint")
     family = _load_family_module(spec)
 
     try:
@@ -254,8 +257,10 @@ def check_weights(model, weights: dict, origin: dict[str, str], path: Path) -> N
     where = files[0] if len(files) == 1 else f"{path} (safetensors shards)"
     for key, param in expected.items():
         if key not in weights:
+            hint = ("; config.json says tie_word_embeddings=false, set it to true if the head is tied"
+                    if key == "lm_head.weight" else "; the checkpoint is incomplete or of another family")
             raise LazarusError(f"{where}: missing weight tensor {key!r} (shape {tuple(param.shape)}) that "
-                               f"the {model.family} model needs; the checkpoint is incomplete or of another family")
+                               f"the {model.family} model needs{hint}")
     for key, value in weights.items():
         if key not in expected:
             raise LazarusError(f"{origin.get(key, where)}: unexpected tensor {key!r} (shape {tuple(value.shape)}); "

@@ -94,8 +94,11 @@ def create_checkpoint(family: str, output: str | os.PathLike, *, size: str = "ti
     config.update(config_overrides or {})
     vocab = int(config["vocab_size"])
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as exc:
+        raise LazarusError(f"{out}: cannot write there ({exc.strerror}); choose another --output") from None
     try:
         tokenizer = train_tokenizer(tmp, vocab_size=min(vocab, DEFAULT_VOCAB["small"]))
         eos = sorted(tokenizer.eos_token_ids)
