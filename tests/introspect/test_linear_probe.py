@@ -108,6 +108,8 @@ def test_probe_cli_saves_a_direction_that_steers(trained, cli, tmp_path):
     meta = json.loads((tmp_path / "dir" / "direction.json").read_text())
     assert meta["layer"] == result["best_layer"] and meta["positive_label"] == "sunny"
     assert meta["mean_separation"] > 0  # "sunny" prompts lie further along the direction
+    provenance = json.loads((tmp_path / "dir" / "lazarus.json").read_text())
+    assert provenance["source_model"]["family"] == "llama" and "data.jsonl" in provenance["data_sha256"]
 
     prompt = " at the a on"
     plain = cli.json("introspect", "steer", "--model", directory, "--direction", tmp_path / "dir", "-p", prompt,

@@ -43,7 +43,7 @@ def run_probe(cli, name, model_dir, tmp_path, adapter=None, extra=()):
                        "--lr", "1e-3", "--seq-len", "16", "-p", PROMPT],
         "probe": ["--data", data, "--steps", "100", "--save", tmp_path / "direction"],
         "patch": ["--clean", CLEAN, "--corrupted", CORRUPTED, "--answer", "#10", "--wrong", "#11"],
-        "ablate": ["-p", PROMPT, "--mode", "mean"],
+        "ablate": ["-p", PROMPT, "--mode", "mean", "--max-tokens", "2"],
         "steer": ["-p", "The cat", "--positive", tmp_path / "pos.txt", "--negative", tmp_path / "neg.txt",
                   "--layer", "0", "--coef", "0", "--coef", "8", "--normalize", "--max-tokens", "3"],
         "attention": ["-p", PROMPT, "--with-patterns"],
@@ -90,6 +90,7 @@ def check_probe(name, result, model, tokenizer):
         assert {e["kind"] for e in result["effects"]} == {"head", "attn", "mlp"}
         for effect in result["effects"]:
             assert 0 <= effect["prob"] <= 1
+            assert isinstance(effect["answer"], str) and effect["answer_changed"] == (effect["answer"] != result["baseline_answer"])
             assert effect["prob_change"] == pytest.approx(effect["prob"] - result["baseline_prob"], abs=1e-6)
     elif name == "steer":
         zero, strong = result["runs"]

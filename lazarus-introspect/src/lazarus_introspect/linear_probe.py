@@ -13,9 +13,6 @@ accuracy, the class means' separation along the direction).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import click
@@ -146,28 +143,24 @@ def probe_direction(fit, states_layer, targets, train) -> dict:
     }
 
 
-def save_direction(directory: str | Path, direction: dict, meta: dict) -> Path:
-    """Write ``direction.safetensors`` and ``direction.json`` into ``directory`` atomically."""
+def save_direction(directory: str | Path, direction: dict, meta: dict, provenance: dict | None = None) -> Path:
+    """Write ``direction.safetensors``, ``direction.json`` (and ``lazarus.json`` from ``provenance``)
+    into ``directory`` atomically."""
     import mlx.core as mx
 
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise LazarusError(f"--save {directory} is a file; give a folder")
-    parent = directory.parent if str(directory.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=parent))
-    try:
+    from lazarus_introspect.report import output_dir
+
+    with output_dir(directory, "--save") as staging:
         mx.save_safetensors(str(staging / DIRECTION_WEIGHTS),
                             {"direction": mx.array(direction["direction"]),
                              "directions": mx.array(direction["directions"])},
                             metadata={"format": "lazarus-direction"})
         (staging / DIRECTION_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        directory.mkdir(exist_ok=True)
-        for item in staging.iterdir():
-            os.replace(item, directory / item.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return directory
+        if provenance is not None:
+            from lazarus import provenance as provenance_module
+
+            provenance_module.write(staging, provenance)
+    return Path(directory)
 
 
 def load_direction(directory: str | Path, toward: str | None = None):
@@ -244,7 +237,12 @@ def probe_command(model_path, adapter_path, json_path, report_dir, data_path, po
                 "positive_label": fitted["labels"][1], "test_accuracy": best_row["test_accuracy"],
                 "train_accuracy": best_row["train_accuracy"], "mean_separation": direction["mean_separation"],
                 "mean_norm": direction["mean_norm"], "data": str(data_path)}
-        save_direction(save_dir, direction, meta)
+        from lazarus import provenance
+
+        record = provenance.for_model(model, data_files=[data_path], command="introspect probe",
+                                      adapter_path=str(adapter_path) if adapter_path else None,
+                                      adapter_config=Path(adapter_path) / "adapter_config.json" if adapter_path else None)
+        save_direction(save_dir, direction, meta, record)
         result["saved"] = {"dir": str(save_dir), "layer": best, "mean_separation": direction["mean_separation"]}
 
     report = Report(probe="probe", title=f"Linear probes — {model_path}", data=result)

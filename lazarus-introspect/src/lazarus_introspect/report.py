@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -196,28 +197,38 @@ class Report:
         Files are built in a temporary sibling folder and then moved in, so the folder's other
         files are kept and nothing is half-written if rendering fails.
         """
-        directory = Path(directory)
-        if directory.exists() and not directory.is_dir():
-            raise LazarusError(f"--report {directory} is a file; give a folder for the report")
-        parent = directory.parent if str(directory.parent) else Path(".")
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=parent))
-        except OSError as exc:
-            raise LazarusError(f"cannot write the report to {directory}: {exc.strerror or exc}") from None
-        try:
+        with output_dir(directory, "--report") as staging:
             self.render_figures()
             (staging / "report.html").write_text(self.html(), encoding="utf-8")
             text = json.dumps(to_jsonable(self.data), indent=2, allow_nan=False)
             (staging / "report.json").write_text(text + "\n", encoding="utf-8")
             for figure in self.figures:
                 (staging / f"{figure.name}.png").write_bytes(figure.png)
-            directory.mkdir(exist_ok=True)
-            for item in staging.iterdir():
-                os.replace(item, directory / item.name)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return directory
+        return Path(directory)
+
+
+@contextmanager
+def output_dir(directory: str | Path, option: str):
+    """Yield a temporary folder beside ``directory``; on success its files are moved into ``directory``.
+
+    Files already in ``directory`` with other names are kept; on failure nothing is touched.
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise LazarusError(f"{option} {directory} is a file; give a folder")
+    parent = directory.parent if str(directory.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=parent))
+    except OSError as exc:
+        raise LazarusError(f"cannot write {option} {directory}: {exc.strerror or exc}") from None
+    try:
+        yield staging
+        directory.mkdir(exist_ok=True)
+        for item in staging.iterdir():
+            os.replace(item, directory / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def rich_escape(text: str) -> str:

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import click
@@ -114,29 +111,25 @@ def train_translators(model, tokenizer, text: str, *, steps: int = 200, learning
     return result
 
 
-def save_translators(directory: str | Path, trained: dict, meta: dict) -> Path:
-    """Write ``translators.safetensors`` and ``translators.json`` into ``directory`` atomically."""
+def save_translators(directory: str | Path, trained: dict, meta: dict, provenance: dict | None = None) -> Path:
+    """Write ``translators.safetensors``, ``translators.json`` (and ``lazarus.json`` from
+    ``provenance``) into ``directory`` atomically."""
     import mlx.core as mx
 
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise LazarusError(f"--translators {directory} is a file; give a folder")
-    parent = directory.parent if str(directory.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=parent))
-    try:
+    from lazarus_introspect.report import output_dir
+
+    with output_dir(directory, "--translators") as staging:
         tensors = {}
         for layer, (weight, bias) in enumerate(zip(trained["weights"], trained["bias"], strict=True)):
             tensors[f"layers.{layer}.weight"] = weight
             tensors[f"layers.{layer}.bias"] = bias
         mx.save_safetensors(str(staging / WEIGHTS_FILE), tensors, metadata={"format": "lazarus-tuned-lens"})
         (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        directory.mkdir(exist_ok=True)
-        for item in staging.iterdir():
-            os.replace(item, directory / item.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return directory
+        if provenance is not None:
+            from lazarus import provenance as provenance_module
+
+            provenance_module.write(staging, provenance)
+    return Path(directory)
 
 
 def load_translators(directory: str | Path, model) -> tuple[list, list, dict]:
@@ -228,7 +221,12 @@ def tuned_lens_command(model_path, adapter_path, json_path, report_dir, translat
                 "hidden_size": int(trained["weights"][0].shape[0]), "steps": steps, "learning_rate": learning_rate,
                 "train_text": str(train_text), "train_text_sha256": hashlib.sha256(text.encode()).hexdigest(),
                 "train_tokens": trained["tokens"], "losses": trained["losses"]}
-        save_translators(translators_dir, trained, meta)
+        from lazarus import provenance
+
+        record = provenance.for_model(model, data_files=[train_text], command="introspect tuned-lens",
+                                      adapter_path=str(adapter_path) if adapter_path else None,
+                                      adapter_config=Path(adapter_path) / "adapter_config.json" if adapter_path else None)
+        save_translators(translators_dir, trained, meta, record)
         result["training"] = {"steps": steps, "tokens": trained["tokens"], "losses": trained["losses"]}
         weights, biases = trained["weights"], trained["bias"]
     else:
