@@ -284,6 +284,11 @@ class CausalLM(HookedModel, nn.Module):
         return self.model.layers
 
     @property
+    def layers(self) -> list[DecoderBlock]:
+        """Same as ``blocks``, under mlx-lm's name, for tools written against mlx-lm models."""
+        return self.model.layers
+
+    @property
     def ln_final(self) -> RMSNorm:
         return self.model.norm
 
