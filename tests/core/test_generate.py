@@ -128,30 +128,12 @@ def test_stop_strings_cut_and_hold_back_partial_matches():
 PROMPTS = ["What is 12 + 7?", "The cat", "Hello! How are you today? I am fine, thank you. " * 2]
 
 
-def _write_tiny_llama(path):
-    """A random 2-layer llama in HF layout with a trained tokenizer (same config the families use)."""
-    import json
-
-    from mlx.utils import tree_flatten
-
-    from lazarus.tokenizer import train_tokenizer
-    from lazarus_families import llama
-
-    tokenizer = train_tokenizer(path, vocab_size=512)
-    config = llama.tiny_config(vocab_size=tokenizer.vocab_size)
-    config.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    mx.random.seed(1)
-    model = llama.Model(llama.ModelArgs.from_hf_config(config))
-    mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
-    (path / "config.json").write_text(json.dumps(config))
-    return path
-
-
 @pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
+def tiny_llama(tiny_checkpoint):
+    """A random 2-layer llama in HF layout (tests/conftest.py), loaded through lazarus.load_model."""
     from lazarus.loader import load_model
 
-    path = _write_tiny_llama(tmp_path_factory.mktemp("llama"))
+    path = tiny_checkpoint("llama")
     model, tokenizer, _ = load_model(path)
     return path, model, tokenizer
 

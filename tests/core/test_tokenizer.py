@@ -299,6 +299,16 @@ def test_trained_tokenizer_loads_in_transformers(trained_dir):
     assert hf_chat == tok.apply_chat_template(CONVERSATION)
 
 
+def test_trained_vocab_size_is_exact(tmp_path):
+    """A corpus too small for the asked vocabulary is topped up, so every model id decodes."""
+    tok = train_tokenizer(tmp_path / "big", vocab_size=2048)
+    assert tok.vocab_size == 2048
+    assert tok.decode([2047]) == tok.id_to_token(2047) and tok.id_to_token(2047).startswith("<reserved_")
+    assert tok.decode(tok.encode("What is 12 + 7? 19")) == "What is 12 + 7? 19"
+    transformers = pytest.importorskip("transformers")
+    assert len(transformers.AutoTokenizer.from_pretrained(str(tmp_path / "big"))) == 2048
+
+
 def test_train_tokenizer_custom_corpus_and_bad_sizes(tmp_path):
     tok = train_tokenizer(tmp_path / "a", vocab_size=300, corpus=["abc abc abc", "abd abd"] * 10)
     assert tok.decode(tok.encode("abc abd")) == "abc abd"

@@ -466,12 +466,33 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def _fill_vocab(backend, vocab_size: int):
+    """Pad the vocabulary to exactly ``vocab_size`` with ``<reserved_N>`` entries.
+
+    A small corpus runs out of merges long before a large ``vocab_size``; checkpoints still want the
+    tokenizer to cover every id of the model's embedding (as Llama 3's reserved tokens do). The
+    fillers are ordinary vocabulary entries: never produced by encoding, decoded as their name.
+    """
+    from tokenizers import Tokenizer as BackendTokenizer
+
+    have = backend.get_vocab_size(with_added_tokens=True)
+    if have >= vocab_size:
+        return backend
+    data = json.loads(backend.to_str())
+    vocab = data["model"]["vocab"]
+    for i in range(vocab_size - have):
+        vocab[f"<reserved_{i}>"] = have + i
+    return BackendTokenizer.from_str(json.dumps(data))
+
+
 def train_tokenizer(output_dir: str | os.PathLike, vocab_size: int = 512,
                     corpus: Iterable[str] | None = None, model_max_length: int = 4096) -> Tokenizer:
     """Train a byte-level BPE tokenizer offline and write it to ``output_dir`` in HF layout.
 
-    ``corpus``: lines of text (default: :func:`default_corpus`). ``vocab_size`` includes the 256
-    byte symbols and the special tokens ``<unk> <s> </s> <pad> <|im_start|> <|im_end|>`` (ids 0-5).
+    ``corpus``: lines of text (default: :func:`default_corpus`). ``vocab_size`` is exact: it counts
+    the special tokens ``<unk> <s> </s> <pad> <|im_start|> <|im_end|>`` (ids 0-5), the 256 byte
+    symbols and the learned merges, and is topped up with ``<reserved_N>`` entries when the corpus
+    has too few merges to offer.
     Writes ``tokenizer.json`` (BOS added by its post-processor), ``tokenizer_config.json`` (special
     tokens, ``add_bos_token``, ``model_max_length``, a ChatML ``chat_template``) and
     ``special_tokens_map.json``; other files in ``output_dir`` are left alone. Each file is written
@@ -496,6 +517,7 @@ def train_tokenizer(output_dir: str | os.PathLike, vocab_size: int = 512,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     backend.train_from_iterator(lines, trainer=trainer, length=len(lines))
+    backend = _fill_vocab(backend, vocab_size)
     bos_id = backend.token_to_id("<s>")
     backend.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)])
