@@ -11,7 +11,9 @@ from lazarus_introspect.logit_lens import layer_logits, logit_lens
 from lazarus_introspect.tuned_lens import (
     load_translators,
     save_translators,
+    text_windows,
     train_translators,
+    translator_kl,
     translator_transform,
 )
 
@@ -70,10 +72,15 @@ def test_logit_lens_result_tracks_tokens_and_emergence(loaded):
 def test_tuned_lens_trains_lowers_kl_and_round_trips(loaded, tmp_path):
     model, tokenizer = loaded("llama")
     text = "The cat sat on the mat. The dog ran to the park and the bird sang in the tree. " * 6
-    trained = train_translators(model, tokenizer, text, steps=60, learning_rate=3e-3, seq_len=32)
+    trained = train_translators(model, tokenizer, text, steps=40, learning_rate=3e-3, seq_len=32)
     losses = trained["losses"]
     assert losses[0]["kl_after"] < 0.8 * losses[0]["kl_before"]
     assert losses[-1]["kl_before"] == pytest.approx(0.0, abs=1e-5)  # the last layer is already the output
+    # it generalises: on text it never saw, layer 0 read through its translator is closer to the output
+    held_out = text_windows(tokenizer, "A bird sat in the tree and the man ran to the sea.", seq_len=32)
+    plain_kl = translator_kl(model, held_out)
+    tuned_kl = translator_kl(model, held_out, trained["weights"], trained["bias"])
+    assert tuned_kl[0] < plain_kl[0]
     save_translators(tmp_path / "tl", trained, {"num_layers": len(losses)})
     weights, biases, _ = load_translators(tmp_path / "tl", model)
     for a, b in zip(weights, trained["weights"], strict=True):

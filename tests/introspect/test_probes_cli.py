@@ -40,7 +40,7 @@ def run_probe(cli, name, model_dir, tmp_path, adapter=None, extra=()):
     args = {
         "logit-lens": ["-p", PROMPT, "--position", "-1", "--position", "2", "--top-k", "3", "--track", " the"],
         "tuned-lens": ["--translators", tmp_path / "tl", "--train-text", tmp_path / "train.txt", "--steps", "8",
-                       "--lr", "1e-3", "--seq-len", "16", "-p", PROMPT],
+                       "--lr", "1e-4", "--seq-len", "16", "-p", PROMPT],
         "probe": ["--data", data, "--steps", "100", "--save", tmp_path / "direction"],
         "patch": ["--clean", CLEAN, "--corrupted", CORRUPTED, "--answer", "#10", "--wrong", "#11"],
         "ablate": ["-p", PROMPT, "--mode", "mean", "--max-tokens", "2"],
@@ -70,6 +70,7 @@ def check_probe(name, result, model, tokenizer):
         if name == "tuned-lens":
             losses = result["training"]["losses"]
             assert len(losses) == layers and losses[0]["kl_after"] < losses[0]["kl_before"]
+            assert losses[-1]["kl_before"] == losses[-1]["kl_after"] == pytest.approx(0.0, abs=1e-5)
     elif name == "probe":
         assert result["labels"] == ["day", "night"] and len(result["layers"]) == layers
         assert all(0 <= r["test_accuracy"] <= 1 and 0 <= r["train_accuracy"] <= 1 for r in result["layers"])
@@ -150,14 +151,15 @@ _SENSITIVE = {
 }
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("name", PROBES)
-def test_probe_runs_with_an_adapter_and_sees_it(cli, checkpoint, loaded, adapter_dir, tmp_path, name):
-    model, tokenizer = loaded("llama")
+def test_probe_runs_with_an_adapter_and_sees_it(cli, checkpoint, loaded, adapter_dir, tmp_path, family, name):
+    model, tokenizer = loaded(family)
     (tmp_path / "base").mkdir()
     (tmp_path / "adapted").mkdir()
-    base = run_probe(cli, name, checkpoint("llama"), tmp_path / "base")
-    adapted = run_probe(cli, name, checkpoint("llama"), tmp_path / "adapted", adapter=adapter_dir("llama"))
-    assert adapted["adapter"] == str(adapter_dir("llama"))
+    base = run_probe(cli, name, checkpoint(family), tmp_path / "base")
+    adapted = run_probe(cli, name, checkpoint(family), tmp_path / "adapted", adapter=adapter_dir(family))
+    assert adapted["adapter"] == str(adapter_dir(family)) and adapted["family"] == family
     check_probe(name, adapted, model, tokenizer)
     value = _SENSITIVE[name](base)
     if value is not None:

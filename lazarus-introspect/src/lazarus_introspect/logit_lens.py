@@ -24,10 +24,12 @@ from lazarus_introspect.cli_common import (
 )
 
 
-def layer_logits(model, ids, transform: Callable | None = None):
-    """Logits read from every layer: an array (num_layers, B, T, vocab), plus the model's logits.
+def layer_logits(model, ids, transform: Callable | None = None, positions: Sequence[int] | None = None):
+    """Logits read from every layer: an array (num_layers, B, P, vocab), plus the model's logits (B, T, vocab).
 
-    ``transform(layer, hidden)`` maps a residual (B, T, D) before the lens (the tuned lens uses
+    ``positions`` (resolved, non-negative) selects which token positions are read (None: all, P = T),
+    so long prompts on large vocabularies never materialise logits they do not need.
+    ``transform(layer, hidden)`` maps a residual (B, P, D) before the lens (the tuned lens uses
     it); without it this is the plain logit lens ``unembed(ln_final(h_L))``.
     """
     import mlx.core as mx
@@ -35,9 +37,10 @@ def layer_logits(model, ids, transform: Callable | None = None):
     count = activations.num_layers(model)
     names = [activations.hook_name("resid_post", layer) for layer in range(count)]
     logits, cache = activations.run_with_cache(model, ids, names)
+    index = None if positions is None else mx.array(list(positions), dtype=mx.int32)
     per_layer = []
     for layer, name in enumerate(names):
-        hidden = cache[name]
+        hidden = cache[name] if index is None else cache[name][:, index]
         if transform is not None:
             hidden = transform(layer, hidden)
         per_layer.append(activations.lens(model, hidden))
@@ -57,13 +60,13 @@ def read_layers(model, tokenizer, ids, *, positions: Sequence[int] = (-1,), top_
     import mlx.core as mx
     import numpy as np
 
-    lens_logits, logits = layer_logits(model, ids, transform)
     tokens = token_strings(tokenizer, ids[0].tolist())
     resolved = resolve_positions(positions, ids.shape[1])
+    lens_logits, logits = layer_logits(model, ids, transform, resolved)
     result = {"tokens": tokens, "positions": []}
     count = lens_logits.shape[0]
-    for position in resolved:
-        layer_probs = activations.to_numpy(mx.softmax(lens_logits[:, 0, position].astype(mx.float32), axis=-1))
+    for column, position in enumerate(resolved):
+        layer_probs = activations.to_numpy(mx.softmax(lens_logits[:, 0, column].astype(mx.float32), axis=-1))
         final_probs = activations.to_numpy(mx.softmax(logits[0, position].astype(mx.float32), axis=-1))
         final_id = int(np.argmax(final_probs))
         layers = []

@@ -1,9 +1,9 @@
 """Tuned lens: a learned affine translator per layer, then the logit lens.
 
 Each layer L gets ``T_L(h) = h + h @ A_L + b_L`` with ``A_L`` and ``b_L`` initialised to zero (so
-training starts from the plain logit lens) and trained to minimise the KL divergence from the
+training starts from the plain logit lens; the last layer's stays zero, as its lens is the output) and trained to minimise the KL divergence from the
 model's final distribution to ``softmax(unembed(ln_final(T_L(h_L))))`` over the tokens of a text
-file. The model itself stays frozen. Translators are saved as ``translators.safetensors``
+file, one window of tokens per step. The model itself stays frozen. Translators are saved as ``translators.safetensors``
 (``layers.{L}.weight`` (D, D), ``layers.{L}.bias`` (D,)) plus ``translators.json``.
 """
 
@@ -40,75 +40,89 @@ def _kl_to_final(model, final_logprobs, hidden):
     return (mx.exp(final_logprobs) * (final_logprobs - logprobs)).sum(axis=-1).mean()
 
 
-def collect_training_states(model, tokenizer, text: str, *, seq_len: int = 64, max_tokens: int = 4096):
-    """Residuals of every layer and the final log-probabilities over ``text``'s tokens.
-
-    Returns ``(states, final_logprobs)``: ``states`` a list per layer of (N, D) arrays and
-    ``final_logprobs`` (N, vocab), from windows of ``seq_len`` tokens (at most ``max_tokens``).
-    """
+def text_windows(tokenizer, text: str, *, seq_len: int = 64, max_tokens: int = 4096) -> list:
+    """``text``'s tokens (at most ``max_tokens``) cut into windows of ``seq_len``: a list of (1, t) arrays."""
     import mlx.core as mx
 
     ids = tokenizer.encode(text)[:max_tokens]
     if len(ids) < 2:
         raise LazarusError("--train-text has fewer than 2 tokens; give the tuned lens more text to train on")
-    count = activations.num_layers(model)
-    names = [activations.hook_name("resid_post", layer) for layer in range(count)]
-    states: list[list] = [[] for _ in range(count)]
-    finals = []
-    for start in range(0, len(ids), seq_len):
-        window = ids[start:start + seq_len]
-        if not window:
-            continue
-        logits, cache = activations.run_with_cache(model, mx.array([window], dtype=mx.int32), names)
-        logits = logits[0].astype(mx.float32)
-        finals.append(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
-        for layer, name in enumerate(names):
-            states[layer].append(cache[name][0].astype(mx.float32))
-    final_logprobs = mx.stop_gradient(mx.concatenate(finals))
-    stacked = [mx.stop_gradient(mx.concatenate(s)) for s in states]
-    mx.eval(final_logprobs, *stacked)
-    return stacked, final_logprobs
+    return [mx.array([ids[i:i + seq_len]], dtype=mx.int32) for i in range(0, len(ids), seq_len)
+            if len(ids[i:i + seq_len]) >= 1]
+
+
+def _window_states(model, window):
+    """Residuals after every block (list of (t, D) float32) and final log-probabilities (t, V) of a window."""
+    import mlx.core as mx
+
+    names = [activations.hook_name("resid_post", layer) for layer in range(activations.num_layers(model))]
+    logits, cache = activations.run_with_cache(model, window, names)
+    logits = logits[0].astype(mx.float32)
+    final = mx.stop_gradient(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+    return [mx.stop_gradient(cache[n][0].astype(mx.float32)) for n in names], final
+
+
+def translator_kl(model, windows, weights=None, biases=None) -> list[float]:
+    """Mean KL(final || lens) per layer over ``windows``, through translators (None: the logit lens)."""
+    import mlx.core as mx
+
+    totals, count = None, 0
+    for window in windows:
+        states, final = _window_states(model, window)
+        values = []
+        for layer, hidden in enumerate(states):
+            if weights is not None:
+                hidden = hidden + hidden @ weights[layer] + biases[layer]
+            values.append(_kl_to_final(model, final, hidden) * hidden.shape[0])
+        mx.eval(values)
+        values = [v.item() for v in values]
+        totals = values if totals is None else [a + b for a, b in zip(totals, values, strict=True)]
+        count += states[0].shape[0]
+    return [t / count for t in totals]
 
 
 def train_translators(model, tokenizer, text: str, *, steps: int = 200, learning_rate: float = 1e-3,
-                      seq_len: int = 64, max_tokens: int = 4096, batch_size: int = 256, seed: int = 0,
-                      progress=None) -> dict:
-    """Train one translator per layer on ``text``; returns ``{"weights", "bias", "losses"}``.
+                      seq_len: int = 64, max_tokens: int = 4096, seed: int = 0, progress=None) -> dict:
+    """Train one translator per layer on ``text``; returns ``{"weights", "bias", "losses", "tokens"}``.
 
-    ``weights[L]`` is ``A_L`` (D, D), ``bias[L]`` is ``b_L`` (D,); ``losses[L]`` holds the KL to
-    the final layer before and after training on all collected tokens.
+    Each step runs the frozen model on one window of ``seq_len`` tokens (windows in a seeded
+    shuffled order) and takes one Adam step for every layer's translator, so memory stays that of
+    one window whatever the text's length. ``weights[L]`` is ``A_L`` (D, D), ``bias[L]`` is
+    ``b_L`` (D,); ``losses[L]`` holds the mean KL to the final layer over all windows before and
+    after training. The last layer's translator stays zero (the identity): its lens already is
+    the model's output, and an optimiser would only turn rounding noise into drift.
+    ``progress(step)`` is called after each step.
     """
     import mlx.core as mx
     import mlx.optimizers as optim
+    import numpy as np
 
-    states, final_logprobs = collect_training_states(model, tokenizer, text, seq_len=seq_len,
-                                                     max_tokens=max_tokens)
-    total = final_logprobs.shape[0]
-    width = states[0].shape[-1]
-    mx.random.seed(seed)
-    result = {"weights": [], "bias": [], "losses": []}
-    for layer, hidden in enumerate(states):
-        params = {"weight": mx.zeros((width, width)), "bias": mx.zeros((width,))}
+    windows = text_windows(tokenizer, text, seq_len=seq_len, max_tokens=max_tokens)
+    count = activations.num_layers(model)
+    width = activations.hidden_size(model)
+    params = [{"weight": mx.zeros((width, width)), "bias": mx.zeros((width,))} for _ in range(count)]
+    optimizers = [optim.Adam(learning_rate=learning_rate) for _ in range(count)]
 
-        def loss_fn(p, h, target):
-            return _kl_to_final(model, target, h + h @ p["weight"] + p["bias"])
+    def loss_fn(p, hidden, final):
+        return _kl_to_final(model, final, hidden + hidden @ p["weight"] + p["bias"])
 
-        before = _kl_to_final(model, final_logprobs, hidden).item()
-        optimizer = optim.Adam(learning_rate=learning_rate)
-        grad_fn = mx.value_and_grad(loss_fn)
-        for _ in range(steps):
-            index = mx.random.randint(0, total, (min(batch_size, total),))
-            _, grads = grad_fn(params, hidden[index], final_logprobs[index])
-            optimizer.update(params, grads)
-            mx.eval(params, optimizer.state)
-        after = loss_fn(params, hidden, final_logprobs).item()
-        result["weights"].append(params["weight"])
-        result["bias"].append(params["bias"])
-        result["losses"].append({"layer": layer, "kl_before": before, "kl_after": after})
+    grad_fn = mx.value_and_grad(loss_fn)
+    before = translator_kl(model, windows)
+    order = np.random.default_rng(seed).permutation(len(windows))
+    for step in range(steps):
+        states, final = _window_states(model, windows[order[step % len(windows)]])
+        for layer in range(count - 1):  # the last layer's lens is the output itself: identity
+            _, grads = grad_fn(params[layer], states[layer], final)
+            optimizers[layer].update(params[layer], grads)
+        mx.eval(params, [o.state for o in optimizers])
         if progress is not None:
-            progress(layer)
-    result["tokens"] = total
-    return result
+            progress(step)
+    weights, biases = [p["weight"] for p in params], [p["bias"] for p in params]
+    after = translator_kl(model, windows, weights, biases)
+    losses = [{"layer": layer, "kl_before": b, "kl_after": a}
+              for layer, (b, a) in enumerate(zip(before, after, strict=True))]
+    return {"weights": weights, "bias": biases, "losses": losses,
+            "tokens": sum(w.shape[1] for w in windows)}
 
 
 def save_translators(directory: str | Path, trained: dict, meta: dict, provenance: dict | None = None) -> Path:
@@ -186,7 +200,7 @@ def translator_transform(weights, biases):
               metavar="DIR", help="Where translators are saved (with --train-text) or read from.")
 @click.option("--train-text", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
               help="Train translators on this text file first (KL to the final layer).")
-@click.option("--steps", type=click.IntRange(0), default=200, show_default=True, help="Training steps per layer.")
+@click.option("--steps", type=click.IntRange(0), default=200, show_default=True, help="Training steps (one window of --seq-len tokens each; every layer is updated).")
 @click.option("--lr", "learning_rate", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
 @click.option("--seq-len", type=click.IntRange(2), default=64, show_default=True,
               help="Window length for reading the training text.")
