@@ -196,3 +196,18 @@ def test_user_errors_are_one_line_exit_2(cli, checkpoint, tmp_path):
         assert message in output and "Traceback" not in output
     code, output = cli("introspect", "no-such-probe", "--model", model)
     assert code != 0 and "no-such-probe" in output
+
+
+def test_logit_lens_sees_what_a_tiny_sft_run_taught(cli, checkpoint, tmp_path):
+    """An adapter from `lazarus train sft` is read through --adapter: the taught token rises."""
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"prompt": "The cat sat on", "completion": " the mat"}) + "\n"
+                            for _ in range(16)))
+    code, output = cli("train", "sft", "--model", checkpoint("llama"), "--data", data, "--output", tmp_path / "sft",
+                       "--max-steps", "5", "--learning-rate", "1e-2", "--num-layers", "-1")
+    assert code == 0, output
+    args = ["introspect", "logit-lens", "--model", checkpoint("llama"), "-p", "The cat sat on", "--track", " the"]
+    base = cli.json(*args)["positions"][0]["layers"][-1]
+    tuned = cli.json(*args, "--adapter", tmp_path / "sft")["positions"][0]["layers"][-1]
+    assert tuned["track_prob"] > max(0.5, 10 * base["track_prob"])
+    assert tuned["track_rank"] == 1
