@@ -183,15 +183,35 @@ def test_batched_rows_stop_independently(tiny_llama):
     from lazarus.generate import batch_generate, generate
 
     _, model, tok = tiny_llama
-    free = [generate(model, tok, p, max_tokens=12, stop_token_ids=[]) for p in PROMPTS]
-    stopper = free[1].token_ids[3]  # a token row 1 emits early
-    singles = [generate(model, tok, p, max_tokens=12, stop_token_ids=[stopper]) for p in PROMPTS]
-    batch = batch_generate(model, tok, PROMPTS, max_tokens=12, stop_token_ids=[stopper])
-    assert [r.token_ids for r in batch] == [r.token_ids for r in singles]
-    assert batch[1].finish_reason == "stop" and batch[1].token_ids[-1] == stopper
-    assert len(batch[1].token_ids) <= 4
-    longest = max(len(r.token_ids) for r in batch)
-    assert longest > len(batch[1].token_ids)  # other rows kept going
+    free = [generate(model, tok, p, max_tokens=12) for p in PROMPTS]
+    # a token row 1 emits early and the other rows never do
+    others = set(free[0].token_ids) | set(free[2].token_ids)
+    stopper = next(t for t in free[1].token_ids[:6] if t not in others)
+
+    class BatchSizes:
+        """The model, recording the batch size of every forward pass."""
+
+        def __init__(self):
+            self.sizes = []
+
+        def __call__(self, ids, cache=None, mask=None):
+            self.sizes.append(ids.shape[0])
+            return model(ids, cache=cache, mask=mask)
+
+        def make_cache(self):
+            return model.make_cache()
+
+    for options in ({}, {"repetition_penalty": 1.3}):
+        singles = [generate(model, tok, p, max_tokens=12, stop_token_ids=[stopper], **options) for p in PROMPTS]
+        recorder = BatchSizes()
+        batch = batch_generate(recorder, tok, PROMPTS, max_tokens=12, stop_token_ids=[stopper], **options)
+        assert [r.token_ids for r in batch] == [r.token_ids for r in singles]
+        assert [r.text for r in batch] == [r.text for r in singles]
+        assert batch[1].finish_reason == "stop" and batch[1].token_ids[-1] == stopper
+        assert len(batch[1].token_ids) <= 6
+        assert len(batch[0].token_ids) == len(batch[2].token_ids) == 12  # the other rows kept going
+        # the finished row left the batch: later forward passes run on fewer rows
+        assert recorder.sizes[0] == 3 and recorder.sizes[-1] < 3
 
 
 def test_seed_reproducibility(tiny_llama):

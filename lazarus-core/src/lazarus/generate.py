@@ -231,7 +231,9 @@ def generate_tokens(model, prompt: mx.array, *, sampling: SamplingConfig | None 
     is a fresh ``model.make_cache()`` by default; pass your own to keep it afterwards. The prompt
     is prefilled in chunks of ``prefill_step_size`` tokens. Each yielded array is already
     evaluated; the next step is queued before it is yielded, so reading it costs no device time.
-    The caller stops the loop by breaking out (at most ``max_tokens`` steps).
+    The caller stops the loop by breaking out (at most ``max_tokens`` steps). A caller driving the
+    generator with ``send(rows)`` (a list of row indices) drops the other rows from then on: later
+    arrays have ``len(rows)`` entries, in that order (batched generation frees finished rows so).
     """
     sampling = sampling or SamplingConfig()
     if prompt.ndim != 2 or prompt.shape[1] == 0:
@@ -282,11 +284,28 @@ def generate_tokens(model, prompt: mx.array, *, sampling: SamplingConfig | None 
             next_tokens = step(tokens[:, None], running_mask)
             mx.async_eval(next_tokens)
         mx.eval(tokens)
-        yield tokens
+        keep = yield tokens
         if n % 256 == 255:
             mx.clear_cache()
         if n + 1 < max_tokens:
             tokens = next_tokens
+            if keep is not None and len(keep) < batch:
+                rows = mx.array(keep, dtype=mx.int32)
+                _select_rows(cache, rows, batch)
+                tokens = tokens[rows]
+                if running_mask is not None:
+                    running_mask, ones = running_mask[rows], ones[: len(keep)]
+                if history is not None:
+                    history = history[rows]
+                batch = len(keep)
+
+
+def _select_rows(cache, rows: mx.array, batch: int) -> None:
+    """Keep only ``rows`` of every per-sequence array a cache holds (its leading axis is the batch)."""
+    for layer_cache in cache:
+        for name, value in list(vars(layer_cache).items()):
+            if isinstance(value, mx.array) and value.ndim and value.shape[0] == batch:
+                setattr(layer_cache, name, value[rows])
 
 
 # -- text level -------------------------------------------------------------------------------------------
@@ -500,20 +519,25 @@ def batch_generate(model, tokenizer, prompts: Sequence[str | Sequence[int]], *, 
     _reset_peak_memory()
     timer = _Timer(sum(len(r) for r in rows))
     if max_tokens > 0:
-        active = list(range(len(rows)))
-        for tokens in generate_tokens(model, mx.array(padded, dtype=mx.int32), sampling=sampling,
-                                      max_tokens=max_tokens, mask=mask,
-                                      prefill_step_size=prefill_step_size):
-            values = tokens.tolist()
-            if timer.first is None:
-                timer.first_tokens(len(active))
-            else:
-                timer.more_tokens(len(active))
-            for i in active:
-                streams[i].add(values[i])
-            active = [i for i in active if streams[i].finish_reason is None]
-            if not active:
+        steps = generate_tokens(model, mx.array(padded, dtype=mx.int32), sampling=sampling,
+                                max_tokens=max_tokens, mask=mask, prefill_step_size=prefill_step_size)
+        active = list(range(len(rows)))  # prompt index of each row still in the batch
+        tokens = next(steps)
+        timer.first_tokens(len(active))
+        while True:
+            for i, token in zip(active, tokens.tolist(), strict=True):
+                streams[i].add(token)
+            keep = [row for row, i in enumerate(active) if streams[i].finish_reason is None]
+            if not keep:
                 break
+            # finished rows leave the batch, so the remaining ones decode faster
+            active = [active[row] for row in keep]
+            try:
+                tokens = steps.send(keep if len(keep) < len(tokens) else None)
+            except StopIteration:
+                break
+            timer.more_tokens(len(active))
+        steps.close()
     stats = timer.stats()
     return [GenerationResult("".join(s.pieces), s.token_ids, r, s.finish_reason or "length", stats)
             for s, r in zip(streams, rows, strict=True)]
