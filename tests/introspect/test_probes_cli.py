@@ -182,11 +182,16 @@ def test_report_dir_is_self_contained_html_with_pngs(cli, checkpoint, tmp_path):
 
 def test_user_errors_are_one_line_exit_2(cli, checkpoint, tmp_path):
     model = checkpoint("llama")
+    (tmp_path / "same.txt").write_text("The cat\n")
+    (tmp_path / "one-label.jsonl").write_text('{"text": "a", "label": 1}\n{"text": "b", "label": 1}\n')
     cases = [
         (["patch", "--clean", "The cat", "--corrupted", "The cat sat on", "--answer", "#1", "--wrong", "#2"], "same length"),
         (["logit-lens", "-p", PROMPT, "--position", "99"], "out of range"),
         (["attention", "-p", PROMPT, "--layers", "7"], "out of range"),
         (["steer", "-p", "x"], "--direction"),
+        (["steer", "-p", "x", "--positive", tmp_path / "same.txt", "--negative", tmp_path / "same.txt"], "differ"),
+        (["probe", "--data", tmp_path / "one-label.jsonl"], "single label"),
+        (["embeddings", "-p", "only one"], "at least two"),
         (["tuned-lens", "--translators", tmp_path / "none"], "--train-text"),
         (["tuned-lens", "--translators", tmp_path / "none", "-p", PROMPT], "not found"),
     ]
@@ -194,6 +199,15 @@ def test_user_errors_are_one_line_exit_2(cli, checkpoint, tmp_path):
         code, output = cli("introspect", args[0], "--model", model, *args[1:])
         assert code == 2, (args, output)
         assert message in output and "Traceback" not in output
+    # a failed run leaves what the user had untouched
+    keep = tmp_path / "keep.json"
+    keep.write_text("old results\n")
+    (tmp_path / "rep").mkdir()
+    (tmp_path / "rep" / "report.html").write_text("old page")
+    code, _ = cli("introspect", "logit-lens", "--model", model, "-p", PROMPT, "--position", "99", "--json", keep,
+                  "--report", tmp_path / "rep")
+    assert code == 2 and keep.read_text() == "old results\n"
+    assert (tmp_path / "rep" / "report.html").read_text() == "old page"
     code, output = cli("introspect", "no-such-probe", "--model", model)
     assert code != 0 and "no-such-probe" in output
 

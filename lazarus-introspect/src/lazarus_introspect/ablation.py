@@ -197,9 +197,9 @@ def ablate_command(model_path, adapter_path, json_path, report_dir, prompt, targ
     columns = ["component", "prob", "change", "top token"] + (["answer", "changed"] if max_tokens else [])
     table = report.table(f"{mode}-ablation effect on p({result['target']['token']!r})", columns)
     for effect in sorted(effects, key=lambda e: e["prob_change"]):
-        cells = [effect["component"], effect["prob"], effect["prob_change"], effect["top_token"]]
+        cells = [effect["component"], effect["prob"], effect["prob_change"], repr(effect["top_token"])]
         if max_tokens:
-            cells += [effect["answer"], "yes" if effect["answer_changed"] else ""]
+            cells += [repr(effect["answer"]), "yes" if effect["answer_changed"] else ""]
         table.add_row(*cells)
     heads = [e for e in effects if e["kind"] == "head"]
     if heads:

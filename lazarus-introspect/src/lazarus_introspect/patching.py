@@ -130,7 +130,7 @@ def patch_command(model_path, adapter_path, json_path, report_dir, clean, corrup
     for component in components:
         table = report.table(f"{component}: restored fraction of the clean logit difference", ["layer", *labels])
         for layer, row in zip(scan["layers"], scan["scores"][component], strict=True):
-            table.add_row(layer, *row)
+            table.add_row(layer, *[f"{v:.2f}" for v in row])
         report.add_figure(f"patch_{component}", lambda component=component: heatmap(
             scan["scores"][component], title=f"patching {component} (1 = clean, 0 = corrupted)",
             xlabel="position (clean/corrupted token)", ylabel="layer", xticklabels=labels,

@@ -99,8 +99,11 @@ def steer_command(model_path, adapter_path, json_path, report_dir, prompts, dire
     if direction_dir is None:
         direction = mean_difference_direction(model, tokenizer, read_lines(positive, "--positive"),
                                               read_lines(negative, "--negative"), chosen[0])
+        if mx.linalg.norm(direction).item() < 1e-8:
+            raise LazarusError(f"--positive {positive} and --negative {negative} give the same mean residual at "
+                               f"layer {chosen[0]}, so the direction is zero; use prompt sets that differ")
         if normalize:
-            direction = direction / mx.maximum(mx.linalg.norm(direction), 1e-12)
+            direction = direction / mx.linalg.norm(direction)
         result["direction"] = {"source": "mean-difference", "positive": str(positive), "negative": str(negative),
                                "layer": chosen[0], "normalized": normalize}
     width = activations.hidden_size(model)
