@@ -270,13 +270,17 @@ def test_stop_tokens_and_max_tokens(tiny_llama):
     assert last.stats.generation_tps > 0 and last.stats.prompt_tps > 0 and last.stats.peak_memory_gb > 0
 
 
-def test_greedy_matches_mlx_lm(tiny_llama):
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "gemma", "gemma2", "granite"])
+def test_greedy_matches_mlx_lm(tiny_checkpoint, family):
     mlx_lm = pytest.importorskip("mlx_lm")
     from mlx_lm.sample_utils import make_sampler as mlx_make_sampler
 
     from lazarus.generate import generate
+    from lazarus.loader import load_model
 
-    path, model, tok = tiny_llama
+    # mlx-lm's mistral ignores sliding_window (HF applies it), so compare on full attention there
+    path = tiny_checkpoint(family, **({"sliding_window": None} if family == "mistral" else {}))
+    model, tok, _ = load_model(path)
     ref_model, ref_tok = mlx_lm.load(str(path))
     prompt = tok.encode(PROMPTS[0])
     ours = generate(model, tok, prompt, max_tokens=20, stop_token_ids=[])
@@ -323,6 +327,30 @@ def test_cli_streams_text_and_reports_speed(tiny_llama):
     sampled = [_run_cli(["generate", "-m", str(path), "-p", "The", "-t", "1.0", "--top-p", "0.9",
                          "--seed", "3", "-n", "8"]).stdout for _ in range(2)]
     assert sampled[0] == sampled[1]
+
+
+def test_cli_applies_an_adapter(tiny_llama, tmp_path):
+    from lazarus.adapters import AdapterConfig, adapter_weights, apply_adapter, save_adapter
+    from lazarus.generate import generate
+    from lazarus.loader import load_model
+
+    path, base_model, tok = tiny_llama
+    model, _, _ = load_model(path)
+    config = AdapterConfig.from_dict({"fine_tune_type": "lora", "num_layers": -1,
+                                      "lora_parameters": {"rank": 4, "scale": 10.0, "dropout": 0.0}})
+    apply_adapter(model, config)
+    mx.random.seed(5)
+    trained = {k: mx.random.normal(v.shape) * 0.3 for k, v in adapter_weights(model, config).items()}
+    model.load_weights(list(trained.items()), strict=False)
+    save_adapter(model, tmp_path / "adapter", config)
+
+    adapted, _, _ = load_model(path, adapter_path=tmp_path / "adapter")
+    expected = generate(adapted, tok, PROMPTS[0], max_tokens=12).text
+    assert expected != generate(base_model, tok, PROMPTS[0], max_tokens=12).text
+    res = _run_cli(["generate", "-m", str(path), "-p", PROMPTS[0], "-n", "12",
+                    "--adapter", str(tmp_path / "adapter")])
+    assert res.exit_code == 0, res.output
+    assert res.stdout == expected + "\n"
 
 
 def test_cli_errors_are_one_line(tiny_llama, tmp_path):
