@@ -149,10 +149,16 @@ def _full_recompute_greedy(model, prompt_ids, n):
     return out, logits
 
 
-def test_kv_cache_decode_equals_full_recompute(tiny_llama):
-    from lazarus.generate import generate
+# mistral's tiny config has an 8-token sliding window, gemma2 alternates windows and soft-caps
+FAMILIES_FOR_CACHE = ["llama", "mistral", "gemma2"]
 
-    _, model, tok = tiny_llama
+
+@pytest.mark.parametrize("family", FAMILIES_FOR_CACHE)
+def test_kv_cache_decode_equals_full_recompute(tiny_checkpoint, family):
+    from lazarus.generate import generate
+    from lazarus.loader import load_model
+
+    model, tok, _ = load_model(tiny_checkpoint(family))
     prompt = tok.encode(PROMPTS[2])
     expected, full_logits = _full_recompute_greedy(model, prompt, 12)
     for step in (512, 5):  # one prefill pass, and several chunks
@@ -167,10 +173,12 @@ def test_kv_cache_decode_equals_full_recompute(tiny_llama):
         np.testing.assert_allclose(np.array(cached), np.array(full_logits[i + 1]), atol=1e-4)
 
 
-def test_batched_equals_one_by_one(tiny_llama):
+@pytest.mark.parametrize("family", FAMILIES_FOR_CACHE)
+def test_batched_equals_one_by_one(tiny_checkpoint, family):
     from lazarus.generate import batch_generate, generate
+    from lazarus.loader import load_model
 
-    _, model, tok = tiny_llama
+    model, tok, _ = load_model(tiny_checkpoint(family))
     for options in ({}, {"repetition_penalty": 1.5, "repetition_context_size": 8}):
         singles = [generate(model, tok, p, max_tokens=10, **options) for p in PROMPTS]
         batch = batch_generate(model, tok, PROMPTS, max_tokens=10, **options)
