@@ -37,6 +37,18 @@ class World:
 
         return tree_map(lambda x: mx.distributed.all_sum(x, group=self.group, stream=mx.cpu), tree)
 
+    def all_gather_ints(self, values: list[int]) -> list[list[int]]:
+        """Every rank's ``values`` (same length on each, each below 2**32), in rank order."""
+        if not self.distributed:
+            return [list(values)]
+        import mlx.core as mx
+
+        gathered = mx.distributed.all_gather(mx.array(values, dtype=mx.uint32), group=self.group,
+                                             stream=mx.cpu)
+        flat = [int(v) for v in gathered.tolist()]
+        width = len(values)
+        return [flat[i * width:(i + 1) * width] for i in range(self.size)]
+
     def any(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is true on at least one (e.g. "stop now")."""
         if not self.distributed:

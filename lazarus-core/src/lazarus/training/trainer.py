@@ -143,6 +143,11 @@ class Trainer:
             return 0
         return int(lengths[batch.indices >= 0].sum())
 
+    def extra_metrics(self) -> dict:
+        """Extra fields for the next train row of metrics.jsonl (e.g. mean reward of an RL trainer);
+        called on every rank at each log step, so it may use ``self.world.all_sum``."""
+        return {}
+
     def setup(self) -> None:
         """Called once the model, tokenizer and adapter are ready (and weights restored on resume)."""
 
@@ -179,10 +184,12 @@ class Trainer:
 
         config = self.config
         keys = self._resolve_targets(config.lora_targets) if config.lora_targets else None
-        self.adapter_config = AdapterConfig(
-            fine_tune_type=config.adapter, num_layers=config.num_layers,
-            lora_parameters=LoraParameters(rank=config.rank, scale=config.scale, dropout=config.dropout,
-                                           keys=keys))
+        try:
+            lora = LoraParameters(rank=config.rank, scale=config.scale, dropout=config.dropout, keys=keys)
+        except ValueError as exc:
+            raise LazarusError(f"invalid adapter setting: {exc}") from None
+        self.adapter_config = AdapterConfig(fine_tune_type=config.adapter, num_layers=config.num_layers,
+                                            lora_parameters=lora)
         mx.random.seed(config.seed)  # adapter initialisation is part of the run's seed
         apply_adapter(self.model, self.adapter_config)
         self.model.train()
@@ -194,12 +201,15 @@ class Trainer:
 
     def _resolve_targets(self, targets: tuple[str, ...]) -> tuple[str, ...]:
         """Expand short names (``q_proj``) to block-relative paths (``self_attn.q_proj``)."""
-        from lazarus.adapters.base import default_keys, select_blocks
+        from lazarus.adapters.base import default_keys, is_linear, select_blocks
 
         available = default_keys(select_blocks(self.model, self.config.num_layers))
+        root_modules = dict(self.model.named_modules())
         resolved: list[str] = []
         for target in targets:
             matches = [k for k in available if k == target or k.endswith("." + target)]
+            if not matches and target in root_modules and is_linear(root_modules[target]):
+                matches = [target]  # a layer outside the blocks, such as lm_head
             if not matches:
                 raise LazarusError(f"--lora-targets: {target!r} matches no linear layer of the adapted "
                                    f"blocks; available: {', '.join(available)}")
@@ -377,7 +387,9 @@ class Trainer:
             from lazarus.data.batching import BatchPosition
 
             self.train_batches.seek(BatchPosition.from_dict(state["data_position"]))
-            ckpt.set_rng_state(state["rng"])
+            keys = state.get("rng_per_rank") or [state["rng"]]
+            # each rank gets its own dropout stream back (a new rank count reuses them in turn)
+            ckpt.set_rng_state(keys[self.world.rank % len(keys)])
             counters.update(state.get("counters", {}))
             self.log(f"Resuming from {resume_from} at step {start_step}/{total_steps}")
         else:
@@ -505,14 +517,18 @@ class Trainer:
             "learning_rate": learning_rate_at(step - 1, **self._schedule_args(total_steps)),
             "grad_norm": float(norm.item()),
             "tokens_per_second": tokens / elapsed,
+            "seconds": elapsed,  # time in training steps since the previous row (no eval, no saving)
             "loss_items": float(count.item()),
             "peak_memory_gb": mx.get_peak_memory() / 1e9,
+            "epoch": self.train_batches.position.epoch,
+            **self.extra_metrics(),
         }
 
     # -- saving --------------------------------------------------------------------------------
     def save_checkpoint(self, step: int, counters: dict) -> Path:
         """Write a resumable checkpoint for ``step`` (rank 0 writes; every rank waits for it)."""
         target = self.output / ckpt.CHECKPOINTS_DIR / ckpt.checkpoint_name(step)
+        rng_per_rank = self.world.all_gather_ints(ckpt.rng_state())
         if self.world.is_main:
             state = {
                 "step": step,
@@ -520,6 +536,7 @@ class Trainer:
                 "config": {**self.config.to_dict(), "resume": None},
                 "data_position": self.train_batches.position.as_dict(),
                 "rng": ckpt.rng_state(),
+                "rng_per_rank": rng_per_rank,
                 "counters": counters,
                 "world_size": self.world.size,
             }

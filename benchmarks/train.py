@@ -1,0 +1,178 @@
+"""LoRA SFT speed and memory: Lazarus (`sft` trainer) vs mlx-lm (`mlx_lm.tuner.trainer.train`), in one run.
+
+Both engines train the same checkpoint on the same token sequences (tokenised once, by Lazarus; the
+prompt is masked in both), with the same LoRA rank, scale, target layers and blocks, the same batch
+size, AdamW at the same learning rate without weight decay, no gradient clipping (mlx-lm has
+none), no evaluation and no checkpoints inside the timed part. What differs is each engine's own
+batching (Lazarus pads to a multiple of 8 within length-sorted windows; mlx-lm sorts the whole set
+and pads to 1 + a multiple of 32), step compilation and loop.
+
+Figures:
+- loss tokens/s: completion tokens (the ones carrying loss) per second of training steps, after
+  dropping the first report window (compilation);
+- peak memory: ``mx.get_peak_memory()`` over the engine's run (reset before each).
+
+The ratio columns are Lazarus / mlx-lm (above 1.0 means Lazarus is faster / uses less memory for
+the memory ratio mlx-lm / Lazarus). Runs alternate between the engines; the best of ``--repeats``
+is reported, since a shared machine only ever makes a run slower.
+
+    python benchmarks/train.py --size tiny --steps 60 --batch-size 8 --rank 8
+    python benchmarks/train.py --size small --steps 30 --batch-size 4 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+REPORT = 10  # steps per report window
+
+
+def make_checkpoint(root: Path, size: str) -> Path:
+    from lazarus.models.create import create_checkpoint
+
+    path = root / f"llama-{size}"
+    if not (path / "config.json").is_file():
+        create_checkpoint("llama", path, size=size, seed=0)
+    return path
+
+
+def make_data(root: Path, count: int) -> Path:
+    from lazarus.data.math import generate, write_math_data
+
+    out = root / "math"
+    if not (out / "sft" / "train.jsonl").is_file():
+        write_math_data(generate(count, seed=0), out, valid_fraction=0.0, test_fraction=0.0, force=True)
+    return out / "sft"
+
+
+def settings(args) -> dict:
+    return dict(rank=args.rank, scale=20.0, dropout=0.0, num_layers=args.num_layers,
+                learning_rate=args.learning_rate, batch_size=args.batch_size, max_steps=args.steps,
+                max_seq_length=args.max_seq_length, seed=0, weight_decay=0.0, max_grad_norm=0.0,
+                log_interval=REPORT, eval_interval=0, save_interval=0, keep_checkpoints=1)
+
+
+def run_lazarus(model: Path, data: Path, output: Path, args) -> dict:
+    import io
+
+    import mlx.core as mx
+    from rich.console import Console
+
+    from lazarus.plugins import get
+
+    trainer_cls = get("trainer", "sft").load()
+    config = trainer_cls.config_class(model=str(model), data=str(data), output=str(output),
+                                      lora_targets=tuple(args.keys.split(",")), **settings(args))
+    mx.reset_peak_memory()
+    result = trainer_cls(config, console=Console(file=io.StringIO())).train()
+    peak = mx.get_peak_memory()
+    rows = [r for r in result.metrics if r["split"] == "train"][1:]  # drop the compile window
+    tokens = sum(r["loss_items"] for r in rows)
+    seconds = sum(r["seconds"] for r in rows)
+    return {"loss_tokens_per_second": tokens / seconds, "steps_per_second": len(rows) * REPORT / seconds,
+            "peak_memory_gb": peak / 1e9, "final_loss": rows[-1]["loss"] if rows else None}
+
+
+def run_mlx_lm(model: Path, data: Path, output: Path, args) -> dict:
+    import mlx.core as mx
+    import mlx.optimizers as optim
+    from mlx_lm import load
+    from mlx_lm.tuner.callbacks import TrainingCallback
+    from mlx_lm.tuner.trainer import TrainingArgs, train
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    import lazarus
+    from lazarus.data.examples import tokenize
+    from lazarus.data.records import load_splits
+
+    # the very token sequences Lazarus trains on, with the prompt length as mlx-lm's mask offset
+    _, tokenizer, _ = lazarus.load_model(str(model))
+    examples = tokenize(load_splits(data, format="sft").train, tokenizer, max_seq_length=args.max_seq_length)
+    dataset = [(e.ids.tolist(), e.prompt_length) for e in examples]
+
+    mx.random.seed(0)
+    net, _ = load(str(model))
+    net.freeze()
+    keys = [f"self_attn.{k}" if k.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else f"mlp.{k}"
+            for k in args.keys.split(",")]
+    linear_to_lora_layers(net, args.num_layers, {"rank": args.rank, "scale": 20.0, "dropout": 0.0, "keys": keys})
+    optimizer = optim.AdamW(learning_rate=args.learning_rate, weight_decay=0.0)
+
+    reports: list[dict] = []
+
+    class Collect(TrainingCallback):
+        def on_train_loss_report(self, info):
+            reports.append(info)
+
+    training_args = TrainingArgs(batch_size=args.batch_size, iters=args.steps, val_batches=0,
+                                 steps_per_report=REPORT, steps_per_eval=10**9, steps_per_save=10**9,
+                                 max_seq_length=args.max_seq_length,
+                                 adapter_file=str(output / "adapters.safetensors"))
+    output.mkdir(parents=True, exist_ok=True)
+    mx.reset_peak_memory()
+    train(net, optimizer, dataset, None, args=training_args, training_callback=Collect())
+    peak = mx.get_peak_memory()
+    rows = reports[1:]
+    seconds = sum(REPORT / r["iterations_per_second"] for r in rows)
+    tokens = sum(r["tokens_per_second"] * REPORT / r["iterations_per_second"] for r in rows)
+    return {"loss_tokens_per_second": tokens / seconds, "steps_per_second": len(rows) * REPORT / seconds,
+            "peak_memory_gb": peak / 1e9, "final_loss": rows[-1]["train_loss"] if rows else None}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=("tiny", "small"), default="tiny",
+                        help="tiny: 2 layers, hidden 64; small: ~75M llama")
+    parser.add_argument("--steps", type=int, default=60, help="training steps per engine and run")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--num-layers", type=int, default=-1, help="adapt the last N blocks (-1: all)")
+    parser.add_argument("--keys", default="q_proj,v_proj", help="LoRA target layers")
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--max-seq-length", type=int, default=256)
+    parser.add_argument("--examples", type=int, default=2000, help="math problems to train on")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "lazarus-bench-train"))
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = parser.parse_args()
+    if args.steps < 2 * REPORT:
+        parser.error(f"--steps must be at least {2 * REPORT} (the first {REPORT} steps are warm-up)")
+
+    import mlx.core as mx
+
+    cache = Path(args.cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    model = make_checkpoint(cache, args.size)
+    data = make_data(cache, args.examples)
+    results: dict[str, list[dict]] = {"lazarus": [], "mlx-lm": []}
+    with tempfile.TemporaryDirectory() as work:
+        for repeat in range(args.repeats):
+            for engine, run in (("mlx-lm", run_mlx_lm), ("lazarus", run_lazarus)):
+                results[engine].append(run(model, data, Path(work) / f"{engine}-{repeat}", args))
+                print(f"run {repeat + 1}/{args.repeats} {engine}: {results[engine][-1]}", file=sys.stderr)
+
+    best = {engine: max(runs, key=lambda r: r["loss_tokens_per_second"]) for engine, runs in results.items()}
+    speed = best["lazarus"]["loss_tokens_per_second"] / best["mlx-lm"]["loss_tokens_per_second"]
+    memory = best["mlx-lm"]["peak_memory_gb"] / max(best["lazarus"]["peak_memory_gb"], 1e-12)
+    print(f"LoRA SFT, llama {args.size}, rank {args.rank}, keys {args.keys}, batch {args.batch_size}, "
+          f"{args.steps} steps (first {REPORT} dropped), mlx {mx.__version__ if hasattr(mx, '__version__') else '?'} "
+          f"on {platform.machine()} {mx.default_device()}")
+    print(f"{'engine':<10}{'loss tok/s':>14}{'steps/s':>10}{'peak GB':>10}{'final loss':>12}")
+    for engine in ("lazarus", "mlx-lm"):
+        r = best[engine]
+        print(f"{engine:<10}{r['loss_tokens_per_second']:>14.1f}{r['steps_per_second']:>10.2f}"
+              f"{r['peak_memory_gb']:>10.3f}{r['final_loss']:>12.3f}")
+    print(f"speed ratio (Lazarus / mlx-lm): {speed:.2f}x   memory ratio (mlx-lm / Lazarus): {memory:.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "runs": results, "best": best,
+                                               "speed_ratio": speed, "memory_ratio": memory}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
