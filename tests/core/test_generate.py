@@ -378,3 +378,14 @@ def test_cli_errors_are_one_line(tiny_llama, tmp_path):
     assert "no chat template" in res.stderr and "Traceback" not in res.output
     res = _run_cli(["generate", "-m", str(tmp_path / "missing"), "-p", "x"])
     assert res.exit_code == 2
+
+
+def test_public_api_names(tiny_llama):
+    """`lazarus.generate(...)` works even after `lazarus.generate` the module was imported."""
+    import lazarus
+    import lazarus.generate as generate_module
+
+    _, model, tok = tiny_llama
+    result = lazarus.generate(model, tok, PROMPTS[0], max_tokens=5)
+    assert result.token_ids == generate_module.generate(model, tok, PROMPTS[0], max_tokens=5).token_ids
+    assert "".join(c.text for c in lazarus.stream_generate(model, tok, PROMPTS[0], max_tokens=5)) == result.text
