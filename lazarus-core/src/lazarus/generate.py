@@ -224,7 +224,7 @@ def _cache_arrays(cache) -> list:
 
 def generate_tokens(model, prompt: mx.array, *, sampling: SamplingConfig | None = None,
                     max_tokens: int = 256, mask: mx.array | None = None, cache: list | None = None,
-                    prefill_step_size: int = 512) -> Iterator[mx.array]:
+                    prefill_step_size: int = 2048) -> Iterator[mx.array]:
     """Yield sampled token ids, one (B,) int array per step, for a (B, T) int ``prompt``.
 
     ``mask`` (B, T) marks real tokens with 1 and left padding with 0 (None: no padding). ``cache``
@@ -439,7 +439,7 @@ def _stop_ids(tokenizer, stop_token_ids: Sequence[int] | None) -> set[int]:
 
 def stream_generate(model, tokenizer, prompt: str | Sequence[int], *, max_tokens: int = 256,
                     sampling: SamplingConfig | None = None, stop: Sequence[str] = (),
-                    stop_token_ids: Sequence[int] | None = None, prefill_step_size: int = 512,
+                    stop_token_ids: Sequence[int] | None = None, prefill_step_size: int = 2048,
                     **sampling_options: Any) -> Iterator[GenerationChunk]:
     """Generate from one prompt, yielding a :class:`GenerationChunk` per generated token.
 
@@ -473,7 +473,7 @@ def stream_generate(model, tokenizer, prompt: str | Sequence[int], *, max_tokens
 
 def generate(model, tokenizer, prompt: str | Sequence[int], *, max_tokens: int = 256,
              sampling: SamplingConfig | None = None, stop: Sequence[str] = (),
-             stop_token_ids: Sequence[int] | None = None, prefill_step_size: int = 512,
+             stop_token_ids: Sequence[int] | None = None, prefill_step_size: int = 2048,
              **sampling_options: Any) -> GenerationResult:
     """Generate from one prompt; returns a :class:`GenerationResult`. Arguments as in
     :func:`stream_generate`."""
@@ -493,7 +493,7 @@ def generate(model, tokenizer, prompt: str | Sequence[int], *, max_tokens: int =
 
 def batch_generate(model, tokenizer, prompts: Sequence[str | Sequence[int]], *, max_tokens: int = 256,
                    sampling: SamplingConfig | None = None, stop: Sequence[str] = (),
-                   stop_token_ids: Sequence[int] | None = None, prefill_step_size: int = 512,
+                   stop_token_ids: Sequence[int] | None = None, prefill_step_size: int = 2048,
                    **sampling_options: Any) -> list[GenerationResult]:
     """Generate from several prompts at once; returns one :class:`GenerationResult` per prompt.
 

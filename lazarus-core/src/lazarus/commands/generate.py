@@ -38,7 +38,7 @@ from lazarus.errors import LazarusError
 @click.option("--seed", type=int, default=None, help="Random seed for reproducible sampling.")
 @click.option("--adapter", "adapter_path", metavar="DIR", default=None,
               help="Adapter directory (mlx-lm layout) to apply on top of the model.")
-@click.option("--prefill-step-size", default=512, show_default=True, type=click.IntRange(min=1),
+@click.option("--prefill-step-size", default=2048, show_default=True, type=click.IntRange(min=1),
               help="Prompt tokens processed per forward pass while prefilling.")
 @click.option("--verbose/--quiet", default=True, show_default=True,
               help="Print speed and memory figures to stderr at the end.")
