@@ -377,7 +377,7 @@ class Trainer:
         self.optimizer = build_optimizer(config, total_steps)
         self.optimizer.init(self.model.trainable_parameters())
         start_step = 0
-        counters = {"trained_tokens": 0, "loss_tokens": 0.0, "elapsed": 0.0}
+        counters = {"trained_tokens": 0, "elapsed": 0.0}
         if resume_from is not None:
             start_step = int(state["step"])
             self.read_weights(resume_from)
@@ -520,9 +520,14 @@ class Trainer:
             "seconds": elapsed,  # time in training steps since the previous row (no eval, no saving)
             "loss_items": float(count.item()),
             "peak_memory_gb": mx.get_peak_memory() / 1e9,
-            "epoch": self.train_batches.position.epoch,
+            "epoch": self._epochs_done(),
             **self.extra_metrics(),
         }
+
+    def _epochs_done(self) -> float:
+        """Passes over the training data so far (fractional: 1.5 = half-way through the second)."""
+        position = self.train_batches.position
+        return round(position.epoch + position.index / self.train_batches.batches_per_epoch(position.epoch), 4)
 
     # -- saving --------------------------------------------------------------------------------
     def save_checkpoint(self, step: int, counters: dict) -> Path:
