@@ -26,18 +26,22 @@ from lazarus_introspect.cli_common import (
 )
 
 
-def neuron_activations(model, prompt_ids, layer: int):
-    """``(acts (N, I) float32 numpy, where [(prompt index, position)] per row)`` over all prompts' tokens."""
+def neuron_activations(model, prompt_ids, layers):
+    """``({layer: acts (N, I) float32 numpy}, where)`` over all prompts' tokens, one forward pass per prompt.
+
+    ``where`` lists ``(prompt index, position)`` for each of the N rows.
+    """
     import numpy as np
 
-    name = activations.hook_name("mlp_post", layer)
-    rows, where = [], []
+    names = {layer: activations.hook_name("mlp_post", layer) for layer in layers}
+    rows: dict[int, list] = {layer: [] for layer in layers}
+    where = []
     for index, ids in enumerate(prompt_ids):
-        _, cache = activations.run_with_cache(model, ids, [name])
-        acts = activations.to_numpy(cache[name][0])
-        rows.append(acts)
-        where += [(index, position) for position in range(acts.shape[0])]
-    return np.concatenate(rows), where
+        _, cache = activations.run_with_cache(model, ids, list(names.values()))
+        for layer, name in names.items():
+            rows[layer].append(activations.to_numpy(cache[name][0]))
+        where += [(index, position) for position in range(ids.shape[1])]
+    return {layer: np.concatenate(chunks) for layer, chunks in rows.items()}, where
 
 
 def output_directions(model, layer: int, neurons, width: int):
@@ -66,9 +70,10 @@ def top_neurons(model, tokenizer, prompts: list[str], layers: list[int], *, top_
 
     prompt_ids = [encode(tokenizer, p) for p in prompts]
     prompt_tokens = [token_strings(tokenizer, ids[0].tolist()) for ids in prompt_ids]
+    per_layer, where = neuron_activations(model, prompt_ids, layers)
     out = []
     for layer in layers:
-        acts, where = neuron_activations(model, prompt_ids, layer)
+        acts = per_layer[layer]
         peak = acts.max(axis=0)
         chosen = np.argsort(-peak, kind="stable")[:top_k]
         promoted, promoted_logits, suppressed, suppressed_logits = promoted_tokens(
