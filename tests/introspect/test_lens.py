@@ -16,6 +16,7 @@ from lazarus_introspect.tuned_lens import (
     translator_kl,
     translator_transform,
 )
+from tests.introspect.conftest import FAMILIES
 
 
 def _ids(tokenizer, text="The cat sat on the mat and looked"):
@@ -31,20 +32,28 @@ def test_last_layer_of_the_lens_is_the_models_own_logits(loaded, family):
     np.testing.assert_allclose(np.array(logits), np.array(model(ids)), rtol=1e-5, atol=1e-5)
 
 
-def test_every_layer_is_head_of_final_norm_of_its_own_residual(loaded):
-    """By hand for llama: RMSNorm with each layer's own scale, then the untied lm_head."""
-    model, tokenizer = loaded("llama")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_layer_is_head_of_final_norm_of_its_own_residual(loaded, family):
+    """By hand from the checkpoint's tensors: RMSNorm with each layer's own scale (Gemma's 1 + w),
+    then the head (tied or not), Granite's logits divisor and Gemma-2's final soft cap."""
+    model, tokenizer = loaded(family)
+    args = model.args
     ids = _ids(tokenizer)
     per_layer, _ = layer_logits(model, ids)
     count = activations.num_layers(model)
     _, cache = model.run_with_cache(ids, names=[f"blocks.{i}.hook_resid_post" for i in range(count)])
-    norm_weight = np.array(model.model.norm.weight)
-    head = np.array(model.lm_head.weight)
-    eps = model.args.rms_norm_eps
+    norm_weight = np.array(model.model.norm.weight, dtype=np.float64) + args.norm_offset
+    head = np.array(model.model.embed_tokens.weight if args.tie_word_embeddings else model.lm_head.weight,
+                    dtype=np.float64)
     for layer in range(count):
         h = np.array(cache[f"blocks.{layer}.hook_resid_post"], dtype=np.float64)
-        normed = h / np.sqrt((h ** 2).mean(axis=-1, keepdims=True) + eps) * norm_weight
-        np.testing.assert_allclose(np.array(per_layer[layer]), normed @ head.T, rtol=1e-4, atol=1e-4)
+        normed = h / np.sqrt((h ** 2).mean(axis=-1, keepdims=True) + args.rms_norm_eps) * norm_weight
+        logits = normed @ head.T
+        if args.logits_divisor is not None:
+            logits = logits / args.logits_divisor
+        if args.final_softcap is not None:
+            logits = np.tanh(logits / args.final_softcap) * args.final_softcap
+        np.testing.assert_allclose(np.array(per_layer[layer]), logits, rtol=1e-4, atol=1e-4)
     # the layers really differ: normalisation is per layer, not the final layer's cached scale
     assert not np.allclose(np.array(per_layer[0]), np.array(per_layer[-1]), atol=1e-3)
 
