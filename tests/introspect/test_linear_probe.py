@@ -138,3 +138,16 @@ def test_shuffled_labels_flag_and_bad_data_lines(trained, cli, tmp_path):
     code, output = cli("introspect", "probe", "--model", directory, "--data", bad)
     assert code == 2 and "bad.jsonl:2" in output and "Traceback" not in output
 
+
+
+def test_embeddings_cluster_by_the_trained_label(trained):
+    from lazarus_introspect.embeddings import layer_geometry
+
+    model, tokenizer, _ = trained
+    records = _prompts(40, seed=4)
+    states = prompt_representations(model, tokenizer, [r["text"] for r in records], include_embed=True)
+    rows = layer_geometry(states, [r["label"] for r in records])
+    assert [r["layer"] for r in rows] == ["embed", 0, 1]
+    last = rows[-1]
+    assert last["nearest_centroid_accuracy"] >= 0.9 and last["silhouette"] > 0
+    assert last["within_label_cosine"] > last["between_label_cosine"]
