@@ -139,8 +139,10 @@ def num_heads(model, layer: int = 0) -> int:
               help="Also generate this many tokens greedily with each ablation and compare the answers.")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
               help="Ablations run together in one batch.")
+@click.option("--show", type=click.IntRange(1), default=40, show_default=True,
+              help="Table rows: the components with the largest effect (the JSON has them all).")
 def ablate_command(model_path, adapter_path, json_path, report_dir, prompt, target, mode, kinds, layers,
-                   mean_prompts, max_tokens, batch_size):
+                   mean_prompts, max_tokens, batch_size, show):
     """Zero / mean ablation of heads, attention and MLPs; effect on a token's probability and the answer."""
     import mlx.core as mx
     import numpy as np
@@ -195,8 +197,10 @@ def ablate_command(model_path, adapter_path, json_path, report_dir, prompt, targ
     report.notes.append(f"baseline p({result['target']['token']!r}) = {base_prob:.4g}"
                         + (f"; baseline answer {result['baseline_answer']!r}" if max_tokens else ""))
     columns = ["component", "prob", "change", "top token"] + (["answer", "changed"] if max_tokens else [])
-    table = report.table(f"{mode}-ablation effect on p({result['target']['token']!r})", columns)
-    for effect in sorted(effects, key=lambda e: e["prob_change"]):
+    shown = sorted(effects, key=lambda e: -abs(e["prob_change"]))[:show]
+    table = report.table(f"{mode}-ablation effect on p({result['target']['token']!r})"
+                         + (f" (largest {len(shown)} of {len(effects)})" if len(shown) < len(effects) else ""), columns)
+    for effect in sorted(shown, key=lambda e: e["prob_change"]):
         cells = [effect["component"], effect["prob"], effect["prob_change"], repr(effect["top_token"])]
         if max_tokens:
             cells += [repr(effect["answer"]), "yes" if effect["answer_changed"] else ""]

@@ -58,7 +58,12 @@ class IntrospectGroup(click.Group):
         registry = get_registry()
         if name not in registry.names("probe"):
             return None
-        command = registry.get("probe", name).load()
+        try:
+            command = registry.get("probe", name).load()
+        except (ImportError, AttributeError) as exc:
+            raise click.ClickException(
+                f"probe {name!r} from plugin {registry.owner('probe', name)!r} could not be loaded: "
+                f"{type(exc).__name__}: {exc}") from None
         if not isinstance(command, click.Command):
             raise click.ClickException(
                 f"probe {name!r} ({registry.owner('probe', name)}) names {type(command).__name__}, "
