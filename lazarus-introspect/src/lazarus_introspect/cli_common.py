@@ -32,15 +32,27 @@ def probe_options(command):
 
 
 @functools.lru_cache(maxsize=2)
-def _load_cached(model_path: str, adapter_path: str | None):
+def _load_cached(model_path: str, adapter_path: str | None, signature: tuple):
     from lazarus import load_model
 
     return load_model(model_path, adapter_path=adapter_path)
 
 
+def _files_signature(*paths: str | None) -> tuple:
+    """Names, sizes and modification times of the files in ``paths`` (so a changed checkpoint reloads)."""
+    signature = []
+    for path in paths:
+        if path and Path(path).is_dir():
+            signature += [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(Path(path).iterdir())
+                          if f.is_file()]
+    return tuple(signature)
+
+
 def load(model_path: str, adapter_path: str | None = None):
-    """``(model, tokenizer, config)`` through the core loader (cached within one process)."""
-    return _load_cached(str(model_path), str(adapter_path) if adapter_path else None)
+    """``(model, tokenizer, config)`` through the core loader (cached within one process while the
+    files are unchanged, so several probes in one session load a model once)."""
+    model_path, adapter_path = str(model_path), str(adapter_path) if adapter_path else None
+    return _load_cached(model_path, adapter_path, _files_signature(model_path, adapter_path))
 
 
 def emit(report, json_path: str | None, report_dir: str | None, *, quiet: bool = False) -> None:
