@@ -31,6 +31,7 @@ from lazarus.errors import LazarusError
 COMPONENT_HOOKS = {
     "resid_pre": "blocks.{layer}.hook_resid_pre",
     "resid": "blocks.{layer}.hook_resid_pre",
+    "resid_mid": "blocks.{layer}.hook_resid_mid",
     "resid_post": "blocks.{layer}.hook_resid_post",
     "attn_out": "blocks.{layer}.hook_attn_out",
     "attn": "blocks.{layer}.hook_attn_out",
@@ -70,10 +71,6 @@ def check_layers(model, layers: Iterable[int], option: str = "--layer") -> list[
     return resolved
 
 
-def _normalise_hooks(hooks: Sequence[tuple[str, HookFn]]) -> list[tuple[str, HookFn]]:
-    return [(name, fn) for name, fn in hooks]
-
-
 def run_with_cache(model, ids, names: Iterable[str]):
     """Run ``model`` on ``ids`` (B, T) and return ``(logits, {name: activation})`` for ``names``."""
     names = list(names)
@@ -87,13 +84,13 @@ def run_with_cache(model, ids, names: Iterable[str]):
 
 def run_with_hooks(model, ids, hooks: Sequence[tuple[str, HookFn]]):
     """Run ``model`` on ``ids`` with ``hooks`` = [(name, fn)] attached; returns the logits."""
-    return model.run_with_hooks(ids, fwd_hooks=_normalise_hooks(hooks))
+    return model.run_with_hooks(ids, fwd_hooks=list(hooks))
 
 
 @contextmanager
 def attached(model, hooks: Sequence[tuple[str, HookFn]]):
     """Keep ``hooks`` attached for every forward pass inside the block (e.g. during generation)."""
-    with model.hooks(fwd_hooks=_normalise_hooks(hooks)):
+    with model.hooks(fwd_hooks=list(hooks)):
         yield model
 
 
@@ -117,11 +114,6 @@ def residual_stream(model, ids, *, include_embed: bool = False) -> list:
         names = ["hook_embed", *names]
     _, cache = run_with_cache(model, ids, names)
     return [cache[n] for n in names]
-
-
-def final_logits(model, ids):
-    """The model's own logits (B, T, vocab)."""
-    return model(ids)
 
 
 def to_numpy(array):
