@@ -1,8 +1,8 @@
 """Fixtures for the introspection tests: tiny real checkpoints per family, an adapter, the CLI.
 
-Checkpoints are written by the core's ``lazarus.models.create.create_checkpoint`` (random weights
-in each family's real Hugging Face layout plus a trained tokenizer) and loaded through the real
-loader, once per test session.
+Checkpoints come from the shared ``tiny_checkpoint`` fixture (``lazarus.models.create``: random
+weights in each family's real Hugging Face layout plus a trained tokenizer) and are loaded
+through the real loader, once per test session.
 """
 
 from __future__ import annotations
@@ -15,16 +15,11 @@ FAMILIES = ["llama", "mistral", "qwen2", "gemma", "gemma2", "granite"]
 
 
 @pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory):
-    """``checkpoint(family) -> Path`` of a tiny random checkpoint (created once per session)."""
-    from lazarus.models.create import create_checkpoint
-
-    made = {}
+def checkpoint(tiny_checkpoint):
+    """``checkpoint(family) -> Path`` of the shared tiny random checkpoint (tests/conftest.py), seed 1."""
 
     def make(family: str = "llama"):
-        if family not in made:
-            made[family] = create_checkpoint(family, tmp_path_factory.mktemp(f"ckpt-{family}") / family, seed=1)
-        return made[family]
+        return tiny_checkpoint(family, seed=1)
 
     return make
 
