@@ -108,6 +108,13 @@ def test_template_conventions_match_transformers(trained_dir):
     assert 'SYS: "Ünïcode \\"quoted\\" <tag>"\nUSER: Hi\nTOOLS:' in ours
 
 
+def test_generation_block_tag_renders_its_body():
+    template = ("{% for m in messages %}{% if m.role == 'assistant' %}{% generation %}A: {{ m.content }}"
+                "{% endgeneration %}{% else %}U: {{ m.content }}{% endif %}{{ '\\n' }}{% endfor %}")
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    assert render_chat_template(template, messages) == "U: hi\nA: hello\n"
+
+
 def test_named_templates_and_strftime(tmp_path, trained_dir):
     templates = [{"name": "default", "template": "D{{ messages[0].content }}"},
                  {"name": "tool_use", "template": "T{{ tools | length }}{{ strftime_now('%Y') | length }}"}]

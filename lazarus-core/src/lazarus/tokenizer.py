@@ -61,6 +61,26 @@ def _as_id_list(value: Any) -> list[int]:
 
 
 # -- chat templates --------------------------------------------------------------------------------
+def _generation_block():
+    """The ``{% generation %}...{% endgeneration %}`` tag some templates use to mark assistant text
+    for training masks (a transformers extension); rendered here as its plain body."""
+    from jinja2 import nodes
+    from jinja2.ext import Extension
+
+    class GenerationBlock(Extension):
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller):
+            return caller()
+
+    return GenerationBlock
+
+
 def _template_environment():
     """A sandboxed jinja2 environment with the globals and filters HF chat templates expect."""
     import jinja2
@@ -78,7 +98,7 @@ def _template_environment():
         return datetime.now().strftime(fmt)
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=["jinja2.ext.loopcontrols"])
+                                        extensions=["jinja2.ext.loopcontrols", _generation_block()])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
