@@ -76,13 +76,20 @@ def generate(model_path, prompt, chat, system, raw, max_tokens, temperature, top
                               repetition_penalty=repetition_penalty,
                               repetition_context_size=repetition_context_size, seed=seed)
     chunk = None
-    for chunk in stream_generate(model, tokenizer, prompt_ids, max_tokens=max_tokens, sampling=sampling,
-                                 stop=stop, prefill_step_size=prefill_step_size):
-        if chunk.text:
-            click.echo(chunk.text, nl=False)  # echo flushes, so text appears as it is generated
+    finish = None
+    try:
+        for chunk in stream_generate(model, tokenizer, prompt_ids, max_tokens=max_tokens, sampling=sampling,
+                                     stop=stop, prefill_step_size=prefill_step_size):
+            if chunk.text:
+                click.echo(chunk.text, nl=False)  # echo flushes, so text appears as it is generated
+            finish = chunk.finish_reason
+    except KeyboardInterrupt:  # Ctrl-C ends generation early; still report what was done
+        finish = "interrupted"
     click.echo()
     if verbose and chunk is not None:
         s = chunk.stats
         click.echo(f"prompt: {s.prompt_tokens} tokens, {s.prompt_tps:.1f} tokens/s | "
                    f"generation: {s.generation_tokens} tokens, {s.generation_tps:.1f} tokens/s | "
-                   f"peak memory: {s.peak_memory_gb:.3f} GB | stopped: {chunk.finish_reason}", err=True)
+                   f"peak memory: {s.peak_memory_gb:.3f} GB | stopped: {finish}", err=True)
+    if finish == "interrupted":
+        sys.exit(130)
