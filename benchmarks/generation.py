@@ -89,8 +89,10 @@ def main() -> None:
     parser.add_argument("--gen-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--prefill-step-size", type=int, default=2048)
-    parser.add_argument("--json", type=Path, default=Path("generation-benchmark.json"))
+    parser.add_argument("--json", type=Path, default=None,
+                        help="where to write the results (default: CACHE_DIR/generation.json)")
     args = parser.parse_args()
+    args.json = args.json or args.cache_dir / "generation.json"
 
     import mlx.core as mx
     import mlx_lm
