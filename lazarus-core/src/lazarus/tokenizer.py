@@ -283,14 +283,19 @@ class Tokenizer:
             return ids
         bare = self.backend.encode(text, add_special_tokens=False).ids
         bos, eos = self.bos_token_id, self.eos_token_id
+        # the post-processor only adds tokens around the text: ids = added prefix + bare + added suffix
+        # (so a "<s>" written in the text is the text's own token, as in transformers)
+        extra = len(ids) - len(bare)
+        prefix = next((p for p in range(extra + 1) if ids[p:p + len(bare)] == bare), 0) if bare else (
+            extra if ids[:1] == [bos] else 0)
+        post_added_bos = prefix > 0 and ids[0] == bos
+        post_added_eos = extra - prefix > 0 and ids[-1] == eos
         if self._add_bos_config is not None and bos is not None:
-            post_added_bos = bool(ids) and ids[0] == bos and not (bare and bare[0] == bos)
             if self._add_bos_config and not post_added_bos:
                 ids = [bos, *ids]
             elif not self._add_bos_config and post_added_bos:
                 ids = ids[1:]
         if self._add_eos_config is not None and eos is not None:
-            post_added_eos = bool(ids) and ids[-1] == eos and not (bare and bare[-1] == eos)
             if self._add_eos_config and not post_added_eos:
                 ids = [*ids, eos]
             elif not self._add_eos_config and post_added_eos:
