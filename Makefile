@@ -17,7 +17,8 @@ $(VENV)/.installed: $(BIN)/python $(foreach d,$(DISTS),$(d)/pyproject.toml)
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/lazarus plugins list --all
+	$(BIN)/lazarus plugins list
+	$(BIN)/lazarus quickstart
 
 test: install
 	$(BIN)/python -m pytest -q
