@@ -23,6 +23,12 @@ def test_quickstart_trains_and_reports(tmp_path):
         assert (output / "adapter" / name).is_file(), name
     assert (output / "model" / "config.json").is_file() and (output / "data" / "sft" / "test.jsonl").is_file()
 
+    from mlx_lm import load as mlx_lm_load  # the adapter it saved is one mlx-lm loads
+    from mlx_lm.tuner.lora import LoRALinear
+
+    model, _ = mlx_lm_load(str(output / "model"), adapter_path=str(output / "adapter"))
+    assert sum(isinstance(module, LoRALinear) for _, module in model.named_modules()) > 0
+
     # running it again reuses its own directory
     again = CliRunner().invoke(main, ["quickstart", "--output", str(output), "--steps", "2"])
     assert again.exit_code == 0, again.output
