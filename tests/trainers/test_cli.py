@@ -71,6 +71,14 @@ def test_config_file_sets_a_field_and_cli_overrides_it(tiny_llama, math_sft_data
     assert state["config"]["learning_rate"] == 5e-4 and state["config"]["batch_size"] == 2  # from the file
     assert state["config"]["rank"] == 3
 
+    # a second fresh run into the same output would mix two runs: refused unless --overwrite
+    again = _run("train", "sft", "--config", str(config), "--output", str(output))
+    assert again.exit_code == 2 and f"--resume {output}" in again.output and "--overwrite" in again.output
+    assert (output / "checkpoints" / "step-00000002").is_dir()
+    again = _run("train", "sft", "--config", str(config), "--output", str(output), "--overwrite", "--rank", "5")
+    assert again.exit_code == 0, again.output
+    assert json.loads((output / "adapter_config.json").read_text())["lora_parameters"]["rank"] == 5
+
 
 def test_unknown_config_key_exits_2_naming_file_and_key(tiny_llama, math_sft_data, tmp_path):
     config = tmp_path / "sft.toml"

@@ -94,6 +94,8 @@ class TrainingConfig:
     resume: str | None = setting(
         None, "Resume from a checkpoint directory (or an output directory: its latest checkpoint).",
         metavar="DIR")
+    overwrite: bool = setting(False, "Start afresh in an output directory that holds an earlier run "
+                                     "(its checkpoints and metrics are deleted).")
     dtype: str | None = setting(None, "Load the model in this dtype (default: as stored).",
                                 choices=("float32", "float16", "bfloat16"))
 

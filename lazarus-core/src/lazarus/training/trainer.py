@@ -370,6 +370,7 @@ class Trainer:
             raise LazarusError(f"--resume {resume_from}: this checkpoint was written by the "
                                f"{state['trainer']!r} trainer; resume it with `lazarus train {state['trainer']}`")
 
+        self._check_output(resuming=resume_from is not None)
         if self.model is None:
             self.load()
         self.load_data()
@@ -402,8 +403,8 @@ class Trainer:
             self.output.mkdir(parents=True, exist_ok=True)
             if resume_from is not None:
                 metrics.drop_after(start_step)
-            elif (self.output / METRICS_FILE).exists():
-                (self.output / METRICS_FILE).unlink()  # a fresh run starts a fresh log
+            else:
+                (self.output / METRICS_FILE).unlink(missing_ok=True)  # a fresh run starts a fresh log
         result = TrainResult(output=self.output, step=start_step, total_steps=total_steps,
                              checkpoint=resume_from)
         self._describe(total_steps, start_step)
@@ -501,6 +502,24 @@ class Trainer:
         self._summary(result)
         return result
 
+    def _check_output(self, resuming: bool) -> None:
+        """Refuse to mix a fresh run into an earlier run's output (its checkpoints would be pruned
+        and its metrics lost) unless ``overwrite`` is set."""
+        previous = self.output / ckpt.CHECKPOINTS_DIR
+        if resuming or not previous.exists():
+            return
+        if not self.config.overwrite:
+            raise LazarusError(f"{self.output} already holds a training run ({previous}); continue it with "
+                               f"--resume {self.output}, start afresh there with --overwrite, or choose "
+                               "another --output")
+        if self.world.is_main:
+            import shutil
+
+            shutil.rmtree(previous)
+            for name in (METRICS_FILE, LOSS_PNG):
+                (self.output / name).unlink(missing_ok=True)
+        self.world.barrier()
+
     def _schedule_args(self, total_steps: int) -> dict:
         c = self.config
         return {"peak": c.learning_rate, "kind": c.lr_schedule, "warmup_steps": c.warmup_steps,
@@ -538,7 +557,7 @@ class Trainer:
             state = {
                 "step": step,
                 "trainer": self.name,
-                "config": {**self.config.to_dict(), "resume": None},
+                "config": {**self.config.to_dict(), "resume": None, "overwrite": False},
                 "data_position": self.train_batches.position.as_dict(),
                 "rng": ckpt.rng_state(),
                 "rng_per_rank": rng_per_rank,
