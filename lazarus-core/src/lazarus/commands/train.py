@@ -101,6 +101,8 @@ def run_from_cli(trainer_cls, name: str, config_file: str | None, values: dict) 
     for required in ("model", "data"):
         if not getattr(config, required):
             raise LazarusError(f"missing --{required} (or `{required} = ...` in the --config file)")
-    result = trainer_cls(config).train()
+    trainer = trainer_cls(config)
+    trainer.name = name  # checkpoints and the resume hint use the name the registry knows it by
+    result = trainer.train()
     if result.interrupted:
         sys.exit(EXIT_INTERRUPTED)
