@@ -21,7 +21,7 @@ MARKER = "quickstart.json"
 @click.command()
 @click.option("--output", "-o", default="quickstart-out", show_default=True, metavar="DIR",
               help="Work directory: model/, data/, adapter/ (a previous quickstart there is replaced).")
-@click.option("--steps", default=400, show_default=True, type=click.IntRange(min=1),
+@click.option("--steps", default=600, show_default=True, type=click.IntRange(min=1),
               help="Training steps (the default takes about a minute on a 2-core CPU).")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seed for the model weights, the data and training.")
@@ -78,7 +78,8 @@ def quickstart(output: str, steps: int, seed: int):
     config = build_config(trainer_cls.config_class, cli_values=settings)
     command = "lazarus train sft " + " ".join(
         f"--{key.replace('_', '-')} {shlex.quote(str(value))}" for key, value in settings.items())
-    console.print(f"    the same run from the shell: [dim]{command}[/]")
+    console.print("    the same run from the shell:")
+    console.print(f"    {command}", markup=False, highlight=False, soft_wrap=True)
     if adapter_dir.exists():
         import shutil
 
@@ -146,5 +147,7 @@ def _report(console, result, held_out, before: str, after: str, model_dir: Path,
         "so its text is not meaningful. The point is the loss falling and the answers taking the shape of "
         "the training data.")
     console.print(f"Adapter (mlx-lm format): {adapter_dir}   loss curve: {adapter_dir / 'loss.png'}")
-    console.print(f"Try it: lazarus generate --model {shlex.quote(str(model_dir))} --adapter "
-                  f"{shlex.quote(str(adapter_dir))} --prompt {shlex.quote(held_out['prompt'])} --max-tokens 24")
+    console.print("Try it:")
+    console.print(f"  lazarus generate --model {shlex.quote(str(model_dir))} --adapter "
+                  f"{shlex.quote(str(adapter_dir))} --prompt {shlex.quote(held_out['prompt'])} --max-tokens 24",
+                  markup=False, highlight=False, soft_wrap=True)
