@@ -175,3 +175,13 @@ def test_full_fine_tune_writes_hf_layout_and_resumes(tiny_llama, math_sft_data, 
     again, _, _ = lazarus.load_model(str(resumed.output))
     ids = mx.array([[1, 5, 9, 200]])
     np.testing.assert_allclose(np.array(model(ids)), np.array(again(ids)), atol=1e-5)
+
+
+def test_default_num_layers_on_a_smaller_model_adapts_every_block(tiny_llama, math_sft_data, tmp_path):
+    """--num-layers defaults to 16 (as in mlx-lm); a 2-block model trains both blocks instead of failing."""
+    from lazarus_trainers.sft import SFTTrainer
+
+    config = sft_config(tiny_llama, math_sft_data, tmp_path / "out", max_steps=1, num_layers=16)
+    result = SFTTrainer(config, console=quiet_console()).train()
+    saved = json.loads((result.output / "adapter_config.json").read_text())
+    assert saved["num_layers"] == 2

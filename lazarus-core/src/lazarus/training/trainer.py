@@ -188,7 +188,12 @@ class Trainer:
             lora = LoraParameters(rank=config.rank, scale=config.scale, dropout=config.dropout, keys=keys)
         except ValueError as exc:
             raise LazarusError(f"invalid adapter setting: {exc}") from None
-        self.adapter_config = AdapterConfig(fine_tune_type=config.adapter, num_layers=config.num_layers,
+        num_layers = config.num_layers
+        blocks = len(self.model.blocks)
+        if num_layers > blocks:  # the default of 16 (as in mlx-lm) on a smaller model means "all"
+            self.log(f"--num-layers {num_layers} is more than the model's {blocks} blocks: adapting all {blocks}")
+            num_layers = blocks
+        self.adapter_config = AdapterConfig(fine_tune_type=config.adapter, num_layers=num_layers,
                                             lora_parameters=lora)
         mx.random.seed(config.seed)  # adapter initialisation is part of the run's seed
         apply_adapter(self.model, self.adapter_config)
