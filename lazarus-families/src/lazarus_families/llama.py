@@ -39,7 +39,7 @@ def tiny_config(vocab_size: int = 512) -> dict:
         "num_key_value_heads": 2,
         "head_dim": 16,
         "hidden_act": "silu",
-        "max_position_embeddings": 2048,
+        "max_position_embeddings": 131072,  # as Llama 3.2: above the original 8192 context
         "rms_norm_eps": 1e-5,
         "rope_theta": 500000.0,
         "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
