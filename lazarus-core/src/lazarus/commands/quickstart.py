@@ -136,7 +136,7 @@ def _report(console, result, held_out, before: str, after: str, model_dir: Path,
         table.add_row("validation loss (nats/token)", f"{result.first_eval_loss:.3f}",
                       f"{result.last_eval_loss:.3f}")
     table.add_row(f"greedy answer to {held_out['prompt']!r}", repr(before), repr(after))
-    table.add_row("expected answer", "", repr(held_out["completion"]))
+    table.caption = f"expected answer: {held_out['completion']!r}"
     console.print(table)
     if result.first_eval_loss is not None and result.last_eval_loss is not None:
         drop = result.first_eval_loss - result.last_eval_loss
