@@ -6,7 +6,6 @@ Imported by probe modules only when a probe runs (never by ``lazarus --help``).
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
 import click
@@ -132,24 +131,10 @@ def read_lines(path: str | Path, option: str) -> list[str]:
 
 def read_labelled(path: str | Path, option: str = "--data") -> list[dict]:
     """Records ``{"text": str, "label": str|int|bool}`` from a JSONL file; errors name the line."""
-    path = Path(path)
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise LazarusError(f"{option} {path}: cannot read ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise LazarusError(f"{option} {path}: not UTF-8 text") from None
+    from lazarus.data.records import read_jsonl
+
     records = []
-    for number, line in enumerate(raw.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise LazarusError(f"{path}:{number}: not valid JSON ({exc.msg}); each line must be "
-                               '{"text": ..., "label": ...}') from None
-        if not isinstance(record, dict):
-            raise LazarusError(f"{path}:{number}: expected a JSON object with keys 'text' and 'label'")
+    for number, record in read_jsonl(path):
         text, label = record.get("text"), record.get("label")
         if not isinstance(text, str) or not text:
             raise LazarusError(f"{path}:{number}: key 'text' must be a non-empty string")
