@@ -146,6 +146,28 @@ def read_labelled(path: str | Path, option: str = "--data") -> list[dict]:
     return records
 
 
+def read_saved(directory: str | Path, weights_file: str, meta_file: str, how_to_make: str):
+    """``(tensors, meta)`` of a folder a probe saved (safetensors + json); errors say how to make one."""
+    import json
+
+    import mlx.core as mx
+
+    directory = Path(directory)
+    weights_path, meta_path = directory / weights_file, directory / meta_file
+    for path in (weights_path, meta_path):
+        if not path.is_file():
+            raise LazarusError(f"{path} not found; {how_to_make}")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise LazarusError(f"{meta_path}: not valid JSON (line {exc.lineno}): {exc.msg}") from None
+    try:
+        tensors = mx.load(str(weights_path))
+    except Exception as exc:  # mlx raises plain exceptions for corrupt files
+        raise LazarusError(f"{weights_path}: cannot read safetensors ({exc}); {how_to_make}") from None
+    return tensors, meta
+
+
 def parse_layers(spec: str | None, count: int, option: str = "--layers") -> list[int]:
     """``"all"``/None, ``"3"``, ``"0,2,-1"`` or ``"1-3"`` as sorted layer indices in range."""
     if spec is None or spec.strip() in {"", "all"}:

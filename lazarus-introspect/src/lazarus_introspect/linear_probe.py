@@ -19,7 +19,7 @@ import click
 
 from lazarus.errors import LazarusError
 from lazarus_introspect import activations
-from lazarus_introspect.cli_common import emit, load, probe_options, read_labelled, run_meta
+from lazarus_introspect.cli_common import emit, load, probe_options, read_labelled, read_saved, run_meta
 
 DIRECTION_WEIGHTS = "direction.safetensors"
 DIRECTION_META = "direction.json"
@@ -169,21 +169,9 @@ def load_direction(directory: str | Path, toward: str | None = None):
     Without ``toward`` it is the binary direction (first label -> second); with ``toward`` the
     per-label direction of that label.
     """
-    import mlx.core as mx
-
-    directory = Path(directory)
-    weights_path, meta_path = directory / DIRECTION_WEIGHTS, directory / DIRECTION_META
-    for path in (weights_path, meta_path):
-        if not path.is_file():
-            raise LazarusError(f"{path} not found; save a direction with `lazarus introspect probe --save DIR`")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise LazarusError(f"{meta_path}: not valid JSON (line {exc.lineno}): {exc.msg}") from None
-    try:
-        tensors = mx.load(str(weights_path))
-    except Exception as exc:  # mlx raises plain exceptions for corrupt files
-        raise LazarusError(f"{weights_path}: cannot read safetensors ({exc}); save the direction again") from None
+    weights_path, meta_path = Path(directory) / DIRECTION_WEIGHTS, Path(directory) / DIRECTION_META
+    tensors, meta = read_saved(directory, DIRECTION_WEIGHTS, DIRECTION_META,
+                               "save a direction with `lazarus introspect probe --save DIR`")
     if toward is None:
         if "direction" not in tensors:
             raise LazarusError(f"{weights_path}: missing key 'direction'")

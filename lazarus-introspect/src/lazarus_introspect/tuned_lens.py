@@ -22,6 +22,7 @@ from lazarus_introspect.cli_common import (
     encode,
     load,
     probe_options,
+    read_saved,
     run_meta,
     single_token,
     token_strings,
@@ -148,22 +149,9 @@ def save_translators(directory: str | Path, trained: dict, meta: dict, provenanc
 
 def load_translators(directory: str | Path, model) -> tuple[list, list, dict]:
     """``(weights, biases, meta)`` from a translators folder, checked against ``model``'s shape."""
-    import mlx.core as mx
-
-    directory = Path(directory)
-    weights_path, meta_path = directory / WEIGHTS_FILE, directory / META_FILE
-    for path in (weights_path, meta_path):
-        if not path.is_file():
-            raise LazarusError(f"{path} not found; train translators first with "
+    weights_path = Path(directory) / WEIGHTS_FILE
+    tensors, meta = read_saved(directory, WEIGHTS_FILE, META_FILE, "train translators first with "
                                "`lazarus introspect tuned-lens --train-text FILE --translators DIR`")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise LazarusError(f"{meta_path}: not valid JSON (line {exc.lineno}): {exc.msg}") from None
-    try:
-        tensors = mx.load(str(weights_path))
-    except Exception as exc:  # mlx raises plain exceptions for corrupt files
-        raise LazarusError(f"{weights_path}: cannot read safetensors ({exc}); retrain the translators") from None
     count = activations.num_layers(model)
     width = model.args.hidden_size if hasattr(model.args, "hidden_size") else None
     weights, biases = [], []
