@@ -40,6 +40,8 @@ def load_model(model: str | os.PathLike, adapter_path: str | os.PathLike | None 
     """
     import mlx.core as mx
 
+    from lazarus.models.transformer import ModelSource, sanitize_weights
+
     target = _parse_dtype(dtype)
     path = resolve_model_path(model)
     config = read_config(path)
@@ -56,9 +58,8 @@ def load_model(model: str | os.PathLike, adapter_path: str | os.PathLike | None 
         raise LazarusError(f"{path / 'config.json'}: {exc}") from None
 
     weights, origin = read_safetensors(path)
-    sanitize = getattr(family, "sanitize", None)
-    if sanitize is not None:
-        weights = sanitize(weights, args)
+    # families with no key quirks of their own use the shared clean-up (rotary buffers, tied head)
+    weights = getattr(family, "sanitize", sanitize_weights)(weights, args)
     check_weights(net, weights, origin, path)
     if target is not None:
         weights = {k: v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v
@@ -67,7 +68,6 @@ def load_model(model: str | os.PathLike, adapter_path: str | os.PathLike | None 
     mx.eval(net.parameters())
     net.eval()
 
-    from lazarus.models.transformer import ModelSource
 
     net.source = ModelSource(model=str(model), path=str(path), family=spec.name,
                              weight_files=tuple(sorted(set(origin.values()))),

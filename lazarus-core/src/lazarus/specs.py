@@ -76,7 +76,8 @@ class FamilySpec(Spec):
 
     ``model_types`` are the ``config.json`` ``model_type`` values it loads; ``architectures`` the
     ``architectures`` entries used as a fallback. ``entry`` names the family module, which defines
-    ``ModelArgs`` (with ``from_hf_config(dict)``), ``Model`` and optionally ``sanitize(weights)``
+    ``ModelArgs`` (with ``from_hf_config(dict)``), ``Model`` and optionally ``sanitize(weights, args)``
+    (default: :func:`lazarus.models.transformer.sanitize_weights`)
     and ``tiny_config(vocab_size)``.
     """
 

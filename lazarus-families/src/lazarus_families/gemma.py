@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import attrs
 
-from lazarus.models.transformer import CausalLM, TransformerArgs, gemma_embedding_scale, sanitize_weights
+from lazarus.models.transformer import CausalLM, TransformerArgs, gemma_embedding_scale
 
 
 @attrs.define(kw_only=True)
@@ -34,10 +34,6 @@ class ModelArgs(TransformerArgs):
 class Model(CausalLM):
     family = "gemma"
 
-
-def sanitize(weights, args=None):
-    """Drop rotary ``inv_freq`` buffers and ``lm_head.weight`` (Gemma always ties its head)."""
-    return sanitize_weights(weights, args)
 
 
 def tiny_config(vocab_size: int = 512) -> dict:

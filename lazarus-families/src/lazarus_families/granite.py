@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import attrs
 
-from lazarus.models.transformer import CausalLM, TransformerArgs, sanitize_weights
+from lazarus.models.transformer import CausalLM, TransformerArgs
 
 
 @attrs.define(kw_only=True)
@@ -37,10 +37,6 @@ class ModelArgs(TransformerArgs):
 class Model(CausalLM):
     family = "granite"
 
-
-def sanitize(weights, args=None):
-    """Drop rotary ``inv_freq`` buffers and, when tied, ``lm_head.weight``."""
-    return sanitize_weights(weights, args)
 
 
 def tiny_config(vocab_size: int = 512) -> dict:

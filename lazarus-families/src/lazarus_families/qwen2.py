@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import attrs
 
-from lazarus.models.transformer import CausalLM, TransformerArgs, sanitize_weights
+from lazarus.models.transformer import CausalLM, TransformerArgs
 
 
 @attrs.define(kw_only=True)
@@ -43,10 +43,6 @@ class ModelArgs(TransformerArgs):
 class Model(CausalLM):
     family = "qwen2"
 
-
-def sanitize(weights, args=None):
-    """Drop rotary ``inv_freq`` buffers and, when tied, ``lm_head.weight``."""
-    return sanitize_weights(weights, args)
 
 
 def tiny_config(vocab_size: int = 512) -> dict:
