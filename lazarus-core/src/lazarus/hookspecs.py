@@ -48,5 +48,10 @@ def register_experts(register):
 
 
 @hookspec
+def register_environments(register):
+    """Register environments experts act in: ``register(EnvironmentSpec(...))``. Since 0.2."""
+
+
+@hookspec
 def register_commands(cli):
     """Add click commands or groups to the ``lazarus`` CLI with ``cli.add_command(...)``. Since 0.1."""

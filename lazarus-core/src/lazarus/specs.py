@@ -148,6 +148,17 @@ class ExpertSpec(Spec):
     install_hint: ClassVar[str] = "lazarus-experts"
 
 
+@attrs.frozen(kw_only=True)
+class EnvironmentSpec(Spec):
+    """An environment experts (and RL trainers) act in, since 0.2. ``entry`` names a class whose
+    instances have ``observation_space`` and ``action_space`` attributes, ``reset(seed=None) ->
+    observation`` and ``step(action) -> (observation, reward, done, info)``."""
+
+    kind: ClassVar[str] = "environment"
+    plural: ClassVar[str] = "environments"
+    install_hint: ClassVar[str] = "lazarus-experts"
+
+
 #: hook name -> the spec class its ``register`` callback accepts
 HOOK_KINDS: dict[str, type[Spec]] = {
     "register_families": FamilySpec,
@@ -157,6 +168,7 @@ HOOK_KINDS: dict[str, type[Spec]] = {
     "register_probes": ProbeSpec,
     "register_reward_functions": RewardFunctionSpec,
     "register_experts": ExpertSpec,
+    "register_environments": EnvironmentSpec,
 }
 
 #: kind name ("trainer") -> spec class
