@@ -108,12 +108,15 @@ class Registry:
         version = _dist_version(CORE_PLUGIN)
         self._add(CORE_PLUGIN, module, CORE_PLUGIN, version, builtin=True)
 
-    def load_entry_points(self) -> None:
+    def load_entry_points(self, skip: frozenset[str] = frozenset()) -> None:
+        """Load every installed plugin the environment allows; ``skip`` leaves out plugins by
+        entry-point or distribution name without listing them (``plugins check`` adds one itself)."""
         allow = _env_list("LAZARUS_LOAD_PLUGINS")
         block = _env_list("LAZARUS_DISABLE_PLUGINS") or set()
         seen: set[str] = set()
         for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-            if ep.name in seen:  # the same dist found twice on sys.path
+            # seen: the same dist found twice on sys.path
+            if ep.name in seen or ep.name in skip or (ep.dist and ep.dist.name in skip):
                 continue
             seen.add(ep.name)
             dist = ep.dist.name if ep.dist else "?"
@@ -135,6 +138,12 @@ class Registry:
                 continue
             self._add(ep.name, module, dist, version)
 
+    def add_plugin(self, plugin: object, name: str, distribution: str = "", version: str = "0") -> PluginRecord:
+        """Register a module (or any object holding ``@lazarus.hookimpl`` functions) in-process, as
+        if it were an installed plugin; returns its record (status ``loaded`` or ``failed``)."""
+        self._add(name, plugin, distribution or name, version)
+        return self.plugins[name]
+
     def _fail(self, record: PluginRecord, exc: BaseException, what: str) -> None:
         record.status = FAILED
         record.error = f"{what}: {_one_line(exc)}"
@@ -145,8 +154,9 @@ class Registry:
         if os.environ.get("LAZARUS_DEBUG"):
             traceback.print_exception(exc)
 
-    def _add(self, name: str, module: ModuleType, dist: str, version: str, builtin: bool = False) -> None:
-        record = PluginRecord(name, dist, version, LOADED, module=module.__name__, builtin=builtin)
+    def _add(self, name: str, module: ModuleType | object, dist: str, version: str, builtin: bool = False) -> None:
+        record = PluginRecord(name, dist, version, LOADED, builtin=builtin,
+                              module=getattr(module, "__name__", type(module).__name__))
         try:
             self.pm.register(module, name=name)
         except Exception as exc:
