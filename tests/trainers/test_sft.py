@@ -162,7 +162,7 @@ def test_full_fine_tune_writes_hf_layout_and_resumes(tiny_llama, math_sft_data, 
     import lazarus
     from lazarus_trainers.sft import SFTTrainer
 
-    settings = dict(adapter="full", num_layers=1, max_steps=4, save_interval=2, keep_checkpoints=0,
+    settings = dict(fine_tune_type="full", num_layers=1, max_steps=4, save_interval=2, keep_checkpoints=0,
                     learning_rate=1e-3)
     straight = SFTTrainer(sft_config(tiny_llama, math_sft_data, tmp_path / "full", **settings),
                           console=quiet_console()).train()

@@ -40,7 +40,7 @@ class SFTTrainer(Trainer):
     config_class = SFTConfig
     data_format = "sft"
 
-    def batch_arrays(self, batch) -> tuple[mx.array, mx.array]:
+    def batch_arrays(self, batch, training: bool = True) -> tuple[mx.array, mx.array]:
         # ids (B, T) and the loss mask (B, T): 1 where token t is a target predicted from ids[:t]
         return mx.array(batch.ids), mx.array(batch.loss_mask)
 

@@ -99,7 +99,7 @@ def quickstart(output: str, steps: int, seed: int):
 
 #: training settings of the quickstart run (the rest are the sft defaults)
 QUICKSTART_SETTINGS = {
-    "adapter": "lora", "rank": 8, "scale": 20.0, "num_layers": -1, "learning_rate": 2e-3,
+    "fine_tune_type": "lora", "rank": 8, "scale": 20.0, "num_layers": -1, "learning_rate": 2e-3,
     "lr_schedule": "cosine", "warmup_steps": 10, "batch_size": 8, "max_seq_length": 128,
     "log_interval": 10, "eval_batches": 8,
 }

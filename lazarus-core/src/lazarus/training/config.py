@@ -100,7 +100,13 @@ class TrainingConfig:
                                 choices=("float32", "float16", "bfloat16"))
 
     # -- adapter -------------------------------------------------------------------------------
-    adapter: str = setting("lora", "Adapter type: lora, dora or full (full fine-tune).", metavar="TYPE")
+    fine_tune_type: str = setting("lora", "What to train: lora, dora (adapters) or full (the weights of the "
+                                          "last --num-layers blocks), or an adapter type from a plugin.",
+                                  metavar="TYPE")
+    adapter: str | None = setting(
+        None, "Start from this adapter directory (e.g. an SFT run's output): its type, rank and weights "
+              "are used and training continues them. Preference and RL trainers then take this adapter "
+              "(not the bare base) as their reference model.", metavar="DIR")
     rank: int = setting(8, "LoRA/DoRA rank.", minimum=1)
     scale: float = setting(20.0, "LoRA/DoRA scale: y = W x + scale * (x @ A) @ B.")
     dropout: float = setting(0.0, "Dropout on the LoRA/DoRA input.", minimum=0.0)
@@ -309,6 +315,7 @@ def build_config(cls: type, *, cli_values: dict[str, Any] | None = None, config_
     if config_file:
         values.update(read_config_file(config_file, cls))
     values.update({k: v for k, v in (cli_values or {}).items() if v is not None and k in names})
+    _move_adapter_type(values, announce=bool(cli_values and cli_values.get("adapter")) or bool(config_file))
     try:
         return cls(**values)
     except (ValueError, TypeError) as exc:
@@ -318,3 +325,19 @@ def build_config(cls: type, *, cli_values: dict[str, Any] | None = None, config_
                 message = f"{option_name(name)} (config key {name!r}) {message[len(name) + 1:]}"
                 break
         raise LazarusError(f"invalid training setting: {message}") from None
+
+
+#: adapter *types* that ``adapter`` held before it came to mean a starting adapter directory
+_LEGACY_ADAPTER_TYPES = ("lora", "dora", "full")
+
+
+def _move_adapter_type(values: dict[str, Any], announce: bool) -> None:
+    """``adapter = "lora"`` (a type, as before 0.2) becomes ``fine_tune_type = "lora"``, with a
+    one-line notice; a directory of that name still wins, because ``--adapter`` now means a directory."""
+    adapter = values.get("adapter")
+    if adapter not in _LEGACY_ADAPTER_TYPES or Path(adapter).is_dir():
+        return
+    values["fine_tune_type"] = values.pop("adapter")
+    if announce:
+        click.echo(f"Note: --adapter {adapter} is deprecated: --adapter now names an adapter directory to "
+                   f"start from; use --fine-tune-type {adapter} (config key fine_tune_type).", err=True)

@@ -5,7 +5,9 @@ with its own fields) and ``data_format``, and implements two things:
 
 - :meth:`Trainer.batch_arrays`: turn one batch from the data layer into a tuple of ``mx.array``;
 - :meth:`Trainer.loss`: ``loss(model, *arrays) -> (total, count)``: the *sum* of the per-item losses
-  of the batch and how many items they cover (tokens for SFT, pairs for DPO ...).
+  of the batch and how many items they cover (tokens for SFT, pairs for DPO ...). It may return a
+  third element, a dict ``{metric name: sum over the same items}`` (``rewards/margin`` ...): the
+  base logs each as its mean over the items of the logging window, in train and eval rows alike.
 
 The base does the rest: loading the model and applying the adapter, data sharding by rank,
 gradient accumulation, averaging over ranks, clipping, AdamW with a schedule, compiled steps,
@@ -128,13 +130,19 @@ class Trainer:
         self.adapter_config = None
 
     # -- what a subclass implements ------------------------------------------------------------
-    def batch_arrays(self, batch) -> tuple:
-        """The ``mx.array`` arguments of :meth:`loss` for one batch of the data layer."""
+    def batch_arrays(self, batch, training: bool = True) -> tuple:
+        """The ``mx.array`` arguments of :meth:`loss` for one batch of the data layer
+        (``training=False`` for a validation batch)."""
         raise NotImplementedError
 
-    def loss(self, model: nn.Module, *arrays) -> tuple[mx.array, mx.array]:
-        """``(sum of losses, number of items)`` for one batch; both scalar arrays."""
+    def loss(self, model: nn.Module, *arrays) -> tuple:
+        """``(sum of losses, number of items)`` for one batch, both scalar arrays, optionally
+        followed by a dict of summed extra metrics over the same items."""
         raise NotImplementedError
+
+    def _loss_parts(self, model, *arrays) -> tuple[mx.array, mx.array, dict]:
+        out = self.loss(model, *arrays)
+        return (out[0], out[1], out[2]) if len(out) == 3 else (out[0], out[1], {})
 
     def batch_tokens(self, batch) -> int:
         """Real (unpadded) tokens in a batch, for throughput; filler rows do not count."""
@@ -166,7 +174,7 @@ class Trainer:
 
     @property
     def full_fine_tune(self) -> bool:
-        return self.config.adapter == "full"
+        return self.config.fine_tune_type == "full"
 
     # -- model and adapter ---------------------------------------------------------------------
     def load(self) -> None:
@@ -180,9 +188,14 @@ class Trainer:
         self.apply_adapter()
 
     def apply_adapter(self) -> None:
+        """Put the trainable adapter on the model: the one in ``--adapter DIR`` (training continues
+        its weights), else a fresh one of ``--fine-tune-type``."""
         from lazarus.adapters import AdapterConfig, LoraParameters, apply_adapter
 
         config = self.config
+        if config.adapter:
+            self._start_from_adapter(config.adapter)
+            return
         keys = self._resolve_targets(config.lora_targets) if config.lora_targets else None
         try:
             lora = LoraParameters(rank=config.rank, scale=config.scale, dropout=config.dropout, keys=keys)
@@ -193,15 +206,39 @@ class Trainer:
         if num_layers > blocks:  # the default of 16 (as in mlx-lm) on a smaller model means "all"
             self.log(f"--num-layers {num_layers} is more than the model's {blocks} blocks: adapting all {blocks}")
             num_layers = blocks
-        self.adapter_config = AdapterConfig(fine_tune_type=config.adapter, num_layers=num_layers,
+        self.adapter_config = AdapterConfig(fine_tune_type=config.fine_tune_type, num_layers=num_layers,
                                             lora_parameters=lora)
         mx.random.seed(config.seed)  # adapter initialisation is part of the run's seed
         apply_adapter(self.model, self.adapter_config)
+        self._count_trainable()
+
+    def _start_from_adapter(self, path: str) -> None:
+        """Load a saved adapter to continue training it; its own settings replace --fine-tune-type,
+        --rank, --scale, --num-layers and --lora-targets (a note says so when they disagree)."""
+        from lazarus.adapters import load_adapter
+
+        if not Path(path).exists():
+            raise LazarusError(f"--adapter {path}: no such adapter directory (to choose the adapter *type*, "
+                               "use --fine-tune-type lora|dora|full)")
+        config = self.config
+        self.adapter_config = load_adapter(self.model, path)
+        params = self.adapter_config.lora_parameters
+        saved = {"fine_tune_type": self.adapter_config.fine_tune_type, "rank": params.rank,
+                 "scale": params.scale}
+        defaults = {f.name: f.default for f in attrs.fields(type(config))}
+        differing = [f"--{k.replace('_', '-')} {getattr(config, k)} (the adapter has {v})"
+                     for k, v in saved.items() if getattr(config, k) != defaults[k] and getattr(config, k) != v]
+        if differing:
+            self.log(f"[yellow]--adapter {path} keeps its own settings; ignoring {', '.join(differing)}[/]")
+        config.fine_tune_type = self.adapter_config.fine_tune_type
+        self._count_trainable()
+
+    def _count_trainable(self) -> None:
         self.model.train()
         trainable = sum(v.size for _, v in tree_flatten(self.model.trainable_parameters()))
         if trainable == 0:
-            raise LazarusError(f"the {config.adapter} adapter left nothing to train; check --lora-targets "
-                               "and --num-layers")
+            raise LazarusError(f"the {self.config.fine_tune_type} adapter left nothing to train; check "
+                               "--lora-targets and --num-layers")
         self.num_trainable = trainable
 
     def _resolve_targets(self, targets: tuple[str, ...]) -> tuple[str, ...]:
@@ -314,11 +351,11 @@ class Trainer:
     # -- compiled steps ------------------------------------------------------------------------
     def _build_steps(self):
         model, optimizer, world, config = self.model, self.optimizer, self.world, self.config
-        loss_and_grad = nn.value_and_grad(model, self.loss)
+        loss_and_grad = nn.value_and_grad(model, self._loss_parts)
 
         def micro_step(*arrays):
-            (total, count), grads = loss_and_grad(model, *arrays)
-            return total, count, grads
+            (total, count, aux), grads = loss_and_grad(model, *arrays)
+            return total, count, aux, grads
 
         def apply_step(grads, count):
             # grads are sums over this rank's items: sum over ranks, divide by the global count
@@ -330,7 +367,7 @@ class Trainer:
             return norm
 
         def eval_step(*arrays):
-            return self.loss(model, *arrays)
+            return self._loss_parts(model, *arrays)
 
         if config.compile:
             # value_and_grad swaps the parameters in and out of the model, so the model's state is
@@ -348,22 +385,29 @@ class Trainer:
         a validation split."""
         if self.valid_examples is None or not len(self.valid_examples):
             return None
-        eval_step = eval_step or (lambda *a: self.loss(self.model, *a))
+        eval_step = eval_step or (lambda *a: self._loss_parts(self.model, *a))
         iterator = self._iterator(self.valid_examples, shuffle=False)
         limit = self.config.eval_batches
-        total, count = mx.array(0.0), mx.array(0.0)
+        total, count, aux = mx.array(0.0), mx.array(0.0), {}
         self.model.eval()
         try:
             for index, batch in enumerate(iterator.epoch()):
                 if 0 <= limit <= index:
                     break
-                batch_total, batch_count = eval_step(*self.batch_arrays(batch))
+                batch_total, batch_count, batch_aux = eval_step(*self.batch_arrays(batch, training=False))
                 total, count = total + batch_total, count + batch_count
-                mx.eval(total, count)
+                aux = {k: aux.get(k, 0.0) + v for k, v in batch_aux.items()}
+                mx.eval(total, count, aux)
         finally:
             self.model.train()
-        total, count = self.world.all_sum((total, count))
-        return float(total.item() / max(count.item(), 1.0))
+        total, count, aux = self.world.all_sum((total, count, aux))
+        denominator = max(count.item(), 1.0)
+        #: the eval row's extra metrics (means over the evaluated items), written next to its loss
+        self.eval_metrics = {k: float(v.item() / denominator) for k, v in aux.items()}
+        return float(total.item() / denominator)
+
+    def _eval_row(self, step: int, loss: float) -> dict:
+        return {"split": "eval", "step": step, "loss": loss, **getattr(self, "eval_metrics", {})}
 
     # -- the loop ------------------------------------------------------------------------------
     def train(self) -> TrainResult:
@@ -417,7 +461,7 @@ class Trainer:
 
         if start_step == 0 and self.valid_examples is not None:
             loss = self.evaluate(eval_step)
-            metrics.write({"split": "eval", "step": 0, "loss": loss})
+            metrics.write(self._eval_row(0, loss))
             result.first_eval_loss = result.last_eval_loss = loss
             self.log(f"step 0: eval loss {loss:.4f}")
         else:
@@ -437,13 +481,14 @@ class Trainer:
                 for _ in range(config.grad_accumulation):
                     batch = next(batches)
                     step_tokens += self.batch_tokens(batch)
-                    total, count, grads = micro_step(*self.batch_arrays(batch))
+                    total, count, aux, grads = micro_step(*self.batch_arrays(batch))
                     grads_sum = grads if grads_sum is None else tree_map(mx.add, grads_sum, grads)
                     step_total, step_count = step_total + total, step_count + count
+                    window["aux"] = {k: window["aux"].get(k, 0.0) + v for k, v in aux.items()}
                     if config.grad_accumulation > 1:
-                        mx.eval(grads_sum, step_total, step_count)
+                        mx.eval(grads_sum, step_total, step_count, window["aux"])
                 norm = apply_step(grads_sum, step_count)
-                mx.eval(self.model.state, self.optimizer.state, step_total, step_count, norm)
+                mx.eval(self.model.state, self.optimizer.state, step_total, step_count, norm, window["aux"])
                 step += 1
                 step_seconds = time.perf_counter() - step_start
                 counters["elapsed"] += step_seconds
@@ -466,7 +511,7 @@ class Trainer:
                 if config.eval_interval and step % config.eval_interval == 0 and step < total_steps:
                     loss = self.evaluate(eval_step)
                     if loss is not None:
-                        metrics.write({"split": "eval", "step": step, "loss": loss})
+                        metrics.write(self._eval_row(step, loss))
                         result.last_eval_loss = loss
                         if self.console is not None:
                             progress.console.print(f"step {step}: eval loss {loss:.4f}")
@@ -493,14 +538,14 @@ class Trainer:
 
         if self.valid_examples is not None:
             loss = self.evaluate(eval_step)
-            metrics.write({"split": "eval", "step": step, "loss": loss})
+            metrics.write(self._eval_row(step, loss))
             result.last_eval_loss = loss
         result.checkpoint = self.save_checkpoint(step, counters)
         self.save_final(step)
         if self.world.is_main:
             try:
                 plot_loss_curve(self.output / METRICS_FILE, self.output / LOSS_PNG,
-                                title=f"{self.name} · {Path(config.model or '').name} · {config.adapter}")
+                                title=f"{self.name} · {Path(config.model or '').name} · {config.fine_tune_type}")
             except Exception as exc:  # a plot must never lose a finished run
                 self.log(f"[yellow]could not draw {LOSS_PNG}: {exc}[/]")
         result.metrics = metrics.rows
@@ -531,7 +576,7 @@ class Trainer:
                 "total_steps": total_steps, "end": c.min_learning_rate}
 
     def _train_row(self, step: int, window: dict, norm, total_steps: int) -> dict:
-        total, count = self.world.all_sum((window["total"], window["count"]))
+        total, count, aux = self.world.all_sum((window["total"], window["count"], window["aux"]))
         tokens = window["tokens"] * self.world.size if self.world.distributed else window["tokens"]
         elapsed = max(window["seconds"], 1e-9)
         return {
@@ -545,6 +590,7 @@ class Trainer:
             "loss_items": float(count.item()),
             "peak_memory_gb": mx.get_peak_memory() / 1e9,
             "epoch": self._epochs_done(),
+            **{k: float(v.item() / max(count.item(), 1.0)) for k, v in aux.items()},
             **self.extra_metrics(),
         }
 
@@ -591,7 +637,7 @@ class Trainer:
     def _describe(self, total_steps: int, start_step: int) -> None:
         c = self.config
         ranks = f" on {self.world.size} ranks" if self.world.distributed else ""
-        adapter = "full fine-tune" if self.full_fine_tune else f"{c.adapter} rank {c.rank}"
+        adapter = "full fine-tune" if self.full_fine_tune else f"{self.adapter_config.fine_tune_type} rank {self.adapter_config.rank}"
         valid = f", {len(self.valid_examples)} validation" if self.valid_examples is not None else ""
         self.log(f"Training [bold]{self.name}[/] on {c.model} ({adapter}, "
                  f"{self.num_trainable / 1e6:.3f}M trainable parameters){ranks}: "
@@ -620,7 +666,7 @@ class Trainer:
 
 def _new_window() -> dict:
     """Sums over the steps since the last train-metrics row (time counts training steps only)."""
-    return {"total": mx.array(0.0), "count": mx.array(0.0), "tokens": 0, "seconds": 0.0, "steps": 0}
+    return {"total": mx.array(0.0), "count": mx.array(0.0), "aux": {}, "tokens": 0, "seconds": 0.0, "steps": 0}
 
 
 def _previous_evals(output: Path) -> list[dict]:
