@@ -21,9 +21,11 @@ CORE_COMMANDS: dict[str, str] = {
     "adapters": "lazarus.commands.adapters:adapters",
     "data": "lazarus.commands.data:data",
     "generate": "lazarus.commands.generate:generate",
+    "install": "lazarus.commands.install:install",
     "models": "lazarus.commands.models:models",
     "quickstart": "lazarus.commands.quickstart:quickstart",
     "train": "lazarus.commands.train:train",
+    "uninstall": "lazarus.commands.install:uninstall",
 }
 
 
@@ -75,7 +77,17 @@ def main():
 # -- plugins -------------------------------------------------------------------------------------
 @main.group()
 def plugins():
-    """List and inspect installed plugins."""
+    """List, inspect, write and check plugins."""
+
+
+def _add_authoring_commands() -> None:
+    from lazarus.commands.plugin_tools import plugins_check, plugins_new
+
+    plugins.add_command(plugins_new)
+    plugins.add_command(plugins_check)
+
+
+_add_authoring_commands()
 
 
 def _provides_text(provides: dict[str, list[str]]) -> str:

@@ -1,0 +1,156 @@
+"""``lazarus plugins new KIND NAME``: write a complete plugin distribution from jinja2 templates.
+
+Templates live in ``lazarus/templates/plugin/``: ``_common/`` (pyproject, README, package
+``__init__``) plus one folder per kind (``plugin.py``, the implementation, tests). In template
+paths ``PACKAGE`` becomes the import package and a ``.j2`` suffix is dropped. The result installs
+with ``pip install -e DIR``, shows as ``loaded`` in ``lazarus plugins list`` and its tests pass
+with no edits.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from lazarus.errors import LazarusError
+
+TEMPLATES = Path(__file__).parent / "templates" / "plugin"
+
+#: kind -> (implementation module, one-line description, how a user runs it)
+KIND_INFO: dict[str, tuple[str, str, str]] = {
+    "family": ("family", "A model family for Lazarus",
+               "lazarus models create --family {name} --output tiny && lazarus generate --model tiny --prompt Hi"),
+    "adapter": ("adapter", "An adapter type for Lazarus",
+                "lazarus train sft --model M --data D --fine-tune-type {name}"),
+    "trainer": ("trainer", "A trainer for Lazarus",
+                "lazarus train {name} --model M --data D --output run"),
+    "checkpoint-format": ("checkpoint_format", "A checkpoint format for Lazarus",
+                          "python -c \"from lazarus import checkpoints; checkpoints.load('{name}', 'DIR')\""),
+    "probe": ("probe", "An introspection probe for Lazarus",
+              "lazarus introspect {name} --model M --prompt 'The answer is'"),
+    "reward-function": ("rewards", "A reward function for Lazarus RL trainers",
+                        "lazarus train grpo --model M --data D --reward {name}"),
+    "expert": ("expert", "A small expert model for Lazarus", "python -c \"from lazarus.plugins import "
+               "get; print(get('expert', '{name}').load()())\""),
+    "environment": ("environment", "An environment for Lazarus experts", "python -c \"from lazarus.plugins "
+                    "import get; env = get('environment', '{name}').load()(); print(env.reset(seed=0))\""),
+    "command": ("plugin", "A command for the lazarus CLI", "lazarus {name} --help"),
+}
+KINDS = tuple(KIND_INFO)
+#: kinds whose generated tests build a tiny llama checkpoint (so they need lazarus-families)
+NEEDS_FAMILIES = {"adapter", "trainer", "probe"}
+#: kinds that run under another first-party distribution's command group
+RUNTIME_DEPENDENCIES = {"probe": "lazarus-introspect"}
+
+_KEBAB = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+
+
+def core_requirement(dist: str = "lazarus-core") -> str:
+    """``dist>=X.Y,<X.(Y+1)``: the minor-version range of the running core (0.x breaks on minors)."""
+    from lazarus import __version__
+
+    major, minor = (int(part) for part in __version__.split(".")[:2])
+    return f"{dist}>={major}.{minor},<{major}.{minor + 1}"
+
+
+def names_for(name: str) -> dict[str, str]:
+    """Distribution, package and Python names derived from a kebab-case plugin name."""
+    dist = name if name.startswith("lazarus-") else f"lazarus-{name}"
+    snake = name.replace("-", "_")
+    return {"name": name, "dist": dist, "package": dist.replace("-", "_"), "snake": snake,
+            "title": "".join(part.capitalize() for part in name.split("-"))}
+
+
+def check_name(kind: str, name: str) -> None:
+    """Raise :class:`LazarusError` when ``kind`` is unknown, ``name`` is not kebab-case, or ``name``
+    is already taken by an installed plugin, its distribution, a thing of that kind or a command."""
+    if kind not in KIND_INFO:
+        raise LazarusError(f"unknown plugin kind {kind!r}; use one of {', '.join(KINDS)}")
+    if not _KEBAB.match(name):
+        raise LazarusError(f"plugin name {name!r} is not kebab-case: use lowercase letters, digits and "
+                           "single dashes, starting with a letter (e.g. my-reward)")
+    import lazarus.cli  # noqa: F401  (fills RESERVED_COMMANDS)
+    from lazarus.plugins import RESERVED_COMMANDS, get_registry
+
+    registry = get_registry()
+    dist = names_for(name)["dist"]
+    for record in registry.plugins.values():
+        if name in (record.name, record.distribution) or dist == record.distribution:
+            raise LazarusError(f"name {name!r} collides with the installed plugin {record.name!r} "
+                               f"({record.distribution}); choose another name")
+    taken = set(registry.commands) | RESERVED_COMMANDS if kind == "command" else set(registry.names(kind))
+    if name in taken:
+        owner = (registry.commands[name][0] if name in registry.commands else "lazarus-core") \
+            if kind == "command" else registry.owner(kind, name)
+        raise LazarusError(f"{kind} {name!r} is already provided by {owner!r}; choose another name")
+
+
+def context(kind: str, name: str) -> dict:
+    """Everything the templates see."""
+    impl_module, description, usage = KIND_INFO[kind]
+    ctx = names_for(name)
+    dependencies = [core_requirement()]
+    if kind in RUNTIME_DEPENDENCIES:
+        dependencies.append(core_requirement(RUNTIME_DEPENDENCIES[kind]))
+    test_dependencies = ["pytest>=7"]
+    if kind in NEEDS_FAMILIES:
+        test_dependencies.append(core_requirement("lazarus-families"))
+    ctx.update(kind=kind, impl_module=impl_module, description=f"{description}: {name}",
+               usage=usage.format(name=name), dependencies=dependencies,
+               test_dependencies=test_dependencies)
+    return ctx
+
+
+def render(kind: str, ctx: dict) -> dict[str, str]:
+    """Relative path -> file text of the generated distribution."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True)
+    files: dict[str, str] = {}
+    for folder in ("_common", kind):
+        for path in sorted((TEMPLATES / folder).rglob("*.j2")):
+            relative = path.relative_to(TEMPLATES / folder).as_posix()
+            target = relative[:-len(".j2")].replace("PACKAGE", ctx["package"])
+            files[target] = env.get_template(f"{folder}/{relative}").render(**ctx)
+    return files
+
+
+def new_plugin(kind: str, name: str, output: str | os.PathLike | None = None) -> Path:
+    """Write the ``kind`` plugin ``name`` to ``output`` (default ``./lazarus-NAME``); returns it.
+
+    Refuses a non-empty ``output``. Files are written to a temporary directory beside ``output``
+    and renamed into place at the end, so a failure leaves nothing behind.
+    """
+    check_name(kind, name)
+    ctx = context(kind, name)
+    target = Path(output) if output is not None else Path(ctx["dist"])
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise LazarusError(f"{target} already exists and is not empty; choose another --output "
+                           "(nothing was written)")
+    files = render(kind, ctx)
+    target = target.absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        for relative, text in files.items():
+            path = tmp / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        os.chmod(tmp, 0o777 & ~_umask())
+        if target.exists():
+            target.rmdir()  # empty, checked above
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
