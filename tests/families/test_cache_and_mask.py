@@ -8,7 +8,7 @@ import pytest
 import lazarus
 from lazarus.models.cache import KVCache
 
-FAMILIES = ("llama", "mistral", "qwen2", "gemma", "gemma2", "granite")
+FAMILIES = ("llama", "mistral", "qwen2", "gemma", "gemma2", "granite", "qwen3", "gemma3", "phi3", "starcoder2")
 TOKENS = [(i * 41 + 5) % 500 + 6 for i in range(20)]
 
 

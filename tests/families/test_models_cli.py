@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import lazarus
 from lazarus.cli import main
 
-FAMILIES = ("llama", "mistral", "qwen2", "gemma", "gemma2", "granite")
+FAMILIES = ("llama", "mistral", "qwen2", "gemma", "gemma2", "granite", "qwen3", "gemma3", "phi3", "starcoder2")
 HF_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
             "generation_config.json", "lazarus.json"}
 
@@ -28,7 +28,7 @@ def test_create_writes_a_loadable_hf_checkpoint_and_info_describes_it(tmp_path, 
     assert HF_FILES <= {p.name for p in out.iterdir()}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
     model, tokenizer, config = lazarus.load_model(out)
-    assert config["model_type"] == family and config["eos_token_id"] in tokenizer.eos_token_ids
+    assert config["model_type"] == {"gemma3": "gemma3_text"}.get(family, family) and config["eos_token_id"] in tokenizer.eos_token_ids
     assert json.loads((out / "lazarus.json").read_text())["created_by"] == "lazarus models create"
 
     info = run("models", "info", str(out), "--json")

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-FAMILIES = ["llama", "mistral", "qwen2", "gemma", "gemma2", "granite"]
+FAMILIES = ["llama", "mistral", "qwen2", "gemma", "gemma2", "granite", "qwen3", "gemma3", "phi3", "starcoder2"]
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +57,8 @@ def adapter_dir(checkpoint, tmp_path_factory):
 
         model, _, _ = lazarus.load_model(checkpoint(family))
         config = AdapterConfig(fine_tune_type="lora", num_layers=2, lora_parameters=LoraParameters(
-            rank=4, scale=4.0, keys=("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj")))
+            rank=4, scale=4.0, keys=("self_attn.q_proj", "self_attn.v_proj",
+                                     "mlp.c_proj" if family == "starcoder2" else "mlp.down_proj")))
         apply_adapter(model, config)
         mx.random.seed(3)
         updates = [(k, mx.random.normal(v.shape) * 0.3) for k, v in tree_flatten(model.trainable_parameters())

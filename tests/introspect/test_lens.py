@@ -34,7 +34,7 @@ def test_last_layer_of_the_lens_is_the_models_own_logits(loaded, family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_layer_is_head_of_final_norm_of_its_own_residual(loaded, family):
-    """By hand from the checkpoint's tensors: RMSNorm with each layer's own scale (Gemma's 1 + w),
+    """By hand from the checkpoint's tensors: RMSNorm (StarCoder2: LayerNorm) with each layer's own scale (Gemma's 1 + w),
     then the head (tied or not), Granite's logits divisor and Gemma-2's final soft cap."""
     model, tokenizer = loaded(family)
     args = model.args
@@ -47,7 +47,12 @@ def test_every_layer_is_head_of_final_norm_of_its_own_residual(loaded, family):
                     dtype=np.float64)
     for layer in range(count):
         h = np.array(cache[f"blocks.{layer}.hook_resid_post"], dtype=np.float64)
-        normed = h / np.sqrt((h ** 2).mean(axis=-1, keepdims=True) + args.rms_norm_eps) * norm_weight
+        if "bias" in model.model.norm:  # StarCoder2's LayerNorm: centred, with a bias
+            centred = h - h.mean(axis=-1, keepdims=True)
+            normed = (centred / np.sqrt((centred ** 2).mean(axis=-1, keepdims=True) + args.norm_eps)
+                      * norm_weight + np.array(model.model.norm.bias, dtype=np.float64))
+        else:
+            normed = h / np.sqrt((h ** 2).mean(axis=-1, keepdims=True) + args.rms_norm_eps) * norm_weight
         logits = normed @ head.T
         if args.logits_divisor is not None:
             logits = logits / args.logits_divisor

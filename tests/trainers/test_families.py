@@ -7,7 +7,7 @@ import pytest
 
 from tests.trainers.conftest import quiet_console, sft_config
 
-FAMILIES = ("llama", "mistral", "qwen2", "gemma", "gemma2", "granite")
+FAMILIES = ("llama", "mistral", "qwen2", "gemma", "gemma2", "granite", "qwen3", "gemma3", "phi3", "starcoder2")
 
 
 @pytest.mark.parametrize("family", FAMILIES)

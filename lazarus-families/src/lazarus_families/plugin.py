@@ -13,6 +13,12 @@ FAMILIES = (
     ("gemma2", ("gemma2",), ("Gemma2ForCausalLM",),
      "Gemma 2 (soft-capping, alternating sliding window, sandwich norms)"),
     ("granite", ("granite",), ("GraniteForCausalLM",), "IBM Granite 3 (embedding/residual/attention/logit multipliers)"),
+    ("qwen3", ("qwen3",), ("Qwen3ForCausalLM",), "Qwen3 dense (q/k RMSNorm per head, explicit head_dim)"),
+    ("gemma3", ("gemma3_text",), ("Gemma3ForCausalLM",),
+     "Gemma 3 text (per-layer sliding/full attention, local RoPE base, q/k norms)"),
+    ("phi3", ("phi3",), ("Phi3ForCausalLM",), "Phi-3 / Phi-4 (fused qkv/gate_up split on load, partial RoPE)"),
+    ("starcoder2", ("starcoder2",), ("Starcoder2ForCausalLM",),
+     "StarCoder2 (LayerNorm with bias, non-gated GELU MLP, biases)"),
 )
 
 

@@ -1,4 +1,5 @@
-"""Multi-head attention with grouped-query heads, a KV cache, sliding windows and soft-capping."""
+"""Multi-head attention with grouped-query heads, a KV cache, sliding windows, soft-capping and
+optional per-head q/k norms."""
 
 from __future__ import annotations
 
@@ -43,12 +44,15 @@ class Attention(nn.Module):
     ``num_kv_heads < num_heads`` is grouped-query attention. ``scale`` multiplies q·k;
     ``softcap`` applies ``cap * tanh(scores / cap)`` before the mask (Gemma-2). Without a soft cap
     or an active pattern hook it runs the fused ``mx.fast.scaled_dot_product_attention``.
+    ``q_norm`` / ``k_norm`` (Qwen3, Gemma 3) normalise each head's query and key over ``head_dim``
+    before RoPE; they are stored as ``self_attn.q_norm`` / ``self_attn.k_norm`` as in HF.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
                  rope: RoPE, scale: float, qkv_bias: bool = False, o_bias: bool = False,
                  softcap: float | None = None, hooks: HookRegistry | None = None,
-                 pattern_hook: str = "attn.hook_pattern", z_hook: str = "attn.hook_z"):
+                 pattern_hook: str = "attn.hook_pattern", z_hook: str = "attn.hook_z",
+                 q_norm: nn.Module | None = None, k_norm: nn.Module | None = None):
         super().__init__()
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
@@ -57,6 +61,9 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=o_bias)
+        self.has_qk_norm = q_norm is not None
+        if self.has_qk_norm:
+            self.q_norm, self.k_norm = q_norm, k_norm
         self.scale = scale
         self.softcap = softcap
         self._rope = rope
@@ -66,8 +73,12 @@ class Attention(nn.Module):
 
     def __call__(self, x: mx.array, mask: Mask = None, cache=None) -> mx.array:
         batch, length, _ = x.shape
-        queries = self.q_proj(x).reshape(batch, length, self.num_heads, -1).transpose(0, 2, 1, 3)
-        keys = self.k_proj(x).reshape(batch, length, self.num_kv_heads, -1).transpose(0, 2, 1, 3)
+        queries = self.q_proj(x).reshape(batch, length, self.num_heads, -1)
+        keys = self.k_proj(x).reshape(batch, length, self.num_kv_heads, -1)
+        if self.has_qk_norm:
+            queries, keys = self.q_norm(queries), self.k_norm(keys)
+        queries = queries.transpose(0, 2, 1, 3)
+        keys = keys.transpose(0, 2, 1, 3)
         values = self.v_proj(x).reshape(batch, length, self.num_kv_heads, -1).transpose(0, 2, 1, 3)
         offset = cache.offset if cache is not None else 0
         queries = self._rope(queries, offset)

@@ -108,7 +108,11 @@ def create_checkpoint(family: str, output: str | os.PathLike, *, size: str = "ti
 
         args = module.ModelArgs.from_hf_config(config)
         model = module.Model(args)
-        weights = {k: v.astype(getattr(mx, dtype)) for k, v in random_weights(model, seed).items()}
+        weights = random_weights(model, seed)
+        if callable(getattr(model, "hf_weights", None)):  # the checkpoint layout differs (fused layers)
+            model.load_weights(list(weights.items()))
+            weights = model.hf_weights()
+        weights = {k: v.astype(getattr(mx, dtype)) for k, v in weights.items()}
         mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps(special, indent=2) + "\n")

@@ -39,14 +39,17 @@ class TransformerArgs:
 
     Families subclass it, add their own fields and override the behaviour properties below
     (``attention_scale``, ``embedding_scale``, ``residual_scale``, ``logits_divisor``,
-    ``attn_softcap``, ``final_softcap``, ``qkv_bias``, ``o_bias``, ``activation``,
-    ``window_for_layer``) and class attributes (``norm_offset``, ``sandwich_norms``).
+    ``attn_softcap``, ``final_softcap``, ``qkv_bias``, ``o_bias``, ``activation``, ``qk_norm``,
+    ``norm_eps``, ``rope_dims``, ``window_for_layer``, ``rope_for_layer``, ``norm``) and class
+    attributes (``norm_offset``, ``sandwich_norms``, ``mlp_class``).
     """
 
     #: Gemma stores norm weights centred on 0 and scales by (1 + w)
     norm_offset: ClassVar[float] = 0.0
     #: Gemma-2 also norms each branch's output and uses a separate pre-MLP norm
     sandwich_norms: ClassVar[bool] = False
+    #: the MLP module: built as ``mlp_class(hidden, intermediate, activation, bias=, hooks=, post_hook=)``
+    mlp_class: ClassVar[type] = GatedMLP
 
     model_type: str = ""
     vocab_size: int
@@ -158,11 +161,34 @@ class TransformerArgs:
         """The MLP's activation as an HF ``hidden_act`` name."""
         return self.hidden_act
 
+    @property
+    def qk_norm(self) -> bool:
+        """Whether attention norms each head's queries and keys (``self_attn.q_norm`` / ``k_norm``)."""
+        return False
+
+    @property
+    def norm_eps(self) -> float:
+        """The epsilon of every norm (families that name it differently override this)."""
+        return self.rms_norm_eps
+
+    @property
+    def rope_dims(self) -> int:
+        """How many features of each head RoPE rotates (fewer than ``dim_per_head`` for partial RoPE)."""
+        return self.dim_per_head
+
+    def norm(self, dims: int) -> nn.Module:
+        """A norm over ``dims`` features as this family uses them (RMSNorm unless overridden)."""
+        return RMSNorm(dims, self.norm_eps, self.norm_offset)
+
     def window_for_layer(self, layer: int) -> int | None:
         """The sliding-window size of layer ``layer``, None for full attention."""
         if self.sliding_window and self.layer_types and self.layer_types[layer] == "sliding_attention":
             return self.sliding_window
         return None
+
+    def rope_for_layer(self, layer: int) -> tuple[float, dict | None]:
+        """``(theta, scaling)`` of layer ``layer``'s RoPE (Gemma 3 gives sliding layers their own)."""
+        return self.rope_theta, self.rope_scaling
 
 
 class DecoderBlock(nn.Module):
@@ -176,21 +202,22 @@ class DecoderBlock(nn.Module):
 
     def __init__(self, args: TransformerArgs, layer: int, rope: RoPE, hooks: HookRegistry):
         super().__init__()
-        hidden, eps, offset = args.hidden_size, args.rms_norm_eps, args.norm_offset
+        hidden, head_dim = args.hidden_size, args.dim_per_head
+        qk_norms = (args.norm(head_dim), args.norm(head_dim)) if args.qk_norm else (None, None)
         self.self_attn = Attention(
-            hidden, args.num_attention_heads, args.kv_heads, args.dim_per_head, rope=rope,
+            hidden, args.num_attention_heads, args.kv_heads, head_dim, rope=rope,
             scale=args.attention_scale, qkv_bias=args.qkv_bias, o_bias=args.o_bias,
             softcap=args.attn_softcap, hooks=hooks, pattern_hook=f"blocks.{layer}.attn.hook_pattern",
-            z_hook=f"blocks.{layer}.attn.hook_z",
+            z_hook=f"blocks.{layer}.attn.hook_z", q_norm=qk_norms[0], k_norm=qk_norms[1],
         )
-        self.mlp = GatedMLP(hidden, args.intermediate_size, args.activation, bias=args.mlp_bias, hooks=hooks,
-                            post_hook=f"blocks.{layer}.mlp.hook_post")
-        self.input_layernorm = RMSNorm(hidden, eps, offset)
-        self.post_attention_layernorm = RMSNorm(hidden, eps, offset)
+        self.mlp = args.mlp_class(hidden, args.intermediate_size, args.activation, bias=args.mlp_bias,
+                                  hooks=hooks, post_hook=f"blocks.{layer}.mlp.hook_post")
+        self.input_layernorm = args.norm(hidden)
+        self.post_attention_layernorm = args.norm(hidden)
         self.sandwich = args.sandwich_norms
         if self.sandwich:
-            self.pre_feedforward_layernorm = RMSNorm(hidden, eps, offset)
-            self.post_feedforward_layernorm = RMSNorm(hidden, eps, offset)
+            self.pre_feedforward_layernorm = args.norm(hidden)
+            self.post_feedforward_layernorm = args.norm(hidden)
         self.window = args.window_for_layer(layer)
         self.residual_scale = args.residual_scale
         self._hooks = hooks
@@ -233,11 +260,17 @@ class DecoderBlock(nn.Module):
 class DecoderModel(nn.Module):
     """The HF ``model.`` sub-tree: ``embed_tokens``, ``layers``, ``norm``."""
 
-    def __init__(self, args: TransformerArgs, rope: RoPE, hooks: HookRegistry):
+    def __init__(self, args: TransformerArgs, hooks: HookRegistry):
         super().__init__()
         self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
-        self.layers = [DecoderBlock(args, i, rope, hooks) for i in range(args.num_hidden_layers)]
-        self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps, args.norm_offset)
+        ropes: dict[str, RoPE] = {}  # one RoPE per distinct setting, shared by the layers using it
+        self.layers = []
+        for i in range(args.num_hidden_layers):
+            theta, scaling = args.rope_for_layer(i)
+            key = f"{theta!r}/{sorted((scaling or {}).items())!r}"
+            rope = ropes.setdefault(key, RoPE(args.rope_dims, theta, scaling))
+            self.layers.append(DecoderBlock(args, i, rope, hooks))
+        self.norm = args.norm(args.hidden_size)
 
 
 @attrs.frozen
@@ -270,9 +303,7 @@ class CausalLM(HookedModel, nn.Module):
         super().__init__()
         self.args = args
         self._hook_registry = HookRegistry()
-        theta, scaling = args.rope_theta, args.rope_scaling
-        self._rope = RoPE(args.dim_per_head, theta, scaling)
-        self.model = DecoderModel(args, self._rope, self._hook_registry)
+        self.model = DecoderModel(args, self._hook_registry)
         if not args.tie_word_embeddings:
             self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
         self._windows = tuple(sorted({b.window for b in self.model.layers}, key=lambda w: (w is not None, w or 0)))
@@ -289,7 +320,7 @@ class CausalLM(HookedModel, nn.Module):
         return self.model.layers
 
     @property
-    def ln_final(self) -> RMSNorm:
+    def ln_final(self) -> nn.Module:
         return self.model.norm
 
     def embed(self, ids: mx.array) -> mx.array:
