@@ -100,7 +100,7 @@ def test_preference_fields_may_be_message_lists(tmp_path):
 def test_record_that_does_not_fit_names_file_line_and_keys(tmp_path):
     path = write_jsonl(tmp_path / "train.jsonl", [{"prompt": "a", "completion": "b"},
                                                  {"prompt": "a", "answer": 3}])
-    with pytest.raises(LazarusError, match=r"train\.jsonl:2: expected keys \{prompt, completion\}.*"
+    with pytest.raises(LazarusError, match=r"train\.jsonl:2: missing 'completion': expected keys \{prompt, completion\}.*"
                                            r"got \{answer, prompt\}"):
         read_dataset(path)
     only_prompts = write_jsonl(tmp_path / "rl.jsonl", [{"prompt": "a", "answer": 3}])

@@ -19,3 +19,24 @@ def register_trainers(register):
         description="Supervised fine-tuning: masked cross-entropy on completion tokens "
                     "(prompt/completion, chat or text JSONL).",
     ))
+    register(TrainerSpec(
+        name="dpo",
+        entry="lazarus_trainers.dpo:DPOTrainer",
+        data_format="preference",
+        description="Direct preference optimisation (sigmoid, ipo, hinge, robust) against a reference "
+                    "model on {prompt, chosen, rejected} pairs.",
+    ))
+    register(TrainerSpec(
+        name="orpo",
+        entry="lazarus_trainers.orpo:ORPOTrainer",
+        data_format="preference",
+        description="Odds-ratio preference optimisation: SFT on the chosen answer plus an odds-ratio "
+                    "term, no reference model.",
+    ))
+    register(TrainerSpec(
+        name="dual-reward",
+        entry="lazarus_trainers.dual_reward:DualRewardTrainer",
+        data_format="prompt",
+        description="Answer cross-entropy plus a logit-lens classifier read at one layer "
+                    "({prompt, completion, label} JSONL).",
+    ))

@@ -286,7 +286,9 @@ def read_dataset(path: str | Path, format: str | None = None) -> Dataset:
                 raise LazarusError(f"{source}: expected keys {_expected_keys(allowed)}{what}, "
                                    f"got {_got_keys(obj)}")
         elif detect_kind(obj, format) != kind:
-            raise LazarusError(f"{source}: expected keys {_expected_keys([kind])} like line {first_line} "
+            missing = [k for k in KIND_KEYS[kind] if k not in obj]
+            lacks = f"missing {', '.join(map(repr, missing))}: " if missing else ""
+            raise LazarusError(f"{source}: {lacks}expected keys {_expected_keys([kind])} like line {first_line} "
                                f"({kind} records), got {_got_keys(obj)}; one file holds one kind of record")
         records.append(parse_record(obj, kind, source))
     return Dataset(tuple(records), kind, path)
