@@ -217,11 +217,12 @@ def test_cli_turns_loader_errors_into_exit_code_2(llama_copy):
     assert proc.stderr.strip().count("\n") == 0 and "config.json: missing" in proc.stderr
 
 
-def test_quantized_checkpoints_are_refused_by_name(llama_copy):
-    edit_config(llama_copy, quantization={"group_size": 64, "bits": 4})
+def test_other_tools_quantizations_are_refused_by_name(llama_copy):
+    # mlx-lm's own layout loads (tests/core/test_quantized.py); AWQ/GPTQ/bitsandbytes do not
+    edit_config(llama_copy, quantization_config={"quant_method": "awq", "bits": 4, "group_size": 128})
     with pytest.raises(LazarusError) as exc:
         lazarus.load_model(llama_copy)
-    assert_one_line(exc, "config.json", "quantized checkpoints are not supported")
+    assert_one_line(exc, "config.json", "quant_method 'awq'")
 
 
 def test_untied_config_without_head_says_how_to_fix(llama_copy):

@@ -24,6 +24,7 @@ CORE_COMMANDS: dict[str, str] = {
     "install": "lazarus.commands.install:install",
     "models": "lazarus.commands.models:models",
     "quickstart": "lazarus.commands.quickstart:quickstart",
+    "quantize": "lazarus.commands.quantize:quantize",
     "train": "lazarus.commands.train:train",
     "uninstall": "lazarus.commands.install:uninstall",
 }

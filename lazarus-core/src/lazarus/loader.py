@@ -40,15 +40,14 @@ def load_model(model: str | os.PathLike, adapter_path: str | os.PathLike | None 
     """
     import mlx.core as mx
 
+    from lazarus.models.quantize import apply_quantization, quantization_from_config
     from lazarus.models.transformer import ModelSource, sanitize_weights
 
     target = _parse_dtype(dtype)
     path = resolve_model_path(model)
     config = read_config(path)
     spec = detect_family(config, path / "config.json")
-    if config.get("quantization") or config.get("quantization_config"):
-        raise LazarusError(f"{path / 'config.json'}: quantized checkpoints are not supported yet; "
-                           "use the full-precision (float16/bfloat16/float32) checkpoint")
+    quant = quantization_from_config(config, path / "config.json")
     family = _load_family_module(spec)
 
     try:
@@ -60,6 +59,10 @@ def load_model(model: str | os.PathLike, adapter_path: str | os.PathLike | None 
     weights, origin = read_safetensors(path)
     # families with no key quirks of their own use the shared clean-up (rotary buffers, tied head)
     weights = getattr(family, "sanitize", sanitize_weights)(weights, args)
+    if quant is not None:  # mlx-lm's layout: layers stored with `scales` become quantized layers
+        fused = args.fused() if callable(getattr(args, "fused", None)) else {}
+        apply_quantization(net, quant, weights,
+                           {part: name for name, parts in fused.items() for part, _ in parts})
     check_weights(net, weights, origin, path)
     if target is not None:
         weights = {k: v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v

@@ -126,6 +126,10 @@ def describe_model(model: str | Path) -> dict:
         "model_type": config.get("model_type"),
         "parameters": parameters,
         "dtype": ", ".join(names.get(d, d) for d, _ in dtypes.most_common()),
+        # mlx-lm's layout: the defaults (per-layer overrides are counted, not listed)
+        "quantization": ({**{k: v for k, v in quant.items() if not isinstance(v, (dict, bool))},
+                          "overridden_layers": sum(isinstance(v, (dict, bool)) for v in quant.values())}
+                         if isinstance(quant := config.get("quantization"), dict) else None),
         "layers": args.num_hidden_layers,
         "hidden_size": args.hidden_size,
         "intermediate_size": args.intermediate_size,
