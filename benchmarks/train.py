@@ -1,4 +1,11 @@
-"""LoRA SFT speed and memory: Lazarus (`sft` trainer) vs mlx-lm (`mlx_lm.tuner.trainer.train`), in one run.
+"""LoRA training speed and memory: Lazarus vs mlx-lm (SFT) or mlx-lm-lora (DPO), in one run.
+
+``--trainer sft`` (default): Lazarus's `sft` trainer vs mlx-lm (`mlx_lm.tuner.trainer.train`).
+``--trainer dpo``: Lazarus's `dpo` (reference = the adapter switched off, and once more with
+``--ref-model``, a second copy, for the memory contrast) vs mlx-lm-lora's ``train_dpo`` with its
+reference model (a second copy, as mlx-lm-lora loads it), on the same token sequences; figures are
+pairs/s and peak memory. mlx-lm-lora is not a dependency: install it where the benchmark can import
+it (``pip install --target DIR --no-deps mlx-lm-lora tqdm`` and ``PYTHONPATH=DIR``).
 
 Both engines train the same checkpoint on the same token sequences (tokenised once, by Lazarus; the
 prompt is masked in both), with the same LoRA rank, scale, target layers and blocks, the same batch
@@ -126,8 +133,134 @@ def run_mlx_lm(model: Path, data: Path, output: Path, args) -> dict:
             "peak_memory_gb": peak / 1e9, "final_loss": rows[-1]["train_loss"] if rows else None}
 
 
+def make_pairs(root: Path, count: int) -> Path:
+    from lazarus.data.math import generate, write_math_data
+
+    out = root / "math"
+    if not (out / "preference" / "train.jsonl").is_file():
+        write_math_data(generate(count, seed=0), out, valid_fraction=0.0, test_fraction=0.0, force=True)
+    return out / "preference"
+
+
+def run_lazarus_dpo(model: Path, data: Path, output: Path, args, ref_model: Path | None = None) -> dict:
+    import io
+
+    import mlx.core as mx
+    from rich.console import Console
+
+    from lazarus.plugins import get
+
+    trainer_cls = get("trainer", "dpo").load()
+    config = trainer_cls.config_class(model=str(model), data=str(data), output=str(output),
+                                      lora_targets=tuple(args.keys.split(",")), beta=0.1,
+                                      ref_model=str(ref_model) if ref_model else None, **settings(args))
+    trainer = trainer_cls(config, console=Console(file=io.StringIO()))
+    mx.reset_peak_memory()
+    trainer.load()  # loading counts here: the reference is part of what DPO holds in memory
+    result = trainer.train()
+    peak = mx.get_peak_memory()
+    rows = [r for r in result.metrics if r["split"] == "train"][1:]
+    pairs = sum(r["loss_items"] for r in rows)
+    seconds = sum(r["seconds"] for r in rows)
+    return {"pairs_per_second": pairs / seconds, "steps_per_second": len(rows) * REPORT / seconds,
+            "peak_memory_gb": peak / 1e9, "final_loss": rows[-1]["loss"] if rows else None}
+
+
+def run_mlx_lm_lora_dpo(model: Path, data: Path, output: Path, args) -> dict:
+    import mlx.core as mx
+    import mlx.optimizers as optim
+    from mlx_lm import load
+    from mlx_lm.tuner.callbacks import TrainingCallback
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+    from mlx_lm_lora.trainer.dpo_trainer import DPOTrainingArgs, train_dpo
+
+    import lazarus
+    from lazarus.data.examples import tokenize
+    from lazarus.data.records import load_splits
+
+    _, tokenizer, _ = lazarus.load_model(str(model))
+    examples = tokenize(load_splits(data, format="preference").train, tokenizer,
+                        max_seq_length=args.max_seq_length)
+    dataset = [{"chosen": e.chosen_ids.tolist(), "rejected": e.rejected_ids.tolist(),
+                "chosen_prompt_length": e.prompt_length, "rejected_prompt_length": e.prompt_length}
+               for e in examples]
+    mx.reset_peak_memory()
+    mx.random.seed(0)
+    net, _ = load(str(model))
+    reference, _ = load(str(model))
+    reference.freeze()
+    net.freeze()
+    keys = [f"self_attn.{k}" if k.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else f"mlp.{k}"
+            for k in args.keys.split(",")]
+    linear_to_lora_layers(net, args.num_layers, {"rank": args.rank, "scale": 20.0, "dropout": 0.0, "keys": keys})
+    optimizer = optim.AdamW(learning_rate=args.learning_rate, weight_decay=0.0)
+    reports: list[dict] = []
+
+    class Collect(TrainingCallback):
+        def on_train_loss_report(self, info):
+            reports.append(info)
+
+    training_args = DPOTrainingArgs(batch_size=args.batch_size, iters=args.steps, val_batches=0,
+                                    steps_per_report=REPORT, steps_per_eval=10**9, steps_per_save=10**9,
+                                    max_seq_length=args.max_seq_length, beta=0.1,
+                                    adapter_file=str(output / "adapters.safetensors"))
+    output.mkdir(parents=True, exist_ok=True)
+    info = mx.device_info()
+    if "max_recommended_working_set_size" not in info:
+        # mlx-lm-lora reads this Metal-only key unconditionally; give it the device's memory instead
+        patched = {**info, "max_recommended_working_set_size": info.get("memory_size", 0)}
+        mx.device_info = lambda: patched
+    train_dpo(net, reference, optimizer, dataset, None, args=training_args, training_callback=Collect())
+    peak = mx.get_peak_memory()
+    rows = reports[1:]
+    seconds = sum(REPORT / r["iterations_per_second"] for r in rows)
+    return {"pairs_per_second": len(rows) * REPORT * args.batch_size / seconds,
+            "steps_per_second": len(rows) * REPORT / seconds, "peak_memory_gb": peak / 1e9,
+            "final_loss": rows[-1]["train_loss"] if rows else None}
+
+
+def main_dpo(args, model: Path, cache: Path) -> int:
+    import mlx.core as mx
+
+    data = make_pairs(cache, args.examples)
+    engines = {"lazarus": run_lazarus_dpo,
+               "lazarus --ref-model": lambda m, d, o, a: run_lazarus_dpo(m, d, o, a, ref_model=m)}
+    try:
+        import mlx_lm_lora  # noqa: F401
+
+        engines["mlx-lm-lora"] = run_mlx_lm_lora_dpo
+    except ImportError as exc:
+        print(f"mlx-lm-lora is not importable ({exc}); measuring Lazarus only", file=sys.stderr)
+    results: dict[str, list[dict]] = {name: [] for name in engines}
+    with tempfile.TemporaryDirectory() as work:
+        for repeat in range(args.repeats):
+            for name, run in engines.items():
+                results[name].append(run(model, data, Path(work) / f"{name.replace(' ', '')}-{repeat}", args))
+                print(f"run {repeat + 1}/{args.repeats} {name}: {results[name][-1]}", file=sys.stderr)
+    best = {name: max(runs, key=lambda r: r["pairs_per_second"]) for name, runs in results.items()}
+    print(f"LoRA DPO (sigmoid, beta 0.1), llama {args.size}, rank {args.rank}, keys {args.keys}, batch "
+          f"{args.batch_size} pairs, {args.steps} steps (first {REPORT} dropped), {platform.machine()} "
+          f"{mx.default_device()}")
+    print(f"{'engine':<22}{'pairs/s':>10}{'steps/s':>10}{'peak GB':>10}{'final loss':>12}")
+    for name, r in best.items():
+        print(f"{name:<22}{r['pairs_per_second']:>10.2f}{r['steps_per_second']:>10.2f}"
+              f"{r['peak_memory_gb']:>10.3f}{r['final_loss']:>12.3f}")
+    ratios = {}
+    if "mlx-lm-lora" in best:
+        ratios = {"speed_ratio": best["lazarus"]["pairs_per_second"] / best["mlx-lm-lora"]["pairs_per_second"],
+                  "memory_ratio": best["lazarus"]["peak_memory_gb"] / best["mlx-lm-lora"]["peak_memory_gb"]}
+        print(f"speed ratio (Lazarus / mlx-lm-lora): {ratios['speed_ratio']:.2f}x   "
+              f"peak memory ratio (Lazarus / mlx-lm-lora): {ratios['memory_ratio']:.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "runs": results, "best": best, **ratios},
+                                              indent=2))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trainer", choices=("sft", "dpo"), default="sft",
+                        help="sft: vs mlx-lm; dpo: vs mlx-lm-lora (when importable)")
     parser.add_argument("--size", choices=("tiny", "small"), default="tiny",
                         help="tiny: 2 layers, hidden 64; small: ~75M llama")
     parser.add_argument("--steps", type=int, default=60, help="training steps per engine and run")
@@ -150,6 +283,8 @@ def main() -> int:
     cache = Path(args.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     model = make_checkpoint(cache, args.size)
+    if args.trainer == "dpo":
+        return main_dpo(args, model, cache)
     data = make_data(cache, args.examples)
     results: dict[str, list[dict]] = {"lazarus": [], "mlx-lm": []}
     with tempfile.TemporaryDirectory() as work:
