@@ -132,11 +132,20 @@ class ProbeSpec(Spec):
 
 @attrs.frozen(kw_only=True)
 class RewardFunctionSpec(Spec):
-    """A reward function ``(prompt, completion, **record) -> float`` named by ``entry``."""
+    """A reward function named by ``entry``, used as ``--reward NAME[:WEIGHT]``.
+
+    Batched (the default, as in TRL): ``fn(prompts, completions, records) -> list[float | None]``,
+    one value per completion (``None``: this reward does not apply to that row). ``prompts[i]`` is
+    the record's prompt (text or messages), ``completions[i]`` the generated text, ``records[i]`` the
+    record's other fields plus ``completion_ids`` (the generated token ids). ``batched=False``
+    (since 0.2) marks a per-row function ``fn(prompt, completion, **record) -> float | None``.
+    """
 
     kind: ClassVar[str] = "reward-function"
     plural: ClassVar[str] = "reward-functions"
     install_hint: ClassVar[str] = "lazarus-trainers"
+
+    batched: bool = True
 
 
 @attrs.frozen(kw_only=True)

@@ -7,7 +7,7 @@ Each spec names its Trainer class by import path, so listing trainers (``lazarus
 from __future__ import annotations
 
 import lazarus
-from lazarus.specs import TrainerSpec
+from lazarus.specs import RewardFunctionSpec, TrainerSpec
 
 
 @lazarus.hookimpl
@@ -40,3 +40,33 @@ def register_trainers(register):
         description="Answer cross-entropy plus a logit-lens classifier read at one layer "
                     "({prompt, completion, label} JSONL).",
     ))
+    register(TrainerSpec(
+        name="grpo",
+        entry="lazarus_trainers.grpo:GRPOTrainer",
+        data_format="prompt",
+        description="Online RL with group-relative advantages (grpo, dr-grpo, bnpo, dapo, gspo) from "
+                    "--reward plugins, on prompt JSONL.",
+    ))
+    register(TrainerSpec(
+        name="ppo",
+        entry="lazarus_trainers.ppo:PPOTrainer",
+        data_format="prompt",
+        description="Online RL with a value head, GAE and clipped policy/value losses, rewarded by "
+                    "--reward plugins, on prompt JSONL.",
+    ))
+
+
+@lazarus.hookimpl
+def register_reward_functions(register):
+    register(RewardFunctionSpec(
+        name="arithmetic", entry="lazarus_trainers.rewards:arithmetic",
+        description="1.0 when the final answer ('The answer is N') equals the record's answer/expression, "
+                    "else 0.0 (None without those fields)."))
+    register(RewardFunctionSpec(
+        name="format", entry="lazarus_trainers.rewards:answer_format",
+        description="1.0 when the completion ends with 'The answer is N.', 0.5 when it says so elsewhere, "
+                    "else 0.0."))
+    register(RewardFunctionSpec(
+        name="length", entry="lazarus_trainers.rewards:length",
+        description="0 within a budget of completion tokens (record field token_budget, default 128), "
+                    "then -(overshoot / budget)."))

@@ -218,15 +218,23 @@ def click_options(cls: type) -> list[click.Option]:
         if kind.base is bool and not kind.many:
             options.append(click.Option([f"{name}/--no-{name[2:]}", field.name], **common))
             continue
+        if kind.many:  # repeatable and comma-separated: --reward a --reward b:0.2 == --reward a,b:0.2
+            options.append(click.Option([name, field.name], type=click.STRING, metavar=field.metadata.get("metavar"),
+                                        multiple=True, callback=_join_many, **common))
+            continue
         if field.metadata.get("choices"):
             click_type = click.Choice(field.metadata["choices"])
-        elif kind.many:
-            click_type = click.STRING
         else:
             click_type = {int: click.INT, float: click.FLOAT, str: click.STRING}[kind.base]
         options.append(click.Option([name, field.name], type=click_type, metavar=field.metadata.get("metavar"),
                                     **common))
     return options
+
+
+def _join_many(ctx, param, values):
+    """A repeatable tuple option: every occurrence, each split at commas; None when not given."""
+    parts = tuple(part.strip() for value in values or () for part in value.split(",") if part.strip())
+    return parts or None
 
 
 # -- config files -----------------------------------------------------------------------------------

@@ -17,6 +17,17 @@ ranks, whatever the padding or the split.
 
 Optional hooks: :meth:`Trainer.setup` (after the model is ready: build a reference model ...),
 :meth:`Trainer.tokenize` (turn records into examples).
+
+Hooks for online RL (the defaults keep supervised trainers exactly as they are):
+
+- :meth:`Trainer.next_batch` ``(batches, step, micro)``: where the ``micro``-th micro-batch of the
+  step after ``step`` comes from (default ``next(batches)``). An RL trainer generates rollouts here
+  and may hand the same rollouts to several optimizer steps (``num_iterations``).
+- :meth:`Trainer.can_checkpoint`: False while rollouts are still in use; a checkpoint due then
+  (``save_interval``, Ctrl-C) is written after the first step at which it is True again, so a
+  resumed run never needs rollouts that were not saved.
+- :attr:`Trainer.window_seconds`: the seconds of training steps in the logging window, set before
+  :meth:`Trainer.extra_metrics` is called (to split it into generation / scoring / update).
 """
 
 from __future__ import annotations
@@ -158,6 +169,15 @@ class Trainer:
 
     def setup(self) -> None:
         """Called once the model, tokenizer and adapter are ready (and weights restored on resume)."""
+
+    def next_batch(self, batches, step: int, micro: int):
+        """The ``micro``-th micro-batch of the optimizer step that follows ``step`` completed steps;
+        default ``next(batches)``. RL trainers roll out here."""
+        return next(batches)
+
+    def can_checkpoint(self) -> bool:
+        """Whether the state after the current step is complete in a checkpoint (default True)."""
+        return True
 
     def tokenize(self, dataset):
         """Records -> examples (default: :func:`lazarus.data.examples.tokenize` with the config)."""
@@ -471,6 +491,7 @@ class Trainer:
         batches = iter(self.train_batches)
         window = _new_window()
         step = start_step
+        save_due = False
         progress = self._progress(total_steps, start_step)
         with _StopRequest(self.console) as stop, progress:
             task = progress.add_task("train", total=total_steps, completed=start_step, loss="-", tps="-",
@@ -478,8 +499,8 @@ class Trainer:
             while step < total_steps:
                 step_start = time.perf_counter()
                 grads_sum, step_total, step_count, step_tokens = None, mx.array(0.0), mx.array(0.0), 0
-                for _ in range(config.grad_accumulation):
-                    batch = next(batches)
+                for micro in range(config.grad_accumulation):
+                    batch = self.next_batch(batches, step, micro)
                     step_tokens += self.batch_tokens(batch)
                     total, count, aux, grads = micro_step(*self.batch_arrays(batch))
                     grads_sum = grads if grads_sum is None else tree_map(mx.add, grads_sum, grads)
@@ -517,14 +538,16 @@ class Trainer:
                             progress.console.print(f"step {step}: eval loss {loss:.4f}")
 
                 stop_now = self.world.any(stop.requested)
-                if stop_now and step < total_steps:
+                if stop_now and step < total_steps and self.can_checkpoint():
                     result.checkpoint = self.save_checkpoint(step, counters)
                     result.interrupted = True
                     result.step = step
                     result.resume_command = self.resume_command(result.checkpoint)
                     break
-                if config.save_interval and step % config.save_interval == 0 and step < total_steps:
+                save_due = save_due or bool(config.save_interval and step % config.save_interval == 0)
+                if save_due and step < total_steps and self.can_checkpoint():
                     result.checkpoint = self.save_checkpoint(step, counters)
+                    save_due = False
         result.step = step
         if result.interrupted:
             if self.console is not None:
@@ -579,6 +602,7 @@ class Trainer:
         total, count, aux = self.world.all_sum((window["total"], window["count"], window["aux"]))
         tokens = window["tokens"] * self.world.size if self.world.distributed else window["tokens"]
         elapsed = max(window["seconds"], 1e-9)
+        self.window_seconds = elapsed
         return {
             "split": "train", "step": step,
             "loss": float(total.item() / max(count.item(), 1.0)),

@@ -1,0 +1,397 @@
+"""Group relative policy optimisation (GRPO) and its variants: dr-grpo, bnpo, dapo, gspo.
+
+Each optimizer step takes ``batch_size`` prompts (split over ranks), generates ``group_size``
+completions for each in one batched, KV-cached pass (:func:`lazarus.training.rl.rollout`), scores
+them with the ``--reward`` plugins, turns the rewards into group advantages and minimises the
+clipped objective of ``--loss-type`` (formulas in :mod:`lazarus.training.rl` and docs/rl.md).
+``--num-iterations`` > 1 reuses one batch of rollouts for that many optimizer steps, against the
+log-probs the policy had when it generated them. ``--beta`` > 0 adds the k3 KL to the reference
+(the policy with its adapter off, the starting ``--adapter``, or ``--ref-model``); 0 keeps none.
+
+Rollouts are seeded from (seed, rank, step, micro-batch), and checkpoints are only written once a
+batch of rollouts is used up, so a resumed run repeats the straight run exactly.
+
+:class:`RolloutTrainer` is the part shared with ``ppo``: reward loading, the rollout buffer,
+completions logging and the per-window reward / length / timing metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import attrs
+import mlx.core as mx
+import numpy as np
+
+from lazarus.errors import LazarusError
+from lazarus.training import rl
+from lazarus.training.config import TrainingConfig, setting
+from lazarus.training.trainer import Trainer
+
+COMPLETIONS_FILE = "completions.jsonl"
+#: rounds of regenerating zero-spread groups with --dynamic-sampling
+RESAMPLE_ROUNDS = 3
+
+
+@attrs.define(kw_only=True)
+class RolloutConfig(TrainingConfig):
+    """Options shared by the online RL trainers (rollouts, rewards, KL, clipping)."""
+
+    reward: tuple[str, ...] | None = setting(
+        None, "Reward function NAME or NAME:WEIGHT (repeat the option, or separate with commas); "
+              "installed ones: `lazarus plugins list --hook reward_functions`.", metavar="NAME[:W]", many=True)
+    group_size: int = setting(4, "Completions generated per prompt (the group of GRPO).", minimum=1)
+    max_completion_length: int = setting(256, "Most tokens generated per completion.", minimum=1)
+    temperature: float = setting(1.0, "Sampling temperature of the rollouts (0: greedy).", minimum=0.0)
+    top_p: float = setting(1.0, "Nucleus sampling of the rollouts (1: off).", minimum=0.0)
+    top_k: int = setting(0, "Top-k sampling of the rollouts (0: off).", minimum=0)
+    min_p: float = setting(0.0, "Min-p sampling of the rollouts (0: off).", minimum=0.0)
+    beta: float = setting(0.04, "Weight of the KL to the reference model (0: no reference is kept).", minimum=0.0)
+    ref_model: str | None = setting(None, "Reference model directory (default: the policy without its trained "
+                                          "adapter, or the starting --adapter).", metavar="DIR")
+    epsilon: float = setting(0.2, "Lower clip range of the probability ratio: 1 - epsilon.", minimum=0.0)
+    epsilon_high: float | None = setting(None, "Upper clip range: 1 + epsilon_high (default: epsilon; DAPO "
+                                               "uses 0.28).", minimum=0.0)
+    num_iterations: int = setting(1, "Optimizer steps per batch of rollouts (old log-probs are kept).", minimum=1)
+    log_completions: int = setting(0, "Write this many sample completions per step, with their rewards, to "
+                                      "OUTPUT/completions.jsonl.", minimum=0)
+
+
+@attrs.define(kw_only=True)
+class GRPOConfig(RolloutConfig):
+    """:class:`RolloutConfig` plus the GRPO loss options."""
+
+    loss_type: str = setting("grpo", "Normalisation of the loss: grpo (per sequence), dr-grpo (by max length), "
+                                     "bnpo (per micro-batch token), dapo (per step token), gspo (sequence "
+                                     "ratio).", choices=rl.LOSS_TYPES)
+    scale_rewards: str = setting("group", "Divide advantages by the reward std of the group, of the batch, or "
+                                          "not at all.", choices=rl.SCALE_REWARDS)
+    dynamic_sampling: bool = setting(False, f"Regenerate groups whose rewards are all equal (up to "
+                                            f"{RESAMPLE_ROUNDS} times), as DAPO does.")
+
+
+@attrs.define(eq=False)
+class RolloutBatch:
+    """One micro-batch of scored rollouts, as the loss consumes it."""
+
+    rollout: rl.Rollout
+    arrays: dict  #: name -> np.ndarray, the loss inputs besides ids and mask
+    weights: np.ndarray  #: 1 for real rows, 0 for filler rows (ranks kept in step)
+    examples: tuple
+    scores: object = None
+    #: sums over the real rows of trainer-specific metrics (``return`` ...), logged as means per row
+    extra_metrics: dict = attrs.Factory(dict)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.rollout.prompt_lengths + self.rollout.completion_lengths
+
+    @property
+    def indices(self) -> np.ndarray:
+        return np.where(self.weights > 0, 0, -1)
+
+
+class RolloutTrainer(Trainer):
+    """Shared machinery of the online RL trainers; subclasses implement :meth:`score_rollout`
+    (rewards -> loss inputs) and :meth:`loss`."""
+
+    data_format = "prompt"
+    config_class = RolloutConfig
+
+    # -- set-up ----------------------------------------------------------------------------------
+    def load_data(self) -> None:
+        from lazarus.rewards import load_rewards
+
+        self.rewards = load_rewards(self.config.reward or ())
+        super().load_data()
+        if self.valid_examples is not None:
+            self.log("The validation prompts are not scored during training; measure them with "
+                     f"`lazarus eval --data {self.config.data}/valid.jsonl --reward ...`")
+            self.valid_examples = None
+        self._buffer: list[RolloutBatch] = []
+        self._uses = self.config.num_iterations  # the first step generates
+        self._fresh: bool | None = None
+        self._window = _new_window()
+
+    def setup(self) -> None:
+        from lazarus.training.reference import ReferenceModel
+
+        config = self.config
+        self.reference = ReferenceModel.for_trainer(self, config.ref_model, needed=config.beta > 0)
+        self.log(f"Reference model: {self.reference.describe()}; rewards: "
+                 f"{', '.join(r.label for r in self.rewards)}; {config.batch_size} prompts × {config.group_size} "
+                 f"completions per micro-batch")
+        if self.world.is_main and not config.resume:
+            (self.output / COMPLETIONS_FILE).unlink(missing_ok=True)
+
+    def total_steps(self) -> int:
+        config = self.config
+        candidates = [config.max_steps] if config.max_steps else []
+        if config.epochs:
+            per_epoch = self.train_batches.batches_per_epoch(0)
+            candidates.append(max(1, -(-config.epochs * per_epoch * config.num_iterations // config.grad_accumulation)))
+        return min(candidates) if candidates else config.DEFAULT_STEPS
+
+    # -- rollouts --------------------------------------------------------------------------------
+    def next_batch(self, batches, step: int, micro: int):
+        if micro == 0:
+            fresh, self._fresh = self.rollouts_used_up(), None
+            self._buffer, self._uses = ([], 1) if fresh else (self._buffer, self._uses + 1)
+        if len(self._buffer) <= micro:
+            self._buffer.append(self.make_rollout(next(batches), step, micro))
+        batch = self._buffer[micro]
+        self._account_rewards(batch)  # every step reports the rewards it trains on
+        return batch
+
+    def stop_reusing(self) -> bool:
+        """Whether to generate afresh before ``num_iterations`` is reached (PPO's target KL)."""
+        return False
+
+    def rollouts_used_up(self) -> bool:
+        """Whether the next step generates new rollouts (decided once per step, so that asking
+        before a checkpoint and stepping afterwards agree)."""
+        if self._fresh is None:
+            self._fresh = self._uses >= self.config.num_iterations or self.stop_reusing()
+        return self._fresh
+
+    def can_checkpoint(self) -> bool:
+        return self.rollouts_used_up()
+
+    def sampling(self, step: int, micro: int):
+        from lazarus.generate import SamplingConfig
+
+        c = self.config
+        # one seed per (run seed, rank, step, micro-batch): a resumed run draws the same rollouts
+        seed = int(np.random.SeedSequence([c.seed, self.world.rank, step, micro]).generate_state(1)[0] >> 1)
+        return SamplingConfig(temperature=c.temperature, top_p=c.top_p, top_k=c.top_k, min_p=c.min_p, seed=seed)
+
+    def generate(self, examples, sampling) -> rl.Rollout:
+        return rl.rollout(self.model, self.tokenizer, [e.prompt_ids for e in examples],
+                          group_size=self.config.group_size, max_completion_length=self.config.max_completion_length,
+                          sampling=sampling, pad_id=self.pad_id, pad_to_multiple=self.pad_to_multiple)
+
+    def score(self, examples, ro: rl.Rollout):
+        """The rewards of every row of a rollout (:class:`lazarus.rewards.Scores`)."""
+        from lazarus.rewards import score
+
+        g = ro.group_size
+        prompts = [examples[i // g].record.prompt for i in range(len(ro))]
+        records = [{**examples[i // g].record.extra, "completion_ids": ro.completion_ids[i]} for i in range(len(ro))]
+        sources = [examples[i // g].record.source for i in range(len(ro))]
+        return score(self.rewards, prompts, ro.completions, records, sources)
+
+    def make_rollout(self, batch, step: int, micro: int) -> RolloutBatch:
+        examples = tuple(batch.examples)
+        real = np.asarray(batch.indices) >= 0
+        start = time.perf_counter()
+        ro = self.generate(examples, self.sampling(step, micro))
+        generated = time.perf_counter() - start
+        start = time.perf_counter()
+        scores = self.score(examples, ro)
+        scored = time.perf_counter() - start
+        ro, scores, extra_gen, extra_score = self.resample(examples, ro, scores, real, step, micro)
+        weights = np.repeat(real.astype(np.float32), ro.group_size)
+        start = time.perf_counter()
+        arrays = self.score_rollout(ro, scores, weights)
+        scored += time.perf_counter() - start + extra_score
+        self._account_generation(ro, weights, generated + extra_gen, scored)
+        if micro == 0 and self.config.log_completions and self.world.is_main:
+            self._log_completions(step + 1, examples, ro, scores, arrays)
+        return RolloutBatch(ro, arrays, weights, examples, scores)
+
+    def resample(self, examples, ro, scores, real, step, micro):
+        """Regenerate some groups before scoring is final (GRPO's dynamic sampling); default none."""
+        return ro, scores, 0.0, 0.0
+
+    def score_rollout(self, ro: rl.Rollout, scores, weights: np.ndarray) -> dict:
+        """Loss inputs (numpy arrays keyed by name) from a scored rollout."""
+        raise NotImplementedError
+
+    def policy_logprobs(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Per-token log-probs (B, T-1) of the current policy, no gradient, eval mode."""
+        from lazarus.training.reference import sequence_logprobs
+
+        training = self.model.training
+        self.model.eval()
+        try:
+            _, per_token = sequence_logprobs(self.model, mx.array(ids), mx.array(mask))
+            per_token = mx.stop_gradient(per_token)
+            mx.eval(per_token)
+        finally:
+            self.model.train(training)
+        return np.array(per_token)
+
+    def reference_logprobs(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        _, per_token = self.reference.sequence_logprobs(mx.array(ids), mx.array(mask))
+        return np.array(per_token)
+
+    # -- metrics ---------------------------------------------------------------------------------
+    def _account_generation(self, ro, weights, generated: float, scored: float) -> None:
+        w = self._window
+        w["generated_tokens"] += int(ro.completion_lengths[weights > 0].sum())
+        w["seconds_generation"] += generated
+        w["seconds_scoring"] += scored
+
+    def _account_rewards(self, batch: RolloutBatch) -> None:
+        w, ro, scores = self._window, batch.rollout, batch.scores
+        real = batch.weights > 0
+        totals = np.asarray(scores.total, dtype=np.float64)[real]
+        w["reward_sum"] += float(totals.sum())
+        w["reward_sq"] += float(np.square(totals).sum())
+        w["rows"] += int(real.sum())
+        for name, values in scores.by_reward.items():
+            present = [v for v, r in zip(values, real, strict=True) if r and v is not None]
+            w["by_reward"][name] = w["by_reward"].get(name, 0.0) + float(sum(present))
+            w["by_reward_rows"][name] = w["by_reward_rows"].get(name, 0) + len(present)
+        lengths = ro.completion_lengths[real]
+        w["length_sum"] += float(lengths.sum())
+        w["length_max"] = max(w["length_max"], int(lengths.max()) if lengths.size else 0)
+        groups = np.asarray(scores.total, dtype=np.float64).reshape(-1, ro.group_size)[real[::ro.group_size]]
+        w["groups"] += len(groups)
+        w["zero_spread"] += int((np.ptp(groups, axis=1) < 1e-9).sum()) if ro.group_size > 1 else 0
+        for name, value in batch.extra_metrics.items():
+            w["extra"][name] = w["extra"].get(name, 0.0) + value
+
+    def extra_metrics(self) -> dict:
+        w, self._window = self._window, _new_window()
+        names = [r.name for r in self.rewards]  # the same vector on every rank
+        local = [w["reward_sum"], w["reward_sq"], w["rows"], w["length_sum"], w["groups"], w["zero_spread"],
+                 w["generated_tokens"], w["seconds_generation"], w["seconds_scoring"],
+                 *[w["by_reward"].get(n, 0.0) for n in names], *[w["by_reward_rows"].get(n, 0) for n in names],
+                 *[v for v in w["extra"].values()]]
+        summed = np.array(self.world.all_sum(mx.array(local, dtype=mx.float32))).tolist() \
+            if self.world.distributed else local
+        (reward_sum, reward_sq, rows, length_sum, groups, zero_spread, generated, gen_s, score_s) = summed[:9]
+        k = len(names)
+        by_sum, by_rows, extra = summed[9:9 + k], summed[9 + k:9 + 2 * k], summed[9 + 2 * k:]
+        length_max = max(max(v) for v in self.world.all_gather_ints([w["length_max"]]))
+        rows = max(rows, 1.0)
+        mean = reward_sum / rows
+        ranks = self.world.size
+        gen_s, score_s = gen_s / ranks, score_s / ranks  # per-rank seconds (ranks run side by side)
+        window_seconds = getattr(self, "window_seconds", gen_s + score_s)
+        row = {
+            "reward_mean": mean,
+            "reward_std": float(np.sqrt(max(reward_sq / rows - mean * mean, 0.0))),
+            **{f"reward/{n}": s / r for n, s, r in zip(names, by_sum, by_rows, strict=True) if r},
+            "completion_length_mean": length_sum / rows,
+            "completion_length_max": length_max,
+            "zero_spread_fraction": zero_spread / max(groups, 1.0),
+            "seconds_generation": gen_s,
+            "seconds_scoring": score_s,
+            "seconds_update": max(window_seconds - gen_s - score_s, 0.0),
+            "rollout_tokens_per_second": generated / gen_s if gen_s > 0 else 0.0,
+        }
+        row.update({name: value / rows for name, value in zip(w["extra"], extra, strict=True)})
+        return row
+
+    def _log_completions(self, step: int, examples, ro, scores, arrays) -> None:
+        g = ro.group_size
+        rows = []
+        for i in range(min(self.config.log_completions, len(ro))):
+            row = {"step": step, "prompt": examples[i // g].record.prompt, "completion": ro.completions[i],
+                   "reward": scores.total[i], **{f"reward/{k}": v[i] for k, v in scores.by_reward.items()},
+                   "completion_tokens": int(ro.completion_lengths[i]), "finish_reason": ro.finish_reasons[i]}
+            if "advantages" in arrays and arrays["advantages"].ndim == 1:
+                row["advantage"] = float(arrays["advantages"][i])
+            rows.append(row)
+        self.output.mkdir(parents=True, exist_ok=True)
+        with (self.output / COMPLETIONS_FILE).open("a") as handle:
+            handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def _new_window() -> dict:
+    return {"reward_sum": 0.0, "reward_sq": 0.0, "rows": 0, "by_reward": {}, "by_reward_rows": {},
+            "length_sum": 0.0, "length_max": 0, "groups": 0, "zero_spread": 0, "generated_tokens": 0,
+            "seconds_generation": 0.0, "seconds_scoring": 0.0, "extra": {}}
+
+
+class GRPOTrainer(RolloutTrainer):
+    """``lazarus train grpo``: prompt JSONL (``prompt`` or ``messages`` plus fields for the rewards)."""
+
+    name = "grpo"
+    config_class = GRPOConfig
+
+    def load_data(self) -> None:
+        config = self.config
+        if config.group_size < 2 and config.scale_rewards != "none":
+            raise LazarusError(f"--group-size {config.group_size}: GRPO compares completions within a group; "
+                               "use 2 or more")
+        super().load_data()
+
+    def resample(self, examples, ro, scores, real, step, micro):
+        """``--dynamic-sampling``: regenerate the groups whose rewards are all equal."""
+        if not self.config.dynamic_sampling or ro.group_size < 2:
+            return ro, scores, 0.0, 0.0
+        from lazarus.rewards import Scores
+
+        g = ro.group_size
+        prompts = [list(map(int, ro.ids[i, :ro.prompt_lengths[i]])) for i in range(len(ro))]
+        completion_ids, texts = list(ro.completion_ids), list(ro.completions)
+        reasons = list(ro.finish_reasons)
+        total = list(scores.total)
+        by_reward = {k: list(v) for k, v in scores.by_reward.items()}
+        gen_s = score_s = 0.0
+        for round_ in range(RESAMPLE_ROUNDS):
+            flat = np.asarray(total).reshape(-1, g)
+            redo = [j for j in range(len(flat)) if real[j] and np.ptp(flat[j]) < 1e-9]
+            if not redo:
+                break
+            start = time.perf_counter()
+            sub_examples = [examples[j] for j in redo]
+            sub = self.generate(sub_examples, self.sampling(step, micro * 1000 + round_ + 1))
+            gen_s += time.perf_counter() - start
+            start = time.perf_counter()
+            sub_scores = self.score(sub_examples, sub)
+            score_s += time.perf_counter() - start
+            for n, j in enumerate(redo):
+                new = np.asarray(sub_scores.total[n * g:(n + 1) * g])
+                if np.ptp(new) < 1e-9:
+                    continue
+                for m in range(g):
+                    row, src = j * g + m, n * g + m
+                    completion_ids[row], texts[row] = sub.completion_ids[src], sub.completions[src]
+                    reasons[row], total[row] = sub.finish_reasons[src], sub_scores.total[src]
+                    for k in by_reward:
+                        by_reward[k][row] = sub_scores.by_reward[k][src]
+        merged = rl.assemble_rollout(prompts, completion_ids, texts, reasons, group_size=g, pad_id=self.pad_id,
+                                     pad_to_multiple=self.pad_to_multiple, seconds=ro.seconds + gen_s)
+        return merged, Scores(total=total, by_reward=by_reward), gen_s, score_s
+
+    def score_rollout(self, ro, scores, weights) -> dict:
+        config = self.config
+        batch_std = None
+        if config.scale_rewards == "batch":
+            real = np.asarray(scores.total, dtype=np.float64)[weights > 0]
+            s = self.world.all_sum(mx.array([real.sum(), np.square(real).sum(), real.size], dtype=mx.float32))
+            total, squares, n = (float(v) for v in np.array(s))
+            mean = total / max(n, 1.0)
+            batch_std = float(np.sqrt(max(squares - n * mean * mean, 0.0) / max(n - 1.0, 1.0)))
+        advantages, _ = rl.group_advantages(scores.total, ro.group_size, config.scale_rewards, batch_std)
+        arrays = {"advantages": advantages}
+        if config.num_iterations > 1:
+            arrays["old_logprobs"] = self.policy_logprobs(ro.ids, ro.mask)
+        if config.beta > 0:
+            arrays["ref_logprobs"] = self.reference_logprobs(ro.ids, ro.mask)
+        return arrays
+
+    def batch_arrays(self, batch, training: bool = True) -> tuple:
+        ro, a = batch.rollout, batch.arrays
+        shape = (ro.ids.shape[0], ro.ids.shape[1] - 1)
+        zeros = np.zeros(shape, dtype=np.float32)
+        return (mx.array(ro.ids), mx.array(ro.mask), mx.array(a["advantages"]),
+                mx.array(a.get("old_logprobs", zeros)), mx.array(a.get("ref_logprobs", zeros)),
+                mx.array(batch.weights))
+
+    def loss(self, model, ids, mask, advantages, old_logprobs, ref_logprobs, weights):
+        from lazarus.training.reference import token_logprobs
+
+        config = self.config
+        logprobs = token_logprobs(model(ids[:, :-1]), ids[:, 1:])
+        if config.num_iterations == 1:
+            old_logprobs = mx.stop_gradient(logprobs)  # on-policy: the ratio is 1, its gradient is not
+        return rl.grpo_loss(logprobs, old_logprobs, ref_logprobs if config.beta > 0 else None, advantages,
+                            mask[:, 1:], weights, loss_type=config.loss_type, epsilon=config.epsilon,
+                            epsilon_high=config.epsilon_high, beta=config.beta,
+                            max_completion_length=config.max_completion_length)
