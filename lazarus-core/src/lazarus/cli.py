@@ -20,10 +20,12 @@ from lazarus.errors import LazarusError
 CORE_COMMANDS: dict[str, str] = {
     "adapters": "lazarus.commands.adapters:adapters",
     "data": "lazarus.commands.data:data",
+    "eval": "lazarus.commands.eval:eval_command",
     "generate": "lazarus.commands.generate:generate",
     "install": "lazarus.commands.install:install",
     "models": "lazarus.commands.models:models",
     "quickstart": "lazarus.commands.quickstart:quickstart",
+    "run": "lazarus.commands.run:run",
     "quantize": "lazarus.commands.quantize:quantize",
     "train": "lazarus.commands.train:train",
     "uninstall": "lazarus.commands.install:uninstall",
@@ -63,6 +65,13 @@ class LazarusGroup(click.Group):
             return super().invoke(ctx)
         except LazarusError as exc:
             raise _UserError(str(exc)) from None
+        except (OSError, RuntimeError) as exc:  # a full disk, no permission: one line, not a traceback
+            from lazarus.paths import write_error_message
+
+            message = write_error_message(exc)
+            if message is None:
+                raise
+            raise _UserError(message) from None
 
 
 @click.group(cls=LazarusGroup, context_settings={"help_option_names": ["-h", "--help"]})

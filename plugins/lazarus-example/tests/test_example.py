@@ -31,4 +31,4 @@ def test_reward_function_is_loaded_lazily_through_its_spec():
 
     spec = get("reward-function", "keyword")
     assert spec.entry == "lazarus_example.rewards:keyword_reward"
-    assert spec.load()("q", "a cat sat", keyword="CAT") == 1.0
+    assert spec.load()(["q", "q"], ["a cat sat", "a dog"], [{"keyword": "CAT"}, {"keyword": "cat"}]) == [1.0, 0.0]

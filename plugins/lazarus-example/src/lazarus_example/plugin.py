@@ -34,7 +34,7 @@ def register_commands(cli):
     def reward(reward_name, prompt, completion, fields):
         """Score a completion with any installed reward function, e.g. `lazarus reward keyword`."""
         from lazarus.errors import LazarusError
-        from lazarus.plugins import get
+        from lazarus.rewards import load_rewards
 
         record = {}
         for item in fields:
@@ -42,5 +42,6 @@ def register_commands(cli):
             if not sep:
                 raise LazarusError(f"--field {item!r} must look like KEY=VALUE")
             record[key] = value
-        fn = get("reward-function", reward_name).load()
-        click.echo(f"{fn(prompt, completion, **record):g}")
+        (reward_fn,) = load_rewards([reward_name])  # batched or per-row, checked like in training
+        (value,) = reward_fn([prompt], [completion], [record])
+        click.echo("n/a" if value is None else f"{value:g}")
