@@ -21,13 +21,25 @@ def probe_options(command):
         click.option("--adapter", "adapter_path", type=click.Path(file_okay=False), default=None,
                      metavar="DIR", help="Adapter directory (mlx-lm layout) to load on top of the model."),
         click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, metavar="FILE",
-                     help="Also write the numbers shown in the table to FILE as JSON."),
+                     callback=_writable("file"), help="Also write the numbers shown in the table to FILE as JSON."),
         click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
-                     help="Write DIR/report.html (self-contained), PNG heatmaps and report.json."),
+                     callback=_writable("dir"), help="Write DIR/report.html (self-contained), PNG heatmaps and report.json."),
     ]
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def _writable(kind: str):
+    """A click callback that checks an output path before the model loads (one line, exit 2)."""
+    def check(ctx, param, value):
+        from lazarus.paths import check_output_path
+
+        if value is not None:
+            check_output_path(value, kind=kind, option=f"--{param.name.split('_')[0]}")
+        return value
+
+    return check
 
 
 @functools.lru_cache(maxsize=2)

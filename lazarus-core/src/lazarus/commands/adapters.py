@@ -146,8 +146,9 @@ def fuse(model_name: str, adapter_path: str, output: str, dtype: str | None, max
     from lazarus.adapters import fuse_adapter, load_adapter
     from lazarus.checkpoints.hf import parse_size
     from lazarus.loader import load_model
+    from lazarus.paths import check_output_path
 
-    out = Path(output).absolute()
+    out = check_output_path(output, kind="dir")
     parse_size(max_shard_size)  # fail on a bad size before the slow part
     for what, where in (("the base model", Path(model_name)), ("the adapter", Path(adapter_path))):
         if where.exists() and (out == where.absolute() or out in where.absolute().parents):

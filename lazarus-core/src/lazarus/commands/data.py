@@ -53,7 +53,9 @@ def generate_math(output: Path, count: int, seed: int, kinds: str, valid_fractio
     from rich.table import Table
 
     from lazarus.data import math as math_data
+    from lazarus.paths import check_output_path
 
+    check_output_path(output, kind="dir")
     kind_names = math_data.parse_kinds(kinds)
     math_data.split_counts(count, valid_fraction, test_fraction)  # bad fractions fail before work
     existing = [p for p in math_data.math_output_paths(output) if p.exists()]

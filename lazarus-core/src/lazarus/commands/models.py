@@ -40,7 +40,9 @@ def create(family, output, size, seed, dtype, vocab_size, force):
     from rich.console import Console
 
     from lazarus.models.create import create_checkpoint
+    from lazarus.paths import check_output_path
 
+    check_output_path(output, kind="dir")
     path = create_checkpoint(family, output, size=size, seed=seed, dtype=dtype, vocab_size=vocab_size,
                              force=force)
     info = describe_model(path)

@@ -36,8 +36,9 @@ def quantize(model_name: str, output: Path, bits: str, group_size: str, dtype: s
     from lazarus import checkpoints
     from lazarus.loader import load_model
     from lazarus.models.quantize import quantize_model
+    from lazarus.paths import check_output_path
 
-    out = output.expanduser()
+    out = check_output_path(output, kind="dir")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise LazarusError(f"--output {output}: exists and is not empty; choose a new directory")
     where = Path(model_name)

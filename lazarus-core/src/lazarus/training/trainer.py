@@ -577,7 +577,11 @@ class Trainer:
 
     def _check_output(self, resuming: bool) -> None:
         """Refuse to mix a fresh run into an earlier run's output (its checkpoints would be pruned
-        and its metrics lost) unless ``overwrite`` is set."""
+        and its metrics lost) unless ``overwrite`` is set; an output that cannot be written fails here,
+        before the model loads."""
+        from lazarus.paths import check_output_path
+
+        check_output_path(self.output, kind="dir", option="--output")
         previous = self.output / ckpt.CHECKPOINTS_DIR
         if resuming or not previous.exists():
             return
