@@ -181,7 +181,7 @@ def test_default_num_layers_on_a_smaller_model_adapts_every_block(tiny_llama, ma
     """--num-layers defaults to 16 (as in mlx-lm); a 2-block model trains both blocks instead of failing."""
     from lazarus_trainers.sft import SFTTrainer
 
-    config = sft_config(tiny_llama, math_sft_data, tmp_path / "out", max_steps=1, num_layers=16)
+    config = sft_config(tiny_llama, math_sft_data, tmp_path / "out", max_steps=1, num_layers=None)
     result = SFTTrainer(config, console=quiet_console()).train()
     saved = json.loads((result.output / "adapter_config.json").read_text())
     assert saved["num_layers"] == 2

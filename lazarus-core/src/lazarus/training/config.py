@@ -28,6 +28,22 @@ from lazarus.errors import LazarusError
 
 #: the learning-rate schedules :mod:`lazarus.training.schedules` implements
 SCHEDULES = ("constant", "linear", "cosine")
+#: blocks adapted when --num-layers is not given (as mlx-lm), or all of a model with fewer
+DEFAULT_NUM_LAYERS = 16
+
+
+def resolve_num_layers(num_layers: int | None, blocks: int) -> int:
+    """The ``num_layers`` of the adapter for a model of ``blocks`` blocks: ``None`` (not given) means
+    ``min(16, blocks)``; ``-1`` (all, as mlx-lm reads it) stays; more than ``blocks`` is an error
+    naming both numbers."""
+    if num_layers is None:
+        return min(DEFAULT_NUM_LAYERS, blocks)
+    if num_layers <= 0:
+        return num_layers
+    if num_layers > blocks:
+        raise LazarusError(f"--num-layers {num_layers} is more than the model's {blocks} blocks; use at most "
+                           f"{blocks}, -1 for all, or leave it out (default: {DEFAULT_NUM_LAYERS} or all)")
+    return num_layers
 
 
 def setting(default: Any = None, help: str = "", *, choices: tuple[str, ...] | None = None,
@@ -113,7 +129,9 @@ class TrainingConfig:
     lora_targets: tuple[str, ...] | None = setting(
         None, "Comma-separated module names to adapt, e.g. q_proj,v_proj (default: the adapter's default).",
         metavar="NAMES", many=True)
-    num_layers: int = setting(16, "Adapt the last N transformer blocks (-1: all).", minimum=-1)
+    num_layers: int | None = setting(
+        None, f"Adapt the last N transformer blocks (default: {DEFAULT_NUM_LAYERS}, or all of a smaller "
+              "model; -1: all). More than the model has is an error.", minimum=-1, metavar="N")
 
     # -- optimisation --------------------------------------------------------------------------
     learning_rate: float = setting(1e-5, "Peak learning rate (AdamW).", minimum=0.0)
@@ -320,6 +338,8 @@ def build_config(cls: type, *, cli_values: dict[str, Any] | None = None, config_
     names = {f.name for f in config_fields(cls)}
     if saved:
         values.update({k: v for k, v in saved.items() if k in names})
+        if saved.get("num_layers") == DEFAULT_NUM_LAYERS and "num_layers" in names:
+            values["num_layers"] = None  # runs saved before 0.2 stored the default; keep its meaning
     if config_file:
         values.update(read_config_file(config_file, cls))
     values.update({k: v for k, v in (cli_values or {}).items() if v is not None and k in names})

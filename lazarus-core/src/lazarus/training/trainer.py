@@ -211,21 +211,19 @@ class Trainer:
         """Put the trainable adapter on the model: the one in ``--adapter DIR`` (training continues
         its weights), else a fresh one of ``--fine-tune-type``."""
         from lazarus.adapters import AdapterConfig, LoraParameters, apply_adapter
+        from lazarus.training.config import resolve_num_layers
 
         config = self.config
         if config.adapter:
             self._start_from_adapter(config.adapter)
             return
-        keys = self._resolve_targets(config.lora_targets) if config.lora_targets else None
+        # one rule for every path: not given = min(16, blocks), -1 = all, too many = an error
+        num_layers = resolve_num_layers(config.num_layers, len(self.model.blocks))
+        keys = self._resolve_targets(config.lora_targets, num_layers) if config.lora_targets else None
         try:
             lora = LoraParameters(rank=config.rank, scale=config.scale, dropout=config.dropout, keys=keys)
         except ValueError as exc:
             raise LazarusError(f"invalid adapter setting: {exc}") from None
-        num_layers = config.num_layers
-        blocks = len(self.model.blocks)
-        if num_layers > blocks:  # the default of 16 (as in mlx-lm) on a smaller model means "all"
-            self.log(f"--num-layers {num_layers} is more than the model's {blocks} blocks: adapting all {blocks}")
-            num_layers = blocks
         self.adapter_config = AdapterConfig(fine_tune_type=config.fine_tune_type, num_layers=num_layers,
                                             lora_parameters=lora)
         mx.random.seed(config.seed)  # adapter initialisation is part of the run's seed
@@ -261,11 +259,12 @@ class Trainer:
                                "--lora-targets and --num-layers")
         self.num_trainable = trainable
 
-    def _resolve_targets(self, targets: tuple[str, ...]) -> tuple[str, ...]:
-        """Expand short names (``q_proj``) to block-relative paths (``self_attn.q_proj``)."""
+    def _resolve_targets(self, targets: tuple[str, ...], num_layers: int) -> tuple[str, ...]:
+        """Expand short names (``q_proj``) to block-relative paths (``self_attn.q_proj``) of the last
+        ``num_layers`` blocks."""
         from lazarus.adapters.base import default_keys, is_linear, select_blocks
 
-        available = default_keys(select_blocks(self.model, self.config.num_layers))
+        available = default_keys(select_blocks(self.model, num_layers))
         root_modules = dict(self.model.named_modules())
         resolved: list[str] = []
         for target in targets:
