@@ -10,12 +10,16 @@ mask=mask) -> logits`` and ``model.make_cache()``. Three entry points:
 
 :func:`generate_tokens` is the token-level loop under all three: chunked prefill, then one token
 per step with the next step queued (``mx.async_eval``) before the current token is read back, so the
-device never waits for Python.
+device never waits for Python. With no hook attached, decoding runs one ``mx.compile``d step per
+token (forward pass, repetition penalty and sampling together) over a preallocated
+:class:`~lazarus.models.cache.StaticKVCache` whose position is an array input, so the same traced
+step serves every token and the host does no per-layer work.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 import types
@@ -224,7 +228,7 @@ def _cache_arrays(cache) -> list:
 
 def generate_tokens(model, prompt: mx.array, *, sampling: SamplingConfig | None = None,
                     max_tokens: int = 256, mask: mx.array | None = None, cache: list | None = None,
-                    prefill_step_size: int = 2048) -> Iterator[mx.array]:
+                    prefill_step_size: int = 2048, compiled: bool = True) -> Iterator[mx.array]:
     """Yield sampled token ids, one (B,) int array per step, for a (B, T) int ``prompt``.
 
     ``mask`` (B, T) marks real tokens with 1 and left padding with 0 (None: no padding). ``cache``
@@ -234,6 +238,10 @@ def generate_tokens(model, prompt: mx.array, *, sampling: SamplingConfig | None 
     The caller stops the loop by breaking out (at most ``max_tokens`` steps). A caller driving the
     generator with ``send(rows)`` (a list of row indices) drops the other rows from then on: later
     arrays have ``len(rows)`` entries, in that order (batched generation frees finished rows so).
+
+    Decoding uses the compiled step (see the module docstring) unless ``compiled`` is False, a
+    hook is attached, the model is in training mode, ``cache`` is given, or the model is not a
+    Lazarus :class:`~lazarus.models.transformer.CausalLM`; both paths give the same tokens.
     """
     sampling = sampling or SamplingConfig()
     if prompt.ndim != 2 or prompt.shape[1] == 0:
@@ -242,6 +250,7 @@ def generate_tokens(model, prompt: mx.array, *, sampling: SamplingConfig | None 
         return
     prompt = prompt.astype(mx.int32)
     batch, length = prompt.shape
+    use_compiled = compiled and cache is None and max_tokens > 1 and _compilable(model)
     cache = model.make_cache() if cache is None else cache
     sample = make_sampler(sampling)
     key = mx.random.key(sampling.seed) if sampling.seed is not None and not sampling.greedy else None
@@ -277,6 +286,9 @@ def generate_tokens(model, prompt: mx.array, *, sampling: SamplingConfig | None 
 
     tokens = step(prompt[:, done:], running_mask)
     mx.async_eval(tokens)
+    if use_compiled:
+        yield from _compiled_decode(model, sampling, tokens, cache, key, history, max_tokens)
+        return
     for n in range(max_tokens):
         if n + 1 < max_tokens:
             if running_mask is not None:
@@ -298,6 +310,109 @@ def generate_tokens(model, prompt: mx.array, *, sampling: SamplingConfig | None 
                 if history is not None:
                     history = history[rows]
                 batch = len(keep)
+
+
+#: LAZARUS_COMPILED_DECODE=0 turns the compiled decode step off everywhere (for comparisons)
+_COMPILED_DECODE = os.environ.get("LAZARUS_COMPILED_DECODE", "1") != "0"
+
+
+def _compilable(model) -> bool:
+    from lazarus.models.transformer import CausalLM
+
+    hooks = getattr(model, "_hook_registry", None)
+    return (_COMPILED_DECODE and isinstance(model, CausalLM) and not model.training
+            and hooks is not None and not hooks.fns)
+
+
+def _capacity(needed: int) -> int:
+    """Static cache length: rounded up so that calls of similar lengths reuse one traced step."""
+    return -(-needed // 128) * 128
+
+
+def _bucket(rows: int) -> int:
+    """Physical batch for ``rows`` live rows: a power of two, so shrinking retraces log2(B) times."""
+    return 1 << max(rows - 1, 0).bit_length()
+
+
+def _decode_step(model, sampling: SamplingConfig, padded: bool, seeded: bool):
+    """The compiled one-token step for ``model`` and this sampling setting, made once per model.
+
+    ``step(tokens (B,), offset, keys, values, extras) -> (next tokens, offset + 1, keys, values,
+    extras)``; ``extras`` holds the padding key mask, the random key and the repetition history
+    when they apply. Model weights are read at each call (``inputs=``), so a trained adapter is seen.
+    """
+    steps = model.__dict__.setdefault("_lazarus_decode_steps", {})
+    name = (attrs.evolve(sampling, seed=None), padded, seeded)
+    if name in steps:
+        return steps[name]
+    sample = make_sampler(sampling)
+    penalty, window = sampling.repetition_penalty, sampling.repetition_context_size
+    from lazarus.models.cache import StaticKVCache
+
+    def step(tokens, offset, keys, values, extras):
+        extras = dict(extras)
+        caches = [StaticKVCache(k, v, offset, extras.get("key_mask")) for k, v in zip(keys, values, strict=True)]
+        logits = model(tokens[:, None], cache=caches)[:, -1, :]
+        if penalty != 1.0:
+            logits = apply_repetition_penalty(logits.astype(mx.float32), extras["history"], penalty)
+        sub = None
+        if seeded:
+            extras["key"], sub = mx.random.split(extras["key"])
+        next_tokens = sample(logits, sub).astype(mx.int32)
+        if penalty != 1.0:
+            extras["history"] = mx.concatenate([extras["history"], next_tokens[:, None]], axis=1)[:, -window:]
+        return next_tokens, offset + 1, [c.keys for c in caches], [c.values for c in caches], extras
+
+    # the global generator is state too when sampling draws from it
+    state = [model.state] + ([] if seeded or sampling.greedy else [mx.random.state])
+    steps[name] = mx.compile(step, inputs=state, outputs=state[1:])
+    return steps[name]
+
+
+def _compiled_decode(model, sampling, tokens, cache, key, history, max_tokens):
+    """The decode loop of :func:`generate_tokens` over a static cache and the compiled step."""
+    from lazarus.models.cache import StaticKVCache
+
+    length = cache[0].offset
+    batch = tokens.shape[0]
+    static = [StaticKVCache.from_cache(c, _capacity(length + max_tokens - 1)) for c in cache]
+    offset = static[0].offset
+    keys, values = [c.keys for c in static], [c.values for c in static]
+    extras = {}
+    if static[0].key_mask is not None:
+        extras["key_mask"] = static[0].key_mask
+    if key is not None:
+        extras["key"] = key
+    if history is not None:
+        extras["history"] = history
+    step = _decode_step(model, sampling, "key_mask" in extras, key is not None)
+    del static, cache[:]  # the prefill cache is copied; let the buffers be donated and freed
+    live = None  # physical row of each caller row when finished rows still fill the batch
+    for n in range(max_tokens):
+        if n + 1 < max_tokens:
+            next_tokens, offset, keys, values, extras = step(tokens, offset, keys, values, extras)
+            mx.async_eval(next_tokens, keys, values)
+        out = tokens if live is None else tokens[live]
+        mx.eval(out)
+        keep = yield out
+        if n % 256 == 255:
+            mx.clear_cache()
+        if n + 1 >= max_tokens:
+            return
+        tokens = next_tokens
+        if keep is not None and len(keep) < (batch if live is None else live.size):
+            rows = list(range(batch)) if live is None else live.tolist()
+            rows = [rows[i] for i in keep]
+            if _bucket(len(rows)) < batch:  # shrink: keep the live rows, fill up to a power of two
+                rows += [rows[0]] * (_bucket(len(rows)) - len(rows))
+                index = mx.array(rows, dtype=mx.int32)
+                tokens, keys, values = tokens[index], [k[index] for k in keys], [v[index] for v in values]
+                extras = {name: (a if name == "key" else a[index]) for name, a in extras.items()}
+                batch = len(rows)
+                rows = rows[:len(keep)]
+                live = None if len(rows) == batch else mx.array(list(range(len(rows))), dtype=mx.int32)
+            else:
+                live = mx.array(rows, dtype=mx.int32)
 
 
 def _select_rows(cache, rows: mx.array, batch: int) -> None:

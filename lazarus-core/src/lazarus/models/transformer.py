@@ -26,7 +26,7 @@ import mlx.nn as nn
 
 from lazarus.errors import LazarusError
 from lazarus.models.attention import Attention, Mask, attention_mask
-from lazarus.models.cache import KVCache
+from lazarus.models.cache import KVCache, StaticKVCache, static_mask
 from lazarus.models.hooks import HookedModel, HookRegistry
 from lazarus.models.mlp import GatedMLP
 from lazarus.models.norms import RMSNorm
@@ -352,8 +352,12 @@ class CausalLM(HookedModel, nn.Module):
             raise LazarusError(f"model input must be token ids of shape (batch, length), got {ids.shape}")
         h = self.embed(ids)
         offset = cache[0].offset if cache else 0
-        key_mask = self._key_mask(mask, cache, ids.shape[0], ids.shape[1], offset)
-        masks = {w: attention_mask(ids.shape[1], offset, key_mask, w) for w in self._windows}
+        if cache and isinstance(cache[0], StaticKVCache):  # the compiled decode step's cache
+            capacity, key_mask = cache[0].capacity, cache[0].key_mask
+            masks = {w: static_mask(ids.shape[1], offset, capacity, key_mask, w) for w in self._windows}
+        else:
+            key_mask = self._key_mask(mask, cache, ids.shape[0], ids.shape[1], offset)
+            masks = {w: attention_mask(ids.shape[1], offset, key_mask, w) for w in self._windows}
         for i, block in enumerate(self.model.layers):
             h = block(h, masks[block.window], cache[i] if cache else None)
         h = self.model.norm(h)
