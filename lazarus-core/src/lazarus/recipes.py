@@ -1,0 +1,653 @@
+"""Recipes: runs composed from plugin names (``lazarus run RECIPE.toml``).
+
+A recipe is a TOML (or YAML, with PyYAML) file::
+
+    model = "path/or/hub-id"
+    output = "runs/math"            # each stage writes output/<stage name>/
+    [[stage]]
+    train = "sft"                   # a trainer; its config keys follow
+    data = "math/sft"
+    [[stage]]
+    eval = "arithmetic"             # reward function(s) scored by `lazarus eval`
+    data = "math/prompts/test.jsonl"
+    [[stage]]
+    introspect = "logit-lens"       # a probe; its options follow
+    prompt = "What is 2 + 3?"
+
+A stage names exactly one plugin by kind: ``train`` (trainer), ``eval`` (reward functions, a name
+or a list), ``introspect`` (probe), ``generate`` (the prompt; `lazarus generate` options follow)
+or ``command`` (a command a plugin adds). ``name`` names the stage (default: the plugin's name,
+``-2``, ``-3`` ... for repeats). Option keys are the plugin's own: a trainer's ``--config`` keys,
+or the long option names of a command (``max-tokens`` or ``max_tokens``).
+
+Chaining: a training stage's output is the following stages' ``adapter`` (a full fine-tune's output
+becomes their ``model``) unless a stage sets ``adapter = "none"``, a directory, or a stage name.
+
+Re-running: each stage has a key, the hash of its plugin, options, inputs (model and data files by
+size and time, the adapter it starts from) and the key of the stage before it. A stage whose
+``output/<stage>/stage.json`` records the same key as done is skipped; a training stage stopped
+half-way resumes from its last checkpoint; a changed stage runs again, and so does every stage
+after it. Everything is checked before anything runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import click
+
+from lazarus.errors import LazarusError
+
+#: stage kinds, in the order they are looked for in a stage table
+STAGE_KINDS = ("train", "eval", "introspect", "generate", "command")
+TOP_LEVEL_KEYS = ("model", "output", "stage")
+#: keys the runner sets itself for a training stage
+RUNNER_TRAIN_KEYS = ("output", "resume", "overwrite")
+STAGE_FILE = "stage.json"
+
+
+@attrs.define
+class Stage:
+    """One stage of a recipe, as read and checked."""
+
+    name: str
+    kind: str  #: train, eval, introspect, generate, command
+    plugin: str  #: the trainer / probe / command name, "eval", or "generate"
+    options: dict[str, Any]  #: the plugin's own option keys, as written (after --set)
+    adapter: str | None = None  #: "none", a path, a stage name, or None (chain)
+    model: str | None = None  #: a stage may name its own model
+    rewards: tuple[str, ...] = ()  #: eval stages: NAME[:WEIGHT] specs
+    index: int = 0
+
+
+@attrs.define
+class Recipe:
+    path: Path
+    model: str
+    output: Path
+    stages: list[Stage]
+
+
+# -- reading ---------------------------------------------------------------------------------------
+def read_recipe(path: str | Path, overrides: tuple[str, ...] = ()) -> Recipe:
+    """Read and check a recipe file; ``overrides`` are ``stage.key=value`` strings (``--set``).
+
+    Raises LazarusError naming the file, stage and key for anything wrong; nothing is run or written.
+    """
+    path = Path(path)
+    raw = _load_file(path)
+    if not isinstance(raw, dict):
+        raise LazarusError(f"{path}: the top level must be a table with model, output and [[stage]] tables")
+    unknown = [k for k in raw if k not in TOP_LEVEL_KEYS]
+    if unknown:
+        raise LazarusError(f"{path}: unknown top-level key {unknown[0]!r}; a recipe has {', '.join(TOP_LEVEL_KEYS)}")
+    for key in ("model", "output"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise LazarusError(f"{path}: needs `{key} = \"...\"` at the top")
+    tables = raw.get("stage")
+    if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
+        raise LazarusError(f"{path}: no stages; add [[stage]] tables, each naming one plugin "
+                           f"({', '.join(STAGE_KINDS)})")
+    stages: list[Stage] = []
+    taken: set[str] = set()
+    for index, table in enumerate(tables, 1):
+        stage = _stage(path, index, dict(table), taken)
+        taken.add(stage.name)
+        stages.append(stage)
+    recipe = Recipe(path=path, model=raw["model"], output=_relative(path, raw["output"]), stages=stages)
+    for override in overrides:
+        _apply_override(recipe, override)
+    for stage in stages:
+        check_stage(recipe, stage)
+    return recipe
+
+
+def _relative(recipe_path: Path, value: str) -> Path:
+    """Paths in a recipe are relative to the working directory, as on the command line."""
+    return Path(value).expanduser()
+
+
+def _load_file(path: Path) -> Any:
+    if not path.is_file():
+        raise LazarusError(f"recipe {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        import tomllib
+
+        try:
+            return tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise LazarusError(f"{path}: not valid TOML: {exc}") from None
+    if suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise LazarusError(f"{path}: YAML recipes need PyYAML (pip install 'lazarus-core[yaml]'); "
+                               "or write the recipe as TOML") from None
+        try:
+            return yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise LazarusError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    raise LazarusError(f"{path}: unknown recipe type {suffix or '(none)'}; use .toml (or .yaml)")
+
+
+def _stage(path: Path, index: int, table: dict, taken: set[str]) -> Stage:
+    where = f"{path}: stage {index}"
+    kinds = [k for k in STAGE_KINDS if k in table]
+    if len(kinds) != 1:
+        found = f"found {', '.join(kinds)}" if kinds else "found none"
+        raise LazarusError(f"{where}: a stage names exactly one plugin with one of "
+                           f"{', '.join(k + ' = ...' for k in STAGE_KINDS)} ({found})")
+    kind = kinds[0]
+    value = table.pop(kind)
+    rewards: tuple[str, ...] = ()
+    if kind == "eval":
+        rewards = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, list) else ()
+        if not rewards or not all(isinstance(r, str) for r in rewards):
+            raise LazarusError(f"{where}: eval = must name a reward function or a list of them, got {value!r}")
+        plugin = "eval"
+    elif kind == "generate":
+        if not isinstance(value, str):
+            raise LazarusError(f"{where}: generate = must be the prompt text, got {value!r}")
+        table.setdefault("prompt", value)
+        plugin = "generate"
+    else:
+        if not isinstance(value, str) or not value:
+            raise LazarusError(f"{where}: {kind} = must name a plugin, got {value!r}")
+        plugin = value
+    name = table.pop("name", None)
+    if name is None:
+        base = rewards[0].partition(":")[0] if kind == "eval" else plugin
+        base = f"eval-{base}" if kind == "eval" else base
+        name, n = base, 2
+        while name in taken:
+            name, n = f"{base}-{n}", n + 1
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        raise LazarusError(f"{where}: name = {name!r} must be a plain directory name")
+    if name in taken:
+        raise LazarusError(f"{where}: the stage name {name!r} is used twice; give one of them `name = ...`")
+    adapter = table.pop("adapter", None)
+    model = table.pop("model", None)
+    for key, value in (("adapter", adapter), ("model", model)):
+        if value is not None and not isinstance(value, str):
+            raise LazarusError(f"{where} ({name}): {key} must be a string, got {value!r}")
+    return Stage(name=name, kind=kind, plugin=plugin, options=table, adapter=adapter, model=model,
+                 rewards=rewards, index=index)
+
+
+def _apply_override(recipe: Recipe, override: str) -> None:
+    target, sep, raw_value = override.partition("=")
+    stage_name, dot, key = target.partition(".")
+    if not sep or not dot or not key:
+        raise LazarusError(f"--set {override!r} must look like STAGE.KEY=VALUE (e.g. sft.max-steps=50)")
+    stage = next((s for s in recipe.stages if s.name == stage_name), None)
+    if stage is None:
+        raise LazarusError(f"--set {override!r}: no stage named {stage_name!r}; stages: "
+                           f"{', '.join(s.name for s in recipe.stages)}")
+    value = _toml_value(raw_value)
+    if key in ("adapter", "model"):
+        setattr(stage, key, str(value))
+    else:
+        stage.options[key] = value
+
+
+def _toml_value(text: str) -> Any:
+    """``50`` -> 50, ``true`` -> True, ``"a b"`` -> "a b", ``[1, 2]`` -> list; anything else is a string."""
+    import tomllib
+
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+# -- checking ---------------------------------------------------------------------------------------
+def _where(recipe: Recipe, stage: Stage) -> str:
+    return f"{recipe.path}: stage {stage.index} ({stage.name})"
+
+
+def check_stage(recipe: Recipe, stage: Stage) -> None:
+    """Check that the stage's plugin exists and its options are its own, of the right types."""
+    from lazarus.plugins import get_registry
+
+    where = _where(recipe, stage)
+    registry = get_registry()
+    if stage.adapter not in (None, "none") and stage.adapter not in {s.name for s in recipe.stages[:stage.index - 1]} \
+            and not Path(stage.adapter).exists():
+        raise LazarusError(f"{where}: adapter = {stage.adapter!r} is neither an earlier stage nor a directory")
+    if stage.kind == "train":
+        if stage.plugin not in registry.names("trainer"):
+            raise LazarusError(f"{where}: no trainer named {stage.plugin!r}; installed: "
+                               f"{', '.join(registry.names('trainer')) or 'none'}")
+        _check_train_options(where, stage)
+        return
+    if stage.kind == "eval":
+        known = registry.names("reward-function")
+        for spec in stage.rewards:
+            reward, _, weight = spec.partition(":")
+            if reward not in known:
+                raise LazarusError(f"{where}: no reward function named {reward!r}; installed: "
+                                   f"{', '.join(known) or 'none'}")
+            if weight:
+                try:
+                    float(weight)
+                except ValueError:
+                    raise LazarusError(f"{where}: reward {spec!r}: the weight after ':' must be a number") from None
+    command = stage_command(stage, where)
+    _check_command_options(where, stage, command)
+
+
+def _check_train_options(where: str, stage: Stage) -> None:
+    from lazarus.plugins import get
+    from lazarus.training.config import _check_value, config_fields
+
+    trainer_cls = get("trainer", stage.plugin).load()
+    cls = trainer_cls.config_class
+    fields = {f.name: f for f in config_fields(cls)}
+    checked = {}
+    for key, value in stage.options.items():
+        name = key.replace("-", "_")
+        if name in RUNNER_TRAIN_KEYS:
+            raise LazarusError(f"{where}: key {key!r} is set by the runner (each stage writes "
+                               "OUTPUT/<stage>/ and resumes by itself); remove it")
+        if name not in fields:
+            raise LazarusError(f"{where}: unknown key {key!r} for trainer {stage.plugin!r}; its keys: "
+                               f"{', '.join(n for n in fields if n not in RUNNER_TRAIN_KEYS)}")
+        checked[name] = _check_value(cls, fields[name], value, where=f"{where}: key {key!r}")
+    try:
+        cls(**{k: v for k, v in checked.items()})
+    except (ValueError, TypeError) as exc:
+        raise LazarusError(f"{where}: {exc}") from None
+    stage.options = checked  # under the field names, as build_config takes them
+
+
+def stage_command(stage: Stage, where: str = "") -> click.Command:
+    """The click command that runs an eval, introspect, generate or command stage."""
+    from lazarus.plugins import get_registry
+
+    registry = get_registry()
+    if stage.kind == "introspect":
+        if stage.plugin not in registry.names("probe"):
+            raise LazarusError(f"{where}: no probe named {stage.plugin!r}; installed: "
+                               f"{', '.join(registry.names('probe')) or 'none'}")
+        return registry.get("probe", stage.plugin).load()
+    if stage.kind in ("eval", "generate"):
+        from lazarus.cli import main
+
+        command = main.get_command(click.Context(main), stage.plugin)
+        if command is None:
+            raise LazarusError(f"{where}: this installation has no `lazarus {stage.plugin}` command")
+        return command
+    commands = {name: cmd for name, (_, cmd) in registry.commands.items()}
+    if stage.plugin not in commands:
+        raise LazarusError(f"{where}: no plugin command named {stage.plugin!r}; installed: "
+                           f"{', '.join(sorted(commands)) or 'none'}")
+    return commands[stage.plugin]
+
+
+def _options_by_key(command: click.Command) -> dict[str, click.Parameter]:
+    """Every name a recipe key may use for a parameter: long option names without dashes, with
+    ``-`` or ``_``, and the parameter's own name."""
+    keys: dict[str, click.Parameter] = {}
+    for param in command.params:
+        names = [o.lstrip("-") for o in getattr(param, "opts", []) if o.startswith("--")]
+        if isinstance(param, click.Argument) or not names:
+            names = [param.name]
+        for name in names + [param.name]:
+            keys[name] = param
+            keys[name.replace("-", "_")] = param
+            keys[name.replace("_", "-")] = param
+    return keys
+
+
+#: keys the runner fills in for command stages (the chain's model, adapter and output files)
+RUNNER_COMMAND_KEYS = ("model", "adapter", "json", "output", "report")
+
+
+def _check_command_options(where: str, stage: Stage, command: click.Command) -> None:
+    keys = _options_by_key(command)
+    for key, value in stage.options.items():
+        param = keys.get(key)
+        if param is None or key in ("help",):
+            public = sorted({p.opts[0].lstrip("-") if getattr(p, "opts", None) else p.name for p in command.params
+                             if p.name not in ("help",)})
+            raise LazarusError(f"{where}: unknown key {key!r} for {stage.kind} {stage.plugin!r}; its keys: "
+                               f"{', '.join(public)}")
+        values = value if isinstance(value, list) else [value]
+        if isinstance(value, list) and not (getattr(param, "multiple", False) or param.nargs != 1):
+            raise LazarusError(f"{where}: key {key!r} takes one value, got a list {value!r}")
+        for item in values:
+            if isinstance(item, (dict, list)):
+                raise LazarusError(f"{where}: key {key!r} must be a plain value, got {item!r}")
+            if getattr(param, "is_flag", False) and not isinstance(item, bool):
+                raise LazarusError(f"{where}: key {key!r} is a switch: write true or false, got {item!r}")
+            if isinstance(param.type, click.Path):
+                continue  # may be written by an earlier stage; its own command checks it when it runs
+            try:
+                param.type.convert(item if not isinstance(item, bool) else item, param, None)
+            except click.BadParameter as exc:
+                raise LazarusError(f"{where}: key {key!r}: {exc.message}") from None
+
+
+# -- running ------------------------------------------------------------------------------------------
+@attrs.define
+class StageResult:
+    stage: Stage
+    status: str  #: ran, resumed, skipped, interrupted, failed
+    seconds: float = 0.0
+    metric: str = ""
+    output: Path | None = None
+
+
+def _weights_fingerprint(model: str) -> Any:
+    path = Path(model)
+    if not path.is_dir():
+        return model  # a hub id or short name: its name is its identity here
+    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.glob("*.safetensors"))
+
+
+def _file_fingerprint(value: Any) -> Any:
+    """Size and mtime of a file, or of the files in a directory, named by an option value."""
+    if not isinstance(value, str) or not value or len(value) > 4096:
+        return None
+    path = Path(value)
+    try:
+        if path.is_file():
+            return [path.name, path.stat().st_size, path.stat().st_mtime_ns]
+        if path.is_dir():
+            return sorted([p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in path.iterdir() if p.is_file())
+    except OSError:
+        return None
+    return None
+
+
+class Runner:
+    """Runs a checked :class:`Recipe` stage by stage (see the module docstring for the rules)."""
+
+    def __init__(self, recipe: Recipe, *, console=None, force_from: str | None = None) -> None:
+        from rich.console import Console
+
+        self.recipe = recipe
+        self.console = console or Console(stderr=True)
+        self.force_from = force_from
+        if force_from is not None and force_from not in {s.name for s in recipe.stages}:
+            raise LazarusError(f"--from {force_from!r}: no such stage; stages: "
+                               f"{', '.join(s.name for s in recipe.stages)}")
+
+    def stage_dir(self, stage: Stage) -> Path:
+        return self.recipe.output / stage.name
+
+    def run(self) -> list[StageResult]:
+        from lazarus.provenance import sha256_json
+
+        output = self.recipe.output
+        if output.exists() and not output.is_dir():
+            raise LazarusError(f"output = {str(output)!r} is a file; a recipe's output is a directory")
+        results: list[StageResult] = []
+        model, adapter = self.recipe.model, None
+        outputs: dict[str, tuple[str, str | None]] = {}  # stage -> (model, adapter) it hands on
+        previous_key = sha256_json({"recipe_model": self.recipe.model,
+                                    "weights": _weights_fingerprint(self.recipe.model)})
+        forced = False
+        for stage in self.recipe.stages:
+            forced = forced or stage.name == self.force_from
+            stage_model = stage.model or model
+            stage_adapter = self._adapter_for(stage, adapter, outputs)
+            key = sha256_json({"previous": previous_key, "kind": stage.kind, "plugin": stage.plugin,
+                               "options": stage.options, "rewards": stage.rewards, "model": stage_model,
+                               "adapter": stage_adapter, "files": {k: _file_fingerprint(v)
+                                                                   for k, v in stage.options.items()},
+                               "model_weights": _weights_fingerprint(stage_model) if stage.model else None})
+            result = self._run_stage(stage, key, stage_model, stage_adapter, forced)
+            results.append(result)
+            if result.status in ("interrupted", "failed"):
+                break
+            previous_key = key
+            if stage.kind == "train":
+                if self._full_fine_tune(stage):
+                    model, adapter = str(self.stage_dir(stage)), None
+                else:
+                    model, adapter = stage_model, str(self.stage_dir(stage))
+                outputs[stage.name] = (model, adapter)
+        self._write_provenance(results)
+        return results
+
+    # -- chaining ---------------------------------------------------------------------------------
+    def _adapter_for(self, stage: Stage, chained: str | None, outputs: dict) -> str | None:
+        if stage.adapter is None:
+            return chained
+        if stage.adapter == "none":
+            return None
+        if stage.adapter in outputs:
+            return outputs[stage.adapter][1]
+        return stage.adapter
+
+    def _full_fine_tune(self, stage: Stage) -> bool:
+        return stage.options.get("fine_tune_type") == "full"
+
+    # -- one stage --------------------------------------------------------------------------------
+    def _run_stage(self, stage: Stage, key: str, model: str, adapter: str | None, forced: bool) -> StageResult:
+        directory = self.stage_dir(stage)
+        record = _read_stage_file(directory)
+        if not forced and record and record.get("key") == key and record.get("status") == "done":
+            self.console.print(f"[dim]stage {stage.name}: unchanged, skipped[/]")
+            return StageResult(stage, "skipped", record.get("seconds", 0.0), record.get("metric", ""), directory)
+        resume = (not forced and stage.kind == "train" and record is not None and record.get("key") == key
+                  and (directory / "checkpoints").is_dir())
+        fresh = not resume
+        self.console.rule(f"stage {stage.index}/{len(self.recipe.stages)}: {stage.name} "
+                          f"({stage.kind} {stage.plugin})")
+        if adapter:
+            self.console.print(f"adapter: {adapter}", highlight=False)
+        directory.mkdir(parents=True, exist_ok=True)
+        _write_stage_file(directory, {"key": key, "status": "running", "stage": stage.name, "kind": stage.kind,
+                                      "plugin": stage.plugin, "model": model, "adapter": adapter})
+        start = time.perf_counter()
+        if stage.kind == "train":
+            status, metric = self._train(stage, model, adapter, directory, resume=resume, fresh=fresh)
+        else:
+            status, metric = self._command(stage, model, adapter, directory)
+        seconds = time.perf_counter() - start
+        if status == "done":
+            _write_stage_file(directory, {"key": key, "status": "done", "stage": stage.name, "kind": stage.kind,
+                                          "plugin": stage.plugin, "model": model, "adapter": adapter,
+                                          "seconds": seconds, "metric": metric, "options": stage.options})
+            return StageResult(stage, "resumed" if resume else "ran", seconds, metric, directory)
+        _write_stage_file(directory, {"key": key, "status": status, "stage": stage.name, "kind": stage.kind,
+                                      "plugin": stage.plugin, "model": model, "adapter": adapter})
+        return StageResult(stage, status, seconds, metric, directory)
+
+    def _train(self, stage: Stage, model: str, adapter: str | None, directory: Path, *, resume: bool,
+               fresh: bool) -> tuple[str, str]:
+        from lazarus.plugins import get
+        from lazarus.training.config import build_config
+
+        trainer_cls = get("trainer", stage.plugin).load()
+        values = {**stage.options, "model": model, "output": str(directory)}
+        if adapter is not None and "adapter" in {f.name for f in attrs.fields(trainer_cls.config_class)}:
+            values["adapter"] = adapter
+        if resume:
+            values["resume"] = str(directory)
+        elif (directory / "checkpoints").exists():
+            values["overwrite"] = True  # this stage's inputs changed: its earlier run is stale
+        config = build_config(trainer_cls.config_class, cli_values=values)
+        trainer = trainer_cls(config, console=self.console)
+        trainer.name = stage.plugin
+        result = trainer.train()
+        if result.interrupted:
+            return "interrupted", f"stopped at step {result.step}/{result.total_steps}"
+        return "done", _train_metric(result)
+
+    def _command(self, stage: Stage, model: str, adapter: str | None, directory: Path) -> tuple[str, str]:
+        command = stage_command(stage)
+        argv = self._argv(stage, command, model, adapter, directory)
+        self.console.print("[dim]$ lazarus " + " ".join(_quote(a) for a in
+                                                      ([stage.kind] if stage.kind in ("introspect",) else [])
+                                                      + [stage.plugin] + argv) + "[/]", highlight=False)
+        captured = io.StringIO()
+        with contextlib.redirect_stdout(_Tee(sys.stdout, captured)):
+            try:
+                command.main(args=argv, prog_name=f"lazarus {stage.plugin}", standalone_mode=False)
+            except click.exceptions.Exit as exc:
+                if exc.exit_code:
+                    raise LazarusError(f"stage {stage.name}: `{stage.plugin}` exited with {exc.exit_code}") from None
+            except click.ClickException as exc:
+                raise LazarusError(f"stage {stage.name}: {exc.format_message()}") from None
+            except click.Abort:
+                return "interrupted", ""
+        (directory / "output.txt").write_text(captured.getvalue(), encoding="utf-8")
+        return "done", _command_metric(stage, directory, captured.getvalue())
+
+    def _argv(self, stage: Stage, command: click.Command, model: str, adapter: str | None,
+              directory: Path) -> list[str]:
+        keys = _options_by_key(command)
+        argv: list[str] = []
+        given = {keys[k].name for k in stage.options if k in keys}
+
+        def add(key: str, value: Any) -> None:
+            param = keys[key]
+            if isinstance(param, click.Argument):
+                argv.extend(str(v) for v in (value if isinstance(value, list) else [value]))
+                return
+            name = param.opts[0] if param.opts[0].startswith("--") else next(
+                (o for o in param.opts if o.startswith("--")), param.opts[0])
+            if getattr(param, "is_flag", False):
+                if value:
+                    argv.append(name)
+                elif param.secondary_opts:
+                    argv.append(param.secondary_opts[0])
+                return
+            for item in value if isinstance(value, list) else [value]:
+                argv.extend([name, str(item).lower() if isinstance(item, bool) else str(item)])
+
+        for key, value in (("model", model), ("adapter", adapter)):
+            if value is not None and key in keys and keys[key].name not in given:
+                add(key, value)
+        if stage.kind == "eval":
+            for reward in stage.rewards:
+                add("reward", reward)
+        for key, value in stage.options.items():
+            add(key, value)
+        outputs = {"json": directory / "result.json", "report": directory / "report",
+                   "output": directory / ("results.jsonl" if stage.kind == "eval" else "output")}
+        for key, path in outputs.items():
+            param = keys.get(key)
+            if param is None or param.name in given or isinstance(param, click.Argument):
+                continue
+            if getattr(param, "is_flag", False):
+                if stage.kind == "eval" and key == "json":
+                    add(key, True)  # the summary as JSON on stdout: the stage's key metric
+            else:
+                add(key, str(path))
+        if stage.kind == "eval" and "force" in keys and keys["force"].name not in given:
+            add("force", True)  # the results file is this stage's own, from an earlier run
+        return argv
+
+    # -- provenance ------------------------------------------------------------------------------
+    def _write_provenance(self, results: list[StageResult]) -> None:
+        from lazarus import provenance
+
+        stages = []
+        for r in results:
+            record = provenance.read(r.output) if r.output is not None and r.output.is_dir() else None
+            stages.append({"name": r.stage.name, "kind": r.stage.kind, "plugin": r.stage.plugin,
+                           "status": r.status, "seconds": round(r.seconds, 3), "metric": r.metric,
+                           "output": str(r.output) if r.output else None,
+                           "key": (_read_stage_file(r.output) or {}).get("key") if r.output else None,
+                           "provenance": record})
+        record = provenance.collect(source_model=self.recipe.model,
+                                    weight_files=sorted(Path(self.recipe.model).glob("*.safetensors"))
+                                    if Path(self.recipe.model).is_dir() else ())
+        record["recipe"] = {"path": str(self.recipe.path), "sha256": provenance.sha256_file(self.recipe.path)}
+        record["stages"] = stages
+        self.recipe.output.mkdir(parents=True, exist_ok=True)
+        provenance.write(self.recipe.output, record)
+
+
+class _Tee(io.TextIOBase):
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text):
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self):
+        for stream in self.streams:
+            stream.flush()
+
+    def isatty(self):
+        return False
+
+
+def _quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+def _read_stage_file(directory: Path | None) -> dict | None:
+    if directory is None:
+        return None
+    path = directory / STAGE_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_stage_file(directory: Path, record: dict) -> None:
+    from lazarus.data.records import write_text_atomic
+
+    write_text_atomic(directory / STAGE_FILE, json.dumps(record, indent=2, default=str) + "\n")
+
+
+def _train_metric(result) -> str:
+    rows = [r for r in result.metrics if r.get("split") == "train"]
+    evals = [r for r in result.metrics if r.get("split") == "eval"]
+    parts = []
+    if result.first_eval_loss is not None and result.last_eval_loss is not None:
+        parts.append(f"eval loss {result.first_eval_loss:.3f} → {result.last_eval_loss:.3f}")
+    elif rows:
+        parts.append(f"train loss {rows[-1]['loss']:.3f}")
+    last = evals[-1] if evals else rows[-1] if rows else {}
+    for key in ("rewards/accuracy", "reward_mean", "classifier/accuracy"):
+        if key in last:
+            parts.append(f"{key} {last[key]:.2f}")
+    return ", ".join(parts)
+
+
+def _command_metric(stage: Stage, directory: Path, text: str) -> str:
+    """A stage's key figure: an eval's accuracy / mean reward from its summary, else nothing."""
+    for name in ("summary.json", "result.json"):
+        path = directory / name
+        if stage.kind == "eval" and path.is_file():
+            try:
+                summary = json.loads(path.read_text())
+            except ValueError:
+                break
+            for key in ("accuracy", "reward_mean", "mean_reward"):
+                if isinstance(summary.get(key), (int, float)):
+                    return f"{key} {summary[key]:.3f}"
+    if stage.kind == "eval":
+        start = text.find("{")
+        try:
+            summary = json.loads(text[start:]) if start >= 0 else None
+        except ValueError:
+            summary = None
+        if isinstance(summary, dict):
+            for key in ("accuracy", "reward_mean", "mean_reward", "mean"):
+                if isinstance(summary.get(key), (int, float)):
+                    return f"{key} {summary[key]:.3f}"
+        for line in reversed(text.splitlines()):
+            if "accuracy" in line or "mean reward" in line:
+                return " ".join(line.split())[:60]
+    return ""
