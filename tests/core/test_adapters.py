@@ -300,7 +300,8 @@ def test_adapter_for_another_rank_in_config_is_refused(tiny_llama, tmp_path):
     data = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     data["lora_parameters"]["rank"] = 8
     (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(data))
-    with pytest.raises(LazarusError, match=r"has shape \(64, 4\) but the model expects \(64, 8\)"):
+    with pytest.raises(LazarusError, match=r"shapes differ \(adapter vs model\): \S+lora_a \(128, 4\) vs \(128, 8\).*"
+                       r"its adapter_config.json does not match its weights"):
         load_adapter(_load(tiny_llama), tmp_path / "adapter")
 
 
@@ -365,3 +366,28 @@ def test_lora_on_quantized_layers_and_fuse(tiny_llama):
     with pytest.raises(LazarusError, match="full fine-tuning needs unquantized weights"):
         nn.quantize(model, group_size=32, bits=8)
         apply_adapter(model, _config("full", num_layers=1))
+
+
+# -- an adapter trained on another model ---------------------------------------------------------
+@pytest.mark.parametrize("num_layers, overrides, says", [
+    (None, {"num_hidden_layers": 3}, "it adapts 3 blocks, this model has 2"),
+    (-1, {"num_hidden_layers": 3}, "has no place in this model"),
+    (None, {"hidden_size": 32, "intermediate_size": 64}, "shapes differ (adapter vs model): model.layers.0.mlp.down_proj"),
+])
+def test_an_adapter_of_another_model_says_it_does_not_fit_and_where_it_came_from(
+        tiny_checkpoint, tiny_dataset, tiny_llama, tmp_path, num_layers, overrides, says):
+    other = tiny_checkpoint("llama", **overrides)
+    args = ["train", "sft", "--model", str(other), "--data", str(tiny_dataset()), "--output", str(tmp_path / "a"),
+            "--max-steps", "1", "--save-interval", "0", "--eval-batches", "1", "--rank", "2"]
+    if num_layers is not None:
+        args += ["--num-layers", str(num_layers)]
+    assert CliRunner().invoke(main, args, catch_exceptions=False).exit_code == 0
+    result = CliRunner().invoke(main, ["adapters", "fuse", "--model", str(tiny_llama), "--adapter",
+                                       str(tmp_path / "a"), "--output", str(tmp_path / "fused")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1
+    assert "this adapter does not fit this model" in line and says in line
+    assert f"it was trained on {other} (llama)" in line
+    assert "num_layers=" not in line  # not a flag problem
+    assert not (tmp_path / "fused").exists()

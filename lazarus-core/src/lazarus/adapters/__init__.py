@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lazarus.adapters.config import AdapterConfig, LoraParameters
+from lazarus.adapters.config import CONFIG_FILE, AdapterConfig, LoraParameters
 from lazarus.errors import LazarusError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -111,25 +111,30 @@ def load_adapter(model: nn.Module, path: str | Path) -> AdapterConfig:
     """
     from lazarus.adapters.base import model_blocks
 
-    checkpoint = read_adapter(path, num_blocks=len(model_blocks(model)))
+    blocks = len(model_blocks(model))
+    checkpoint = read_adapter(path, num_blocks=blocks)
     config = checkpoint.config
     adapter_type = get_adapter_type(config.fine_tune_type)
     source = checkpoint.path
+    if config.num_layers > blocks:
+        raise _does_not_fit(source, config, model, f"it adapts {config.num_layers} blocks, this model has "
+                                                   f"{blocks}")
     # keep the base weights a full adapter would overwrite, so a failed load can be undone
     before = adapter_type.weights(model, config) if config.fine_tune_type == "full" else {}
     adapter_type.apply(model, config)
     try:
         expected = adapter_type.weights(model, config)
-        for key, value in checkpoint.weights.items():
-            if key not in expected:
-                example = next(iter(expected), "none")
-                raise LazarusError(f"{source}: adapter key {key!r} is not a parameter of this "
-                                   f"{config.fine_tune_type} adapter on this model (expected keys like "
-                                   f"{example!r}); was it trained for another model?")
-            if tuple(value.shape) != tuple(expected[key].shape):
-                raise LazarusError(f"{source}: adapter key {key!r} has shape {tuple(value.shape)} but the "
-                                   f"model expects {tuple(expected[key].shape)}; load it onto the base "
-                                   "model (and rank) it was trained with")
+        unknown = [key for key in checkpoint.weights if key not in expected]
+        if unknown:
+            example = next(iter(expected), "none")
+            raise _does_not_fit(source, config, model, f"its tensor {unknown[0]!r} (and {len(unknown) - 1} more) "
+                                                       f"has no place in this model (its keys look like {example!r})")
+        differing = [f"{key} {tuple(value.shape)} vs {tuple(expected[key].shape)}"
+                     for key, value in sorted(checkpoint.weights.items()) if tuple(value.shape) != tuple(expected[key].shape)]
+        if differing:
+            more = f" and {len(differing) - 2} more" if len(differing) > 2 else ""
+            raise _does_not_fit(source, config, model, f"shapes differ (adapter vs model): "
+                                                       f"{'; '.join(differing[:2])}{more}")
         missing = [key for key in expected if key not in checkpoint.weights]
         if missing:
             raise LazarusError(f"{source}: adapter lacks {missing[0]!r} (and {len(missing) - 1} more) that "
@@ -146,6 +151,29 @@ def load_adapter(model: nn.Module, path: str | Path) -> AdapterConfig:
             model.load_weights(list(before.items()), strict=False)
         raise
     return config
+
+
+def _does_not_fit(source, config: AdapterConfig, model, what: str) -> LazarusError:
+    """The error for an adapter trained on another model: what differs, and which model it came from
+    (its ``lazarus.json``, else the ``model`` its training recorded in ``adapter_config.json``)."""
+    from lazarus import provenance
+
+    directory = Path(source) if Path(source).is_dir() else Path(source).parent
+    try:
+        record = provenance.read(directory) or {}
+    except (ValueError, OSError):  # an unreadable lazarus.json only costs the hint
+        record = {}
+    trained = record.get("source_model") if isinstance(record, dict) else None
+    trained = trained if isinstance(trained, dict) else {}
+    name = trained.get("model") or trained.get("path") or config.extra.get("model")
+    family = f" ({trained['family']})" if trained.get("family") else ""
+    origin = f"it was trained on {name}{family}" if name else "its files do not say which model it was trained on"
+    this = getattr(getattr(model, "source", None), "model", None)
+    if name and this and Path(str(name)).absolute() == Path(str(this)).absolute():
+        return LazarusError(f"{source}: {what}, although it was trained on this model ({this}): its "
+                            f"{CONFIG_FILE} does not match its weights (edited?)")
+    return LazarusError(f"{source}: this adapter does not fit this model{f' ({this})' if this else ''}: "
+                        f"{what}; {origin}. Load it onto that model.")
 
 
 def remove_adapter(model: nn.Module) -> nn.Module:
