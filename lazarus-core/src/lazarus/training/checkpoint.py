@@ -85,6 +85,36 @@ def prune_checkpoints(root: Path, keep: int) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def set_aside_later(root: Path, step: int) -> tuple[list[str], Path | None]:
+    """Move the step checkpoints in ``root`` after ``step`` (left by a run that a resume from ``step``
+    abandons) into ``root/abandoned-after-step-NNNNNNNN/``, and point ``latest`` at the newest one
+    left, so that a later ``--resume OUTPUT`` continues the new run, not the abandoned one.
+    Returns the names moved and where they went (``None`` when there were none)."""
+    later = sorted(p for p in root.glob("step-*") if p.is_dir() and _step_of(p) > step)
+    if not later:
+        return [], None
+    aside = root / f"abandoned-after-{checkpoint_name(step)}"
+    aside.mkdir(exist_ok=True)
+    for path in later:
+        destination = aside / path.name
+        if destination.exists():  # the same step abandoned twice: keep the older copy too
+            destination = aside / f"{path.name}-{os.getpid()}"
+        os.rename(path, destination)
+    kept = sorted(p for p in root.glob("step-*") if p.is_dir() and (p / STATE_FILE).is_file())
+    if kept:
+        _write_text_atomic(root / LATEST_FILE, kept[-1].name + "\n")
+    else:
+        (root / LATEST_FILE).unlink(missing_ok=True)
+    return [p.name for p in later], aside
+
+
+def _step_of(path: Path) -> int:
+    try:
+        return int(path.name.split("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
 def find_checkpoint(path: str | os.PathLike) -> Path:
     """The checkpoint directory ``path`` names: itself, or an output directory's latest checkpoint."""
     path = Path(path)

@@ -471,6 +471,10 @@ class Trainer:
             self.output.mkdir(parents=True, exist_ok=True)
             if resume_from is not None:
                 metrics.drop_after(start_step)
+                moved, aside = ckpt.set_aside_later(self.output / ckpt.CHECKPOINTS_DIR, start_step)
+                if moved:
+                    self.log(f"[yellow]Resuming at step {start_step}: moved the abandoned run's later "
+                             f"checkpoints ({', '.join(moved)}) to {aside}[/]")
             else:
                 (self.output / METRICS_FILE).unlink(missing_ok=True)  # a fresh run starts a fresh log
         result = TrainResult(output=self.output, step=start_step, total_steps=total_steps,
