@@ -226,3 +226,11 @@ def test_a_third_party_plugins_stage_runs(tiny_llama, math_dirs, tmp_path):
     recipe.write_text(recipe.read_text() + 'colour = "red"\n')
     bad = subprocess.run([LAZARUS, "run", str(recipe), "--check"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "unknown key 'colour' for introspect 'count-blocks'" in bad.stderr
+
+
+def test_the_example_recipes_check(tmp_path):
+    examples = sorted((Path(__file__).parents[2] / "examples" / "recipes").glob("*.toml"))
+    assert len(examples) >= 3
+    for recipe in examples:
+        result = run(recipe, "--check")
+        assert result.exit_code == 0 and "stages OK" in result.output, (recipe, result.output)

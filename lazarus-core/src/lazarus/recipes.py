@@ -66,6 +66,13 @@ class Stage:
     rewards: tuple[str, ...] = ()  #: eval stages: NAME[:WEIGHT] specs
     index: int = 0
 
+    @property
+    def label(self) -> str:
+        """What the stage runs, for people: ``train sft``, ``eval arithmetic``, ``generate``."""
+        if self.kind == "eval":
+            return f"eval {', '.join(self.rewards)}"
+        return self.kind if self.kind == self.plugin else f"{self.kind} {self.plugin}"
+
 
 @attrs.define
 class Recipe:
@@ -442,8 +449,7 @@ class Runner:
         resume = (not forced and stage.kind == "train" and record is not None and record.get("key") == key
                   and (directory / "checkpoints").is_dir())
         fresh = not resume
-        self.console.rule(f"stage {stage.index}/{len(self.recipe.stages)}: {stage.name} "
-                          f"({stage.kind} {stage.plugin})")
+        self.console.rule(f"stage {stage.index}/{len(self.recipe.stages)}: {stage.name} ({stage.label})")
         if adapter:
             self.console.print(f"adapter: {adapter}", highlight=False)
         directory.mkdir(parents=True, exist_ok=True)

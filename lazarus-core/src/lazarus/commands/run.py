@@ -44,7 +44,7 @@ def run(recipe, check, force_from, overrides):
     parsed = read_recipe(recipe, overrides=overrides)
     if check:
         click.echo(f"{recipe}: {len(parsed.stages)} stages OK: "
-                   + ", ".join(f"{s.name} ({s.kind} {s.plugin})" for s in parsed.stages))
+                   + ", ".join(f"{s.name} ({s.label})" for s in parsed.stages))
         return
     runner = Runner(parsed, force_from=force_from)
     results = runner.run()
@@ -63,9 +63,6 @@ def _summary(runner, results) -> None:
         table.add_column(column, overflow="fold")
     colour = {"ran": "green", "resumed": "green", "skipped": "dim", "interrupted": "yellow", "failed": "red"}
     for r in results:
-        plugin = r.stage.kind if r.stage.kind == r.stage.plugin else f"{r.stage.kind} {r.stage.plugin}"
-        if r.stage.kind == "eval":
-            plugin = f"eval {', '.join(r.stage.rewards)}"
-        table.add_row(r.stage.name, plugin, f"[{colour[r.status]}]{r.status}[/]",
+        table.add_row(r.stage.name, r.stage.label, f"[{colour[r.status]}]{r.status}[/]",
                       f"{r.seconds:.1f}s", r.metric or "-")
     runner.console.print(table)
