@@ -47,7 +47,7 @@ class TrainGroup(click.Group):
 def train():
     """Fine-tune a model with an installed trainer: `lazarus train sft --model M --data D --output O`.
 
-    Every option of a trainer is also a key of its --config file (TOML, or YAML when PyYAML is
+    Every option of a trainer is also a key of its --config file (TOML, or YAML with lazarus-core[yaml]
     installed); options given on the command line win over the file. Run on several processes
     with `mlx.launch -n 2 -- lazarus train ...` (data parallel). Ctrl-C saves a checkpoint and
     prints the command that resumes it.

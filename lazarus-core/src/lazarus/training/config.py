@@ -271,7 +271,7 @@ def read_config_file(path: str | os.PathLike, cls: type) -> dict[str, Any]:
             import tomllib
         except ImportError:  # Python 3.10
             raise LazarusError(f"{path}: reading TOML needs Python 3.11+; use a YAML config "
-                               "with PyYAML installed") from None
+                               "(pip install 'lazarus-core[yaml]')") from None
         try:
             with path.open("rb") as handle:
                 raw = tomllib.load(handle)
@@ -281,8 +281,8 @@ def read_config_file(path: str | os.PathLike, cls: type) -> dict[str, Any]:
         try:
             import yaml
         except ImportError:
-            raise LazarusError(f"{path}: reading YAML needs PyYAML (pip install pyyaml), "
-                               "or write the config as TOML") from None
+            raise LazarusError(f"{path}: reading YAML config files needs PyYAML: pip install "
+                               "'lazarus-core[yaml]' (or write the config as TOML)") from None
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
