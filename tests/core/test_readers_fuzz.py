@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -156,9 +157,7 @@ def test_a_yaml_config_without_pyyaml_says_which_extra_to_install(tmp_path, monk
 
 
 def test_the_yaml_extra_is_declared():
-    import tomllib
-    from pathlib import Path
-
+    tomllib = pytest.importorskip("tomllib")
     pyproject = Path(__file__).parents[2] / "lazarus-core" / "pyproject.toml"
     extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
     assert any(req.startswith("pyyaml") for req in extras["yaml"])
