@@ -548,6 +548,36 @@ class _TextStream:
         return text
 
 
+class ContextLengthWarning(UserWarning):
+    """A prompt (or prompt plus ``max_tokens``) runs past the model's ``max_position_embeddings``."""
+
+
+def context_warning(model, prompt_tokens: int, max_tokens: int = 0, option: str = "max_tokens") -> str | None:
+    """One line when ``prompt_tokens`` (plus up to ``max_tokens`` generated) go past the model's
+    ``max_position_embeddings``, else None. Positions past it were never trained; RoPE-scaling users
+    may mean it, so it is a warning, not an error."""
+    args = getattr(model, "args", None)
+    limit = getattr(args, "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit <= 0:
+        return None
+    scaled = " (RoPE scaling is set; fine if it extends the context)" if getattr(args, "rope_scaling", None) else ""
+    if prompt_tokens > limit:
+        return (f"the prompt is {prompt_tokens} tokens, longer than the model's context of {limit} "
+                f"(max_position_embeddings); expect degraded output{scaled}")
+    if prompt_tokens + max_tokens > limit:
+        return (f"{option} {max_tokens} after a {prompt_tokens}-token prompt can run past the model's "
+                f"context of {limit} tokens (max_position_embeddings); text after that may degrade{scaled}")
+    return None
+
+
+def _warn_past_context(model, prompt_tokens: int, max_tokens: int) -> None:
+    message = context_warning(model, prompt_tokens, max_tokens)
+    if message:  # the default warnings filter shows each distinct message once
+        import warnings
+
+        warnings.warn(message, ContextLengthWarning, stacklevel=3)
+
+
 def _stop_ids(tokenizer, stop_token_ids: Sequence[int] | None) -> set[int]:
     return set(tokenizer.eos_token_ids) | {int(i) for i in (stop_token_ids or ())}
 
@@ -569,6 +599,7 @@ def stream_generate(model, tokenizer, prompt: str | Sequence[int], *, max_tokens
     prompt_ids = _prompt_ids(tokenizer, prompt)
     if max_tokens <= 0:
         return
+    _warn_past_context(model, len(prompt_ids), max_tokens)
     text_stream = _TextStream(tokenizer, stop, _stop_ids(tokenizer, stop_token_ids), max_tokens)
     _reset_peak_memory()
     timer = _Timer(len(prompt_ids))
@@ -623,6 +654,7 @@ def batch_generate(model, tokenizer, prompts: Sequence[str | Sequence[int]], *, 
     sampling = _sampling_from(sampling, sampling_options)
     rows = [_prompt_ids(tokenizer, p) for p in prompts]
     longest = max(len(r) for r in rows)
+    _warn_past_context(model, longest, max_tokens)
     # pad with each row's own first token: the value is masked out anyway, and it keeps the
     # repetition-penalty window free of tokens the row never saw
     padded = [[r[0]] * (longest - len(r)) + r for r in rows]

@@ -62,7 +62,9 @@ def generate(model_path, prompt, chat, system, raw, max_tokens, temperature, top
     if chat and raw:
         raise LazarusError("--chat/--system and --raw exclude each other: pick one")
 
-    from lazarus.generate import SamplingConfig, stream_generate
+    import warnings
+
+    from lazarus.generate import ContextLengthWarning, SamplingConfig, context_warning, stream_generate
     from lazarus.loader import load_model
 
     model, tokenizer, _ = load_model(model_path, adapter_path=adapter_path)
@@ -75,14 +77,19 @@ def generate(model_path, prompt, chat, system, raw, max_tokens, temperature, top
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                               repetition_penalty=repetition_penalty,
                               repetition_context_size=repetition_context_size, seed=seed)
+    past_context = context_warning(model, len(prompt_ids), max_tokens, option="--max-tokens")
+    if past_context:
+        click.echo(f"Warning: {past_context}", err=True)
     chunk = None
     finish = None
     try:
-        for chunk in stream_generate(model, tokenizer, prompt_ids, max_tokens=max_tokens, sampling=sampling,
-                                     stop=stop, prefill_step_size=prefill_step_size):
-            if chunk.text:
-                click.echo(chunk.text, nl=False)  # echo flushes, so text appears as it is generated
-            finish = chunk.finish_reason
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ContextLengthWarning)  # said once, above
+            for chunk in stream_generate(model, tokenizer, prompt_ids, max_tokens=max_tokens, sampling=sampling,
+                                         stop=stop, prefill_step_size=prefill_step_size):
+                if chunk.text:
+                    click.echo(chunk.text, nl=False)  # echo flushes, so text appears as it is generated
+                finish = chunk.finish_reason
     except KeyboardInterrupt:  # Ctrl-C ends generation early; still report what was done
         finish = "interrupted"
     click.echo()
