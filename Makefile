@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DISTS := lazarus-core lazarus-families lazarus-trainers lazarus-introspect lazarus-experts plugins/lazarus-example
+DISTS := lazarus-core lazarus-families lazarus-trainers lazarus-introspect lazarus-experts plugins/lazarus-example plugins/lazarus-mlx-lm
 
 .PHONY: install demo test lint clean
 

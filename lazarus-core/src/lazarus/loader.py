@@ -57,8 +57,14 @@ def load_model(model: str | os.PathLike, adapter_path: str | os.PathLike | None 
         raise LazarusError(f"{path / 'config.json'}: {exc}") from None
 
     weights, origin = read_safetensors(path)
-    # families with no key quirks of their own use the shared clean-up (rotary buffers, tied head)
-    weights = getattr(family, "sanitize", sanitize_weights)(weights, args)
+    # families with no key quirks of their own use the shared clean-up (rotary buffers, tied head);
+    # a model class with its own sanitize(weights) (mlx-lm's, through the bridge plugin) uses that
+    if hasattr(family, "sanitize"):
+        weights = family.sanitize(weights, args)
+    elif callable(getattr(type(net), "sanitize", None)):
+        weights = net.sanitize(weights)
+    else:
+        weights = sanitize_weights(weights, args)
     if quant is not None:  # mlx-lm's layout: layers stored with `scales` become quantized layers
         fused = args.fused() if callable(getattr(args, "fused", None)) else {}
         apply_quantization(net, quant, weights,
@@ -143,7 +149,8 @@ def read_config(path: Path) -> dict:
 
 
 def detect_family(config: dict, config_path: Path | str = "config.json"):
-    """The registered :class:`FamilySpec` for a config: by ``model_type``, then by ``architectures``."""
+    """The registered :class:`FamilySpec` for a config: by ``model_type``, then by ``architectures``,
+    then a fallback family registered for ``model_types=["*"]`` (so named families always win)."""
     from lazarus.plugins import get_registry
 
     families = get_registry().all("family")
@@ -155,6 +162,13 @@ def detect_family(config: dict, config_path: Path | str = "config.json"):
     for spec in families.values():
         if any(arch in spec.architectures for arch in architectures):
             return spec
+    # a family registered for model_types ["*"] (the mlx-lm bridge) takes what no other family
+    # claims, if its module's supports(config) agrees
+    for spec in families.values():
+        if "*" in spec.model_types and model_type:
+            supports = getattr(_load_family_module(spec), "supports", None)
+            if supports is None or supports(config):
+                return spec
     installed = ", ".join(f"{name} ({'/'.join(s.model_types)})" for name, s in families.items()) or "none"
     what = f"model_type {model_type!r}" if model_type else "no model_type"
     raise LazarusError(
