@@ -1,0 +1,131 @@
+"""``lazarus experts``: list, train, eval and run. Imported by ``lazarus --help``, so only click
+and the standard library at the top; everything else inside the commands."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+def _options(pairs: tuple[str, ...], option: str) -> dict:
+    """``KEY=VALUE`` pairs as a dict; values are read as JSON when they parse (numbers, true, lists)."""
+    from lazarus.errors import LazarusError
+
+    result = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise LazarusError(f"{option} {item!r} must look like KEY=VALUE")
+        try:
+            result[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            result[key.strip()] = value
+    return result
+
+
+@click.group()
+def experts():
+    """Small recurrent experts, the environments they act in, and LLM episodes that delegate to them."""
+
+
+@experts.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def list_command(as_json):
+    """The installed expert kinds and environments (from every plugin)."""
+    from lazarus.plugins import get_registry
+
+    registry = get_registry()
+    rows = []
+    for kind in ("expert", "environment"):
+        for name, spec in registry.all(kind).items():
+            owner = registry.owner(kind, name)
+            rows.append({"kind": kind, "name": name, "plugin": owner, "description": spec.description})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    width = max((len(r["name"]) for r in rows), default=4)
+    for kind, title in (("expert", "Experts"), ("environment", "Environments")):
+        click.echo(f"{title}:")
+        for row in (r for r in rows if r["kind"] == kind):
+            click.echo(f"  {row['name']:<{width}}  {row['description']}  [{row['plugin']}]")
+
+
+@experts.command()
+@click.option("--expert", "expert_kind", default="gru", show_default=True, help="Expert kind (a registered expert name).")
+@click.option("--env", "env_name", default="reach", show_default=True, help="Environment (a registered name).")
+@click.option("--env-option", "env_options", multiple=True, metavar="KEY=VALUE",
+              help="Keyword for the environment's constructor, e.g. max_steps=30 (repeatable).")
+@click.option("--steps", default=60, show_default=True, type=int, help="PPO updates (each: --num-envs episodes).")
+@click.option("--output", required=True, help="Directory for the expert, metrics.jsonl, return.png, checkpoints.")
+@click.option("--num-envs", default=16, show_default=True, type=int, help="Episodes per update, run as one batch.")
+@click.option("--hidden-size", default=32, show_default=True, type=int)
+@click.option("--num-layers", default=1, show_default=True, type=int)
+@click.option("--no-value-head", is_flag=True, help="Train without a value head (no learned baseline).")
+@click.option("--learning-rate", default=3e-3, show_default=True, type=float)
+@click.option("--epochs", default=4, show_default=True, type=int, help="PPO passes over each batch of episodes.")
+@click.option("--gamma", default=0.95, show_default=True, type=float, help="Discount.")
+@click.option("--lam", default=0.95, show_default=True, type=float, help="GAE lambda.")
+@click.option("--clip", default=0.2, show_default=True, type=float, help="PPO clip range epsilon.")
+@click.option("--entropy-coef", default=0.0, show_default=True, type=float)
+@click.option("--max-episode-steps", default=200, show_default=True, type=int, help="Episodes longer than this are cut.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--save-interval", default=20, show_default=True, type=int, help="Checkpoint every N updates (0: only at the end).")
+@click.option("--resume", default=None, help="A checkpoint or an output directory to continue from.")
+def train(expert_kind, env_name, env_options, steps, output, num_envs, hidden_size, num_layers, no_value_head,
+          learning_rate, epochs, gamma, lam, clip, entropy_coef, max_episode_steps, seed, save_interval, resume):
+    """Train an expert with PPO, e.g. `lazarus experts train --expert gru --env reach --steps 60 --output run`."""
+    from rich.console import Console
+
+    from lazarus.paths import check_output_path
+    from lazarus.plugins import get
+
+    out = check_output_path(output, kind="dir", option="--output")
+    get("expert", expert_kind)
+    get("environment", env_name)
+    from lazarus_experts.training import ExpertTrainConfig, ExpertTrainer
+
+    config = ExpertTrainConfig(
+        output=str(out), expert=expert_kind, env=env_name, env_options=_options(env_options, "--env-option"),
+        steps=steps, num_envs=num_envs, hidden_size=hidden_size, num_layers=num_layers, value_head=not no_value_head,
+        learning_rate=learning_rate, epochs=epochs, gamma=gamma, lam=lam, clip=clip, entropy_coef=entropy_coef,
+        max_episode_steps=max_episode_steps, seed=seed, save_interval=save_interval, resume=resume)
+    ExpertTrainer(config, console=Console(stderr=True)).train()
+
+
+@experts.command(name="eval")
+@click.argument("expert_dir", type=click.Path())
+@click.option("--env", "env_name", default=None, help="Environment (default: the one the expert was trained in).")
+@click.option("--env-option", "env_options", multiple=True, metavar="KEY=VALUE", help="Environment keyword (repeatable).")
+@click.option("--episodes", default=64, show_default=True, type=int, help="Episodes (seeds SEED, SEED+1, ...).")
+@click.option("--seed", default=10_000, show_default=True, type=int, help="First episode seed.")
+@click.option("--sample", is_flag=True, help="Sample actions instead of taking the most likely one.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def eval_command(expert_dir, env_name, env_options, episodes, seed, sample, as_json):
+    """Mean return of a trained expert over seeds, next to a random policy's on the same seeds."""
+    from lazarus.errors import LazarusError
+    from lazarus_experts.environments import check_trainable, make_environment
+    from lazarus_experts.experts import load_expert
+    from lazarus_experts.training import expert_returns, mean_and_interval, random_returns, read_training_env
+
+    if episodes < 1:
+        raise LazarusError(f"--episodes must be >= 1, got {episodes}")
+    expert = load_expert(expert_dir)
+    trained_env, trained_options = read_training_env(expert_dir)
+    env_name = env_name or trained_env
+    if env_name is None:
+        raise LazarusError(f"{expert_dir}: no environment recorded in lazarus.json; pass --env NAME")
+    options = _options(env_options, "--env-option") if env_options else (trained_options if env_name == trained_env else {})
+    check_trainable(make_environment(env_name, options), env_name)
+    mine = expert_returns(expert, env_name, episodes, seed, options, deterministic=not sample)
+    rand = random_returns(env_name, episodes, seed, options)
+    (em, eh), (rm, rh) = mean_and_interval(mine), mean_and_interval(rand)
+    result = {"env": env_name, "episodes": episodes, "seed": seed, "expert": {"mean": em, "ci95": eh},
+              "random": {"mean": rm, "ci95": rh}, "improvement": em - rm}
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{env_name}, {episodes} episodes from seed {seed}:")
+    click.echo(f"  expert  {em:9.3f} ± {eh:.3f}")
+    click.echo(f"  random  {rm:9.3f} ± {rh:.3f}")
+    click.echo(f"  expert - random: {em - rm:+.3f}")

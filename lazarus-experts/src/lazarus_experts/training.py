@@ -1,0 +1,331 @@
+"""Training experts with PPO in an environment, and evaluating them against a random policy.
+
+One update (``--steps`` counts them): reset ``num_envs`` copies of the environment (one
+:class:`~lazarus_experts.environments.VectorEnv` batch), run the expert until every episode has
+ended, then ``epochs`` passes of the clipped PPO loss over the whole batch of episodes. Advantages
+(GAE), whitening and the clipped policy/value loss come from :mod:`lazarus.training.rl`, the module
+grpo and ppo use too; episodes are the masked rows there (the value after the last step is 0).
+
+Rollout randomness comes from ``(seed, step)`` alone, so a resumed run repeats the straight one.
+Output directory: the expert (``expert_config.json``, ``expert.safetensors``, ``lazarus.json``),
+``metrics.jsonl``, ``return.png`` and ``checkpoints/step-N/`` (as the LLM trainers lay them out).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+
+from lazarus.errors import LazarusError
+from lazarus.training import checkpoint as ckpt
+from lazarus.training import rl
+from lazarus.training.metrics import MetricsLog, read_metrics
+from lazarus_experts.environments import VectorEnv, check_trainable, make_environment, to_env_actions
+from lazarus_experts.experts import ExpertConfig, create_expert, load_expert, save_expert, write_expert_files
+from lazarus_experts.spaces import Discrete
+
+METRICS_FILE = "metrics.jsonl"
+RETURN_PNG = "return.png"
+TRAINER = "experts-ppo"
+
+
+@attrs.define(kw_only=True)
+class ExpertTrainConfig:
+    """Options of ``lazarus experts train`` (one field per option)."""
+
+    output: str
+    expert: str = "gru"
+    env: str = "reach"
+    env_options: dict = attrs.field(factory=dict)
+    steps: int = 60
+    num_envs: int = 16
+    hidden_size: int = 32
+    num_layers: int = 1
+    value_head: bool = True
+    learning_rate: float = 3e-3
+    epochs: int = 4
+    gamma: float = 0.95
+    lam: float = 0.95
+    clip: float = 0.2
+    value_coef: float = 0.5
+    entropy_coef: float = 0.0
+    max_episode_steps: int = 200
+    seed: int = 0
+    save_interval: int = 20
+    keep_checkpoints: int = 2
+    resume: str | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in attrs.asdict(self).items() if k not in ("resume",)}
+
+
+@attrs.define
+class TrainResult:
+    output: Path
+    step: int
+    first_return: float | None
+    last_return: float | None
+
+
+@attrs.define
+class Episodes:
+    """A batch of complete episodes, (N, T) per-step arrays; ``mask`` 1 while the episode runs."""
+
+    obs: np.ndarray
+    raw: np.ndarray
+    logp: np.ndarray
+    values: np.ndarray
+    rewards: np.ndarray
+    mask: np.ndarray
+
+    @property
+    def returns(self) -> np.ndarray:
+        """Undiscounted return of each episode (N,)."""
+        return (self.rewards * self.mask).sum(axis=1)
+
+
+def collect_episodes(expert, venv: VectorEnv, *, seed: int, key: mx.array | None = None,
+                     deterministic: bool = False, max_steps: int = 200) -> Episodes:
+    """Run ``expert`` in every copy of ``venv`` (reset with ``seed``) until all episodes end or
+    ``max_steps`` pass (those that have not ended are cut there)."""
+    obs = venv.reset(seed)
+    state = expert.reset(venv.num_envs)
+    rows: dict[str, list] = {k: [] for k in ("obs", "raw", "logp", "values", "rewards", "mask")}
+    for _ in range(max_steps):
+        running = ~venv.done
+        if not running.any():
+            break
+        x = mx.array(obs)
+        dist, value, state = expert.step(x, state)
+        if deterministic:
+            raw = dist.mode() if isinstance(venv.action_space, Discrete) else dist.mean
+        else:
+            key, sub = (None, None) if key is None else mx.random.split(key)
+            raw = dist.sample(sub)[1]
+        logp = dist.log_prob(raw)
+        action = dist.to_action(raw)
+        mx.eval(raw, logp, action, state, *(() if value is None else (value,)))
+        rows["obs"].append(obs)
+        rows["raw"].append(np.array(raw))
+        rows["logp"].append(np.array(logp))
+        rows["values"].append(np.zeros(venv.num_envs, np.float32) if value is None else np.array(value))
+        obs, rewards, _, _ = venv.step(to_env_actions(venv.action_space, np.array(action)))
+        rows["rewards"].append(rewards)
+        rows["mask"].append(running.astype(np.float32))
+    stacked = {k: np.stack(v, axis=1) for k, v in rows.items()}
+    return Episodes(**stacked)
+
+
+def random_returns(env_name: str, episodes: int, seed: int, env_options: dict | None = None,
+                   max_steps: int = 200) -> np.ndarray:
+    """Returns of a uniformly random policy over ``episodes`` episodes (seeds ``seed``, ``seed+1``...)."""
+    venv = VectorEnv(lambda: make_environment(env_name, env_options), episodes)
+    rng = random.Random(seed)
+    venv.reset(seed)
+    total = np.zeros(episodes, dtype=np.float64)
+    for _ in range(max_steps):
+        if venv.done.all():
+            break
+        _, rewards, _, _ = venv.step([venv.action_space.sample(rng) for _ in range(episodes)])
+        total += rewards
+    return total
+
+
+def expert_returns(expert, env_name: str, episodes: int, seed: int, env_options: dict | None = None,
+                   deterministic: bool = True, max_steps: int = 200) -> np.ndarray:
+    """Returns of ``expert`` over ``episodes`` episodes (seeds ``seed``, ``seed+1``...), all in one batch."""
+    venv = VectorEnv(lambda: make_environment(env_name, env_options), episodes)
+    key = mx.random.key(seed)
+    return collect_episodes(expert, venv, seed=seed, key=key, deterministic=deterministic,
+                            max_steps=max_steps).returns.astype(np.float64)
+
+
+def mean_and_interval(values) -> tuple[float, float]:
+    """Mean and the half-width of its 95% normal interval."""
+    values = np.asarray(values, dtype=np.float64)
+    half = 1.96 * values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return float(values.mean()), float(half)
+
+
+class ExpertTrainer:
+    """PPO for one expert in one environment; ``train()`` runs it and returns a :class:`TrainResult`."""
+
+    def __init__(self, config: ExpertTrainConfig, console=None, show_progress: bool = True) -> None:
+        self.config = config
+        self.console = console
+        self.show_progress = show_progress and console is not None
+        self.output = Path(config.output)
+
+    def log(self, message: str) -> None:
+        if self.console is not None:
+            self.console.print(message, soft_wrap=True)
+
+    def _check(self) -> None:
+        c = self.config
+        for name in ("steps", "num_envs", "epochs", "max_episode_steps"):
+            if getattr(c, name) < 1:
+                raise LazarusError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")
+        if not 0 < c.gamma <= 1 or not 0 <= c.lam <= 1:
+            raise LazarusError(f"--gamma must be in (0, 1] and --lam in [0, 1], got {c.gamma} and {c.lam}")
+
+    def train(self) -> TrainResult:
+        c = self.config
+        self._check()
+        env = make_environment(c.env, c.env_options)
+        check_trainable(env, c.env)
+        venv = VectorEnv(lambda: make_environment(c.env, c.env_options), c.num_envs)
+        mx.random.seed(c.seed)
+        expert = create_expert(c.expert, ExpertConfig(
+            observation_size=venv.observation_size, action_space=venv.action_space, hidden_size=c.hidden_size,
+            num_layers=c.num_layers, value_head=c.value_head))
+        optimizer = optim.Adam(learning_rate=c.learning_rate)
+        metrics = MetricsLog(self.output / METRICS_FILE)
+        start = 0
+        if c.resume:
+            start = self._resume(expert, optimizer, metrics)
+        else:
+            self.output.mkdir(parents=True, exist_ok=True)
+            (self.output / METRICS_FILE).unlink(missing_ok=True)
+        mx.eval(expert.parameters())
+
+        def loss_fn(model, obs, raw, old_logp, adv, old_values, returns, mask):
+            dist, values, _ = model.sequence(obs)
+            values = values if values is not None else mx.zeros_like(old_values)
+            total, count, parts = rl.ppo_loss(
+                dist.log_prob(raw), old_logp, adv, values, old_values, returns, mask, dist.entropy(),
+                epsilon=c.clip, value_coef=c.value_coef if c.value_head else 0.0, entropy_coef=c.entropy_coef)
+            return total / count, {k: v / count for k, v in parts.items()}
+
+        grad_fn = nn.value_and_grad(expert, loss_fn)
+        self.log(f"Training a [bold]{c.expert}[/] expert (hidden {c.hidden_size}, {c.num_layers} layer(s)) on "
+                 f"[bold]{c.env}[/]: {c.steps} PPO updates of {c.num_envs} episodes, {c.epochs} epochs each")
+        first = last = None
+        with self._progress() as progress:
+            task = progress.add_task("experts ppo", total=c.steps, completed=start, ret="-")
+            for step in range(start + 1, c.steps + 1):
+                began = time.perf_counter()
+                key = mx.random.key(c.seed * 1_000_003 + step)
+                batch = collect_episodes(expert, venv, seed=c.seed * 1_000_003 + step * c.num_envs, key=key,
+                                         max_steps=c.max_episode_steps)
+                adv, returns = rl.gae(batch.rewards, batch.values, batch.mask, gamma=c.gamma, lam=c.lam)
+                adv = rl.whiten(adv, batch.mask)
+                arrays = [mx.array(a) for a in (batch.obs, batch.raw, batch.logp, adv, batch.values, returns,
+                                                batch.mask)]
+                for _ in range(c.epochs):
+                    (loss, parts), grads = grad_fn(expert, *arrays)
+                    optimizer.update(expert, grads)
+                    mx.eval(expert.parameters(), optimizer.state, loss, parts)
+                episode_return = float(batch.returns.mean())
+                first = episode_return if first is None else first
+                last = episode_return
+                env_steps = int(batch.mask.sum())
+                row = {"split": "train", "step": step, "loss": float(loss), "learning_rate": c.learning_rate,
+                       "return": episode_return, "return_std": float(batch.returns.std()),
+                       "reward_mean": float((batch.rewards * batch.mask).sum() / max(env_steps, 1)),
+                       "episode_length": env_steps / c.num_envs,
+                       "env_steps_per_second": env_steps / max(time.perf_counter() - began, 1e-9),
+                       **{k: float(v) for k, v in parts.items()}}
+                metrics.write(row)
+                progress.update(task, advance=1, ret=f"{episode_return:.3f}")
+                if c.save_interval and step % c.save_interval == 0 and step < c.steps:
+                    self._checkpoint(expert, optimizer, step)
+        save_expert(expert, self.output, **prov_extra(c, last))
+        plot_returns(self.output / METRICS_FILE, self.output / RETURN_PNG, title=f"{c.expert} on {c.env}")
+        self._checkpoint(expert, optimizer, c.steps)
+        self.log(f"[green]Done:[/] {c.steps} updates; expert in {self.output}; mean return "
+                 f"{first if first is None else round(first, 3)} -> {last if last is None else round(last, 3)}; "
+                 f"metrics: {self.output / METRICS_FILE}, curve: {self.output / RETURN_PNG}")
+        return TrainResult(self.output, c.steps, first, last)
+
+    def _progress(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("return {task.fields[ret]}"), TimeRemainingColumn(),
+                        console=self.console, disable=not self.show_progress, transient=False)
+
+    def _checkpoint(self, expert, optimizer, step: int) -> None:
+        c = self.config
+        ckpt.save_checkpoint(
+            self.output, step, write_weights=lambda d: write_expert_files(expert, d, **prov_extra(c, None)),
+            optimizer_state=dict(tree_flatten(optimizer.state)),
+            state={"step": step, "trainer": TRAINER, "config": c.to_dict()}, keep=c.keep_checkpoints)
+
+    def _resume(self, expert, optimizer, metrics: MetricsLog) -> int:
+        c = self.config
+        where = ckpt.find_checkpoint(c.resume)
+        state = ckpt.read_state(where)
+        if state["trainer"] != TRAINER:
+            raise LazarusError(f"--resume {c.resume}: a checkpoint of {state['trainer']!r}, not of expert training")
+        saved = state["config"]
+        for key in ("expert", "env", "env_options", "hidden_size", "num_layers", "value_head", "num_envs", "seed"):
+            if saved.get(key) != getattr(c, key):
+                raise LazarusError(f"--resume {c.resume}: the checkpoint was trained with {key}={saved.get(key)!r}, "
+                                   f"this run has {getattr(c, key)!r}; use the same value to resume")
+        loaded = load_expert(where)
+        expert.update(loaded.parameters())
+        optimizer.state = tree_unflatten(list(ckpt.read_optimizer_state(where).items()))
+        step = int(state["step"])
+        previous = Path(where).parent.parent / METRICS_FILE
+        if previous.is_file() and previous.resolve() != metrics.path.resolve():
+            metrics.path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(previous, metrics.path)
+        metrics.drop_after(step)
+        self.log(f"Resuming from {where} (step {step})")
+        return step
+
+
+def prov_extra(c: ExpertTrainConfig, last_return: float | None) -> dict[str, Any]:
+    return {"command": "experts train", "trainer": TRAINER, "environment": c.env,
+            "environment_options": c.env_options, "training": c.to_dict(), "final_return": last_return}
+
+
+def plot_returns(metrics_path: Path, png_path: Path, title: str = "") -> Path:
+    """Draw the mean episode return against the update step into ``png_path`` (temp + rename)."""
+    import os
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in read_metrics(metrics_path) if "return" in r]
+    figure, axes = plt.subplots(figsize=(7, 4.2), dpi=110)
+    if rows:
+        steps = [r["step"] for r in rows]
+        mean = np.array([r["return"] for r in rows])
+        std = np.array([r.get("return_std", 0.0) for r in rows])
+        axes.plot(steps, mean, color="tab:blue", linewidth=1.5, label="mean episode return")
+        axes.fill_between(steps, mean - std, mean + std, color="tab:blue", alpha=0.15, label="± 1 std")
+        axes.legend()
+    axes.set_xlabel("PPO update")
+    axes.set_ylabel("episode return")
+    axes.set_title(title or "Expert training")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    tmp = png_path.with_name(png_path.stem + ".tmp.png")
+    figure.savefig(tmp)
+    plt.close(figure)
+    os.replace(tmp, png_path)
+    return png_path
+
+
+def read_training_env(expert_dir: str | Path) -> tuple[str | None, dict]:
+    """The environment (name, options) an expert directory was trained in, from its lazarus.json."""
+    path = Path(expert_dir) / "lazarus.json"
+    if not path.is_file():
+        return None, {}
+    record = json.loads(path.read_text())
+    return record.get("environment"), record.get("environment_options") or {}
