@@ -126,6 +126,40 @@ def single_token(tokenizer, text: str, option: str) -> tuple[int, str]:
     return ids[0], note
 
 
+def target_tokens(tokenizer, text: str, option: str) -> tuple[list[int], str]:
+    """The token ids of a target string (``--track``, ``--answer``, ``--wrong``), all of them, as
+    TransformerLens users expect; ``#ID`` is one token. Returns ``(ids, note)``; the note shows the
+    tokenisation when it is more than one token."""
+    if text.startswith("#") and text[1:].isdigit():
+        return [single_token(tokenizer, text, option)[0]], ""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if not ids:
+        raise LazarusError(f"{option} {text!r} encodes to no tokens; give a word or #ID")
+    note = f"{option} {text!r} is {len(ids)} tokens {token_strings(tokenizer, ids)}" if len(ids) > 1 else ""
+    return ids, note
+
+
+def continuation_logprob(logits, start: int, target: list[int]):
+    """Sum over ``target`` of log p(token | what precedes it), per batch row (B,), from ``logits``
+    (B, S, vocab) of the prompt followed by ``target[:-1]``; ``start`` is the prompt's length."""
+    import mlx.core as mx
+
+    span = logits[:, start - 1:start - 1 + len(target)].astype(mx.float32)
+    logprobs = span - mx.logsumexp(span, axis=-1, keepdims=True)
+    index = mx.array(target, dtype=mx.int32)[None, :, None]
+    return mx.take_along_axis(logprobs, mx.broadcast_to(index, (span.shape[0], len(target), 1)), axis=-1).sum(axis=(1, 2))
+
+
+def with_continuation(ids, target: list[int]):
+    """``ids`` (B, T) followed by ``target[:-1]`` (teacher forcing: every target token is predicted)."""
+    import mlx.core as mx
+
+    if len(target) <= 1:
+        return ids
+    tail = mx.broadcast_to(mx.array([target[:-1]], dtype=ids.dtype), (ids.shape[0], len(target) - 1))
+    return mx.concatenate([ids, tail], axis=1)
+
+
 def read_lines(path: str | Path, option: str) -> list[str]:
     """Non-empty lines of a text file (one prompt per line)."""
     path = Path(path)

@@ -19,8 +19,9 @@ from lazarus_introspect.cli_common import (
     probe_options,
     resolve_positions,
     run_meta,
-    single_token,
+    target_tokens,
     token_strings,
+    with_continuation,
 )
 
 
@@ -48,17 +49,25 @@ def layer_logits(model, ids, transform: Callable | None = None, positions: Seque
 
 
 def read_layers(model, tokenizer, ids, *, positions: Sequence[int] = (-1,), top_k: int = 5,
-                track_id: int | None = None, transform: Callable | None = None) -> dict:
+                track_id: int | Sequence[int] | None = None, transform: Callable | None = None) -> dict:
     """The lens read-out for ``ids`` (1, T) at ``positions``: a JSON-ready dict.
 
     Returns ``{"tokens", "positions": [{"position", "input_token", "final_prediction",
     "emergence_layer", "first_top1_layer", "layers": [{"layer", "top": [{"id", "token", "prob"}],
-    "final_prediction_prob", "final_prediction_rank", "track_prob", "track_rank"}]}]}``. Ranks
-    are 1-based (1 = top token); the emergence layer is the first layer from which the final
-    prediction is the top token at every later layer.
+    "final_prediction_prob", "final_prediction_rank", "track_prob", "track_rank",
+    "track_logprob"}]}]}``. Ranks are 1-based (1 = top token); the emergence layer is the first
+    layer from which the final prediction is the top token at every later layer.
+
+    ``track_id``: a token id or a list of ids (a continuation of the prompt). ``track_prob`` and
+    ``track_rank`` are those of its first token; ``track_logprob`` (at the last prompt position
+    only) is the continuation's log-probability at that layer, summed over all its tokens.
     """
     import mlx.core as mx
     import numpy as np
+
+    track_ids = None if track_id is None else [track_id] if isinstance(track_id, int) else list(track_id)
+    track_id = None if track_ids is None else track_ids[0]
+    continuation = _continuation_logprobs(model, ids, track_ids, transform) if track_ids else None
 
     tokens = token_strings(tokenizer, ids[0].tolist())
     resolved = resolve_positions(positions, ids.shape[1])
@@ -85,6 +94,8 @@ def read_layers(model, tokenizer, ids, *, positions: Sequence[int] = (-1,), top_
             if track_id is not None:
                 entry["track_prob"] = float(probs[track_id])
                 entry["track_rank"] = _rank(probs, track_id)
+                if position == ids.shape[1] - 1:
+                    entry["track_logprob"] = continuation[layer]
             layers.append(entry)
         emergence = None
         for layer in range(count - 1, -1, -1):
@@ -103,6 +114,26 @@ def read_layers(model, tokenizer, ids, *, positions: Sequence[int] = (-1,), top_
     return result
 
 
+def _continuation_logprobs(model, ids, track_ids: list[int], transform) -> list[float]:
+    """Per layer, the lens log-probability of ``track_ids`` following ``ids`` (1, T), summed over its
+    tokens (teacher-forced: the prompt plus all but the last tracked token runs once)."""
+    import mlx.core as mx
+
+    start = ids.shape[1]
+    span = list(range(start - 1, start - 1 + len(track_ids)))
+    lens_logits, _ = layer_logits(model, with_continuation(ids, track_ids), transform, span)  # (L, 1, n, V)
+    logits = lens_logits[:, 0].astype(mx.float32)
+    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    picked = logprobs[:, mx.arange(len(track_ids)), mx.array(track_ids)]  # (L, n)
+    return [float(v) for v in picked.sum(axis=-1).tolist()]
+
+
+def track_info(tokenizer, text: str, ids: list[int]) -> dict:
+    """The ``track`` entry of a lens result: text, ids, token strings; ``id``/``token`` of the first."""
+    tokens = token_strings(tokenizer, ids)
+    return {"text": text, "ids": ids, "tokens": tokens, "id": ids[0], "token": tokens[0]}
+
+
 def _rank(probs, token_id: int) -> int:
     """1-based rank of ``token_id`` (ties count in its favour)."""
     return int((probs > probs[token_id]).sum()) + 1
@@ -112,16 +143,16 @@ def logit_lens(model, tokenizer, prompt: str, *, positions: Sequence[int] = (-1,
                track: str | None = None) -> dict:
     """Python API: the logit lens of ``prompt`` (see :func:`read_layers` for the returned dict)."""
     ids = encode(tokenizer, prompt)
-    track_id, note = (None, "")
+    track_ids, note = (None, "")
     if track is not None:
-        track_id, note = single_token(tokenizer, track, "--track")
-    result = read_layers(model, tokenizer, ids, positions=positions, top_k=top_k, track_id=track_id)
+        track_ids, note = target_tokens(tokenizer, track, "--track")
+    result = read_layers(model, tokenizer, ids, positions=positions, top_k=top_k, track_id=track_ids)
     result["prompt"] = prompt
     result["top_k"] = top_k
-    result["track"] = None if track_id is None else {
-        "text": track, "id": track_id, "token": token_strings(tokenizer, [track_id])[0]}
+    result["track"] = None if track_ids is None else track_info(tokenizer, track, track_ids)
     if note:
-        result["notes"] = [note]
+        result["notes"] = [f"{note}: rank and prob are its first token's; log p sums over all of them "
+                           "(at the last position)"]
     return result
 
 
@@ -134,10 +165,13 @@ def build_report(result: dict, probe: str, title: str):
     report = Report(probe=probe, title=title, data=result)
     report.notes.extend(result.get("notes", []))
     track = result.get("track")
+    tokens = track.get("tokens", [track["token"]]) if track else []
     for entry in result["positions"]:
         columns = ["layer", "top tokens (prob)", "final pred rank", "final pred prob"]
+        has_logprob = bool(track) and "track_logprob" in entry["layers"][0]
         if track:
-            columns += [f"track {track['token']!r} rank", "track prob"]
+            first = f"track {track['token']!r}" if len(tokens) == 1 else f"track {tokens} 1st token"
+            columns += [f"{first} rank", "track prob"] + [f"log p(track {tokens})"] * has_logprob
         table = report.table(
             f"position {entry['position']} ({entry['input_token']!r}) -> final prediction "
             f"{entry['final_prediction']['token']!r}, emerges at layer {entry['emergence_layer']}",
@@ -146,7 +180,7 @@ def build_report(result: dict, probe: str, title: str):
             top = ", ".join(f"{t['token']!r} {t['prob']:.3f}" for t in layer["top"])
             cells = [layer["layer"], top, layer["final_prediction_rank"], layer["final_prediction_prob"]]
             if track:
-                cells += [layer["track_rank"], layer["track_prob"]]
+                cells += [layer["track_rank"], layer["track_prob"]] + [layer.get("track_logprob")] * has_logprob
             table.add_row(*cells)
     # heatmap: layers x positions, coloured by the top-1 probability, labelled with the token
     layers = len(result["positions"][0]["layers"]) if result["positions"] else 0

@@ -2,9 +2,10 @@
 
 Run the clean prompt and cache its activations; then run the corrupted prompt with one
 activation (a component at one layer and one position) replaced by its clean value, and measure
-how much of the clean behaviour comes back. The metric is the logit difference of two answer
-tokens at the last position, ``logit[answer] - logit[wrong]``, normalised so that 1 means "as
-clean" and 0 means "as corrupted". Components: ``resid`` (``hook_resid_pre``), ``attn_out``,
+how much of the clean behaviour comes back. The metric is the log-probability difference of the
+two answers after the prompt, ``log p(answer) - log p(wrong)``, each summed over its tokens (for
+one-token answers this is the logit difference ``logit[answer] - logit[wrong]``), normalised so
+that 1 means "as clean" and 0 means "as corrupted". Components: ``resid`` (``hook_resid_pre``), ``attn_out``,
 ``mlp_out``. All positions of one layer run as one batch (row i patches position i).
 """
 
@@ -17,13 +18,15 @@ import click
 from lazarus.errors import LazarusError
 from lazarus_introspect import activations
 from lazarus_introspect.cli_common import (
+    continuation_logprob,
     emit,
     encode,
     load,
     probe_options,
     run_meta,
-    single_token,
+    target_tokens,
     token_strings,
+    with_continuation,
 )
 
 COMPONENTS = {"resid": "resid_pre", "attn_out": "attn_out", "mlp_out": "mlp_out"}
@@ -37,19 +40,38 @@ def logit_diff(logits, answer_id: int, wrong_id: int):
     return last[:, answer_id] - last[:, wrong_id]
 
 
+def answer_diff(run, ids, answer: list[int], wrong: list[int]):
+    """``log p(answer) - log p(wrong)`` after ``ids`` (B, T), per batch row (B,); ``run(ids)`` gives
+    logits. One-token answers share one run (and the difference is the logit difference)."""
+    start = ids.shape[1]
+    if len(answer) == 1 and len(wrong) == 1:
+        logits = run(ids)
+        return continuation_logprob(logits, start, answer) - continuation_logprob(logits, start, wrong)
+    return (continuation_logprob(run(with_continuation(ids, answer)), start, answer)
+            - continuation_logprob(run(with_continuation(ids, wrong)), start, wrong))
+
+
 def run_patched(model, corrupted_ids, clean_activation, name: str, positions: Sequence[int] | None = None):
     """Logits of the corrupted run with hook ``name`` set to ``clean_activation`` at ``positions`` (all if None)."""
     return activations.run_with_hooks(
         model, corrupted_ids, [(name, activations.replace_positions(clean_activation, positions))])
 
 
-def patch_layer_positions(model, corrupted_ids, clean_activation, name: str):
-    """Logits (T, T', vocab) of T corrupted runs in one batch; row i has position i patched from clean."""
+def patch_layer_positions(model, corrupted_ids, clean_activation, name: str, length: int | None = None):
+    """Logits (T, S, vocab) of T corrupted runs in one batch; row i has position i patched from clean.
+
+    ``corrupted_ids`` (1, S) may run past the T = ``length`` prompt positions (an answer's tokens,
+    teacher-forced); only prompt positions are patched. ``clean_activation``: (1, T, ...)."""
     import mlx.core as mx
 
-    length = corrupted_ids.shape[1]
-    batch = mx.broadcast_to(corrupted_ids, (length, length))
-    eye = mx.eye(length, dtype=mx.bool_)[:, :, None]  # row i, position i
+    total = corrupted_ids.shape[1]
+    length = total if length is None else length
+    batch = mx.broadcast_to(corrupted_ids, (length, total))
+    eye = mx.eye(length, total, dtype=mx.bool_)  # row i, position i
+    eye = eye.reshape(*eye.shape, *([1] * (clean_activation.ndim - 2)))
+    if total > length:  # the answer's positions are never patched; pad the clean value to line up
+        pad = [(0, 0), (0, total - length)] + [(0, 0)] * (clean_activation.ndim - 2)
+        clean_activation = mx.pad(clean_activation, pad)
 
     def hook(activation, _name=None):
         return mx.where(eye, clean_activation.astype(activation.dtype), activation)
@@ -57,14 +79,20 @@ def patch_layer_positions(model, corrupted_ids, clean_activation, name: str):
     return activations.run_with_hooks(model, batch, [(name, hook)])
 
 
-def patch_scan(model, clean_ids, corrupted_ids, answer_id: int, wrong_id: int,
+def patch_scan(model, clean_ids, corrupted_ids, answer_id: int | Sequence[int], wrong_id: int | Sequence[int],
                components: Sequence[str] = ("resid", "attn_out", "mlp_out"), layers: Sequence[int] | None = None) -> dict:
-    """Patch every (component, layer, position); returns normalised scores and the raw logit differences.
+    """Patch every (component, layer, position); returns normalised scores and the raw differences.
 
-    ``{"clean_logit_diff", "corrupted_logit_diff", "scores": {component: [[score per position] per
-    layer]}, "logit_diffs": {...same shape...}}``. A score of 1 restores the clean logit difference.
+    ``answer_id`` / ``wrong_id``: a token id or a list of ids (a several-token answer: its
+    log-probabilities are summed). ``{"clean_logit_diff", "corrupted_logit_diff", "scores":
+    {component: [[score per position] per layer]}, "logit_diffs": {...same shape...}}``; the
+    differences are ``log p(answer) - log p(wrong)`` (the logit difference for one-token answers).
+    A score of 1 restores the clean difference.
     """
     import mlx.core as mx
+
+    answer = [answer_id] if isinstance(answer_id, int) else list(answer_id)
+    wrong = [wrong_id] if isinstance(wrong_id, int) else list(wrong_id)
 
     if clean_ids.shape != corrupted_ids.shape:
         raise LazarusError(f"the clean prompt has {clean_ids.shape[1]} tokens and the corrupted one "
@@ -73,20 +101,20 @@ def patch_scan(model, clean_ids, corrupted_ids, answer_id: int, wrong_id: int,
     count = activations.num_layers(model)
     layers = list(range(count)) if layers is None else list(layers)
     names = {c: [activations.hook_name(COMPONENTS[c], layer) for layer in layers] for c in components}
-    clean_logits, cache = activations.run_with_cache(model, clean_ids, [n for ns in names.values() for n in ns])
-    corrupted_logits = model(corrupted_ids)
-    clean_diff = logit_diff(clean_logits, answer_id, wrong_id).item()
-    corrupted_diff = logit_diff(corrupted_logits, answer_id, wrong_id).item()
+    _, cache = activations.run_with_cache(model, clean_ids, [n for ns in names.values() for n in ns])
+    clean_diff = answer_diff(model, clean_ids, answer, wrong).item()
+    corrupted_diff = answer_diff(model, corrupted_ids, answer, wrong).item()
     denominator = clean_diff - corrupted_diff
     if abs(denominator) < 1e-6:
         raise LazarusError(f"the clean and corrupted prompts give the same logit difference ({clean_diff:.4g}) "
                            "between --answer and --wrong; choose prompts or answers the model tells apart")
     scores, diffs = {}, {}
+    length = corrupted_ids.shape[1]
     for component in components:
         scores[component], diffs[component] = [], []
         for name in names[component]:
-            patched = patch_layer_positions(model, corrupted_ids, cache[name], name)
-            row = logit_diff(patched, answer_id, wrong_id)
+            row = answer_diff(lambda ids, name=name: patch_layer_positions(model, ids, cache[name], name, length),
+                              corrupted_ids, answer, wrong)
             mx.eval(row)
             values = row.tolist()
             diffs[component].append(values)
@@ -109,26 +137,29 @@ def patch_command(model_path, adapter_path, json_path, report_dir, clean, corrup
 
     model, tokenizer, _ = load(model_path, adapter_path)
     clean_ids, corrupted_ids = encode(tokenizer, clean, "clean prompt"), encode(tokenizer, corrupted, "corrupted prompt")
-    answer_id, answer_note = single_token(tokenizer, answer, "--answer")
-    wrong_id, wrong_note = single_token(tokenizer, wrong, "--wrong")
-    if answer_id == wrong_id:
-        raise LazarusError(f"--answer and --wrong are the same token {answer_id}; give two different tokens")
-    scan = patch_scan(model, clean_ids, corrupted_ids, answer_id, wrong_id, components)
+    answer_ids, answer_note = target_tokens(tokenizer, answer, "--answer")
+    wrong_ids, wrong_note = target_tokens(tokenizer, wrong, "--wrong")
+    if answer_ids == wrong_ids:
+        raise LazarusError(f"--answer {answer!r} and --wrong {wrong!r} are the same tokens {answer_ids}; "
+                           "give two different answers")
+    scan = patch_scan(model, clean_ids, corrupted_ids, answer_ids, wrong_ids, components)
     clean_tokens = token_strings(tokenizer, clean_ids[0].tolist())
     corrupted_tokens = token_strings(tokenizer, corrupted_ids[0].tolist())
     result = run_meta("patch", model_path, adapter_path, model)
     result.update({"clean": clean, "corrupted": corrupted, "clean_tokens": clean_tokens,
                    "corrupted_tokens": corrupted_tokens,
-                   "answer": {"text": answer, "id": answer_id, "token": token_strings(tokenizer, [answer_id])[0]},
-                   "wrong": {"text": wrong, "id": wrong_id, "token": token_strings(tokenizer, [wrong_id])[0]},
-                   "metric": "(LD_patched - LD_corrupted) / (LD_clean - LD_corrupted), LD = logit[answer] - logit[wrong]",
+                   "answer": _target(tokenizer, answer, answer_ids), "wrong": _target(tokenizer, wrong, wrong_ids),
+                   "metric": "(LD_patched - LD_corrupted) / (LD_clean - LD_corrupted), LD = log p(answer) - "
+                             "log p(wrong), each summed over its tokens (= logit[answer] - logit[wrong] for one token)",
                    **scan})
     report = Report(probe="patch", title=f"Activation patching — {model_path}", data=result)
-    report.notes.extend(n for n in (answer_note, wrong_note) if n)
+    report.notes.append(f"--answer {answer!r} = {result['answer']['tokens']}, --wrong {wrong!r} = "
+                        f"{result['wrong']['tokens']}; the difference is log p(answer) - log p(wrong)"
+                        + (" summed over each one's tokens" if answer_note or wrong_note else ""))
     report.notes.append(f"clean logit diff {scan['clean_logit_diff']:.4g}, corrupted {scan['corrupted_logit_diff']:.4g}")
     labels = [f"{i}:{c}" if c == k else f"{i}:{c}/{k}" for i, (c, k) in enumerate(zip(clean_tokens, corrupted_tokens, strict=True))]
     for component in components:
-        table = report.table(f"{component}: restored fraction of the clean logit difference", ["layer", *labels])
+        table = report.table(f"{component}: restored fraction of the clean difference", ["layer", *labels])
         for layer, row in zip(scan["layers"], scan["scores"][component], strict=True):
             table.add_row(layer, *[f"{v:.2f}" for v in row])
         report.add_figure(f"patch_{component}", lambda component=component: heatmap(
@@ -137,3 +168,9 @@ def patch_command(model_path, adapter_path, json_path, report_dir, clean, corrup
             yticklabels=scan["layers"], colorbar="restored fraction", center_zero=True),
             f"Patching {component} from the clean run, one layer and position at a time")
     emit(report, json_path, report_dir)
+
+
+def _target(tokenizer, text: str, ids: list[int]) -> dict:
+    """A target's text, ids and token strings (``id``/``token``: its first token)."""
+    tokens = token_strings(tokenizer, ids)
+    return {"text": text, "ids": ids, "tokens": tokens, "id": ids[0], "token": tokens[0]}

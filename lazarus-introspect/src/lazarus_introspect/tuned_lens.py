@@ -24,8 +24,7 @@ from lazarus_introspect.cli_common import (
     probe_options,
     read_saved,
     run_meta,
-    single_token,
-    token_strings,
+    target_tokens,
 )
 
 WEIGHTS_FILE = "translators.safetensors"
@@ -204,7 +203,7 @@ def translator_transform(weights, biases):
 def tuned_lens_command(model_path, adapter_path, json_path, report_dir, translators_dir, train_text, steps,
                        learning_rate, seq_len, max_tokens, prompt, positions, top_k, track, compare):
     """Tuned lens: train per-layer affine translators and/or read a prompt through them."""
-    from lazarus_introspect.logit_lens import build_report, read_layers
+    from lazarus_introspect.logit_lens import build_report, read_layers, track_info
     from lazarus_introspect.report import Report, line_plot
 
     if train_text is None and prompt is None:
@@ -240,15 +239,15 @@ def tuned_lens_command(model_path, adapter_path, json_path, report_dir, translat
         ids = encode(tokenizer, prompt)
         track_id, note = (None, "")
         if track is not None:
-            track_id, note = single_token(tokenizer, track, "--track")
+            track_id, note = target_tokens(tokenizer, track, "--track")
         read = read_layers(model, tokenizer, ids, positions=positions, top_k=top_k, track_id=track_id,
                            transform=translator_transform(weights, biases))
         result.update(read)
         result["prompt"] = prompt
-        result["track"] = None if track_id is None else {
-            "text": track, "id": track_id, "token": token_strings(tokenizer, [track_id])[0]}
+        result["track"] = None if track_id is None else track_info(tokenizer, track, track_id)
         if note:
-            result["notes"] = [note]
+            result["notes"] = [f"{note}: rank and prob are its first token's; log p sums over all of them "
+                               "(at the last position)"]
         if compare:
             plain = read_layers(model, tokenizer, ids, positions=positions, top_k=1, track_id=track_id)
             for tuned_entry, plain_entry in zip(result["positions"], plain["positions"], strict=True):
