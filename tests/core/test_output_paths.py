@@ -42,7 +42,7 @@ def _train_args(model, data, output) -> list[str]:
 
 #: command line of each writing command with OUT as its output path
 COMMANDS = {
-    "train": lambda m, a, d, out: ["train", "sft", *_train_args(m, d, out)],
+    "train": lambda m, a, d, out: ["train", "sft", *_train_args(m, d["sft"], out)],
     "adapters fuse": lambda m, a, d, out: ["adapters", "fuse", "--model", m, "--adapter", a, "--output", out],
     "models create": lambda m, a, d, out: ["models", "create", "--family", "llama", "--output", out],
     "data generate": lambda m, a, d, out: ["data", "generate", "math", "--output", out, "--count", "20"],
@@ -51,13 +51,19 @@ COMMANDS = {
                                                  "--report", out],
     "introspect --json": lambda m, a, d, out: ["introspect", "logit-lens", "--model", m, "--prompt", "1 + 1 =",
                                                "--json", out],
+    "eval": lambda m, a, d, out: ["eval", "--model", m, "--data", d["prompts"], "--split", "valid",
+                                  "--reward", "arithmetic", "--max-tokens", "2", "--limit", "2", "--output", out],
 }
 #: commands whose output is a file rather than a directory
-FILE_OUTPUTS = {"introspect --json"}
+FILE_OUTPUTS = {"introspect --json", "eval"}
+
+
+def _data(tiny_dataset) -> dict:
+    return {"sft": tiny_dataset(), "prompts": tiny_dataset("prompt")}
 
 
 def _args(name, model, adapter, data, out):
-    return [str(a) for a in COMMANDS[name](str(model), str(adapter), str(data), str(out))]
+    return [str(a) for a in COMMANDS[name](str(model), str(adapter), data, str(out))]
 
 
 def _one_line_error(result) -> str:
@@ -76,20 +82,20 @@ def _snapshot(root: Path) -> dict[str, bytes]:
 def test_an_existing_file_as_output_directory_is_one_line(name, lazarus_cli, model, adapter, tiny_dataset, tmp_path):
     target = tmp_path / "taken"
     target.write_text("keep me\n")
-    result = lazarus_cli(*_args(name, model, adapter, tiny_dataset(), target))
+    result = lazarus_cli(*_args(name, model, adapter, _data(tiny_dataset), target))
     line = _one_line_error(result)
     assert "taken" in line and "file" in line
     assert target.read_text() == "keep me\n"
 
 
 def test_a_directory_as_json_file_is_one_line(lazarus_cli, model, tmp_path):
-    result = lazarus_cli(*_args("introspect --json", model, "", "", tmp_path))
+    result = lazarus_cli(*_args("introspect --json", model, "", {}, tmp_path))
     assert "is a directory" in _one_line_error(result)
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_an_unwritable_parent_is_one_line_before_any_work(name, lazarus_cli, model, adapter, tiny_dataset):
-    result = lazarus_cli(*_args(name, model, adapter, tiny_dataset(), UNWRITABLE))
+    result = lazarus_cli(*_args(name, model, adapter, _data(tiny_dataset), UNWRITABLE))
     line = _one_line_error(result)
     assert UNWRITABLE in line and "cannot write in /proc" in line
     assert "Training" not in result.output  # refused before the model was loaded
@@ -98,25 +104,25 @@ def test_an_unwritable_parent_is_one_line_before_any_work(name, lazarus_cli, mod
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_a_path_with_spaces_and_non_ascii_works(name, lazarus_cli, model, adapter, tiny_dataset, tmp_path):
     out = tmp_path / "my runs" / "modèle ü 模型" / ("out.json" if name in FILE_OUTPUTS else "out")
-    result = lazarus_cli(*_args(name, model, adapter, tiny_dataset(), out))
+    result = lazarus_cli(*_args(name, model, adapter, _data(tiny_dataset), out))
     assert result.exit_code == 0, result.output
     assert out.is_file() if name in FILE_OUTPUTS else any(out.iterdir())
 
 
 #: how each command is told to replace its earlier output
-REPLACE = {"train": ["--overwrite"], "models create": ["--force"], "data generate": ["--force"]}
+REPLACE = {"train": ["--overwrite"], "models create": ["--force"], "data generate": ["--force"], "eval": ["--force"]}
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_a_full_disk_is_one_line_and_the_previous_output_survives(name, lazarus_cli, model, adapter, tiny_dataset,
                                                                    tmp_path, monkeypatch):
     out = tmp_path / ("out.json" if name in FILE_OUTPUTS else "out")
-    args = _args(name, model, adapter, tiny_dataset(), out)
+    args = _args(name, model, adapter, _data(tiny_dataset), out)
     first = lazarus_cli(*args)
     assert first.exit_code == 0, first.output
     before = _snapshot(tmp_path)
     if name == "quantize":  # quantize writes only into a new directory
-        args = _args(name, model, adapter, tiny_dataset(), tmp_path / "out2")
+        args = _args(name, model, adapter, _data(tiny_dataset), tmp_path / "out2")
 
     def disk_full(*args, **kwargs):  # every writer commits its temporary file or directory by renaming it
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -88,10 +88,12 @@ def eval_command(model_path, adapter_path, data, split, rewards, output, force, 
     Example:
       lazarus eval --model M --adapter run --data math/prompts --reward arithmetic
     """
+    from lazarus.paths import check_output_path
     from lazarus.rewards import load_rewards
 
     path = _data_file(data, split)
     out = Path(output) if output else Path("eval-results.jsonl")
+    check_output_path(out, kind="file")
     if out.exists() and not force:
         raise LazarusError(f"{out} already exists; pass --force to overwrite it or choose another --output")
     reward_fns = load_rewards(rewards)  # unknown names fail before the model loads
