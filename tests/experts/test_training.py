@@ -83,7 +83,7 @@ def test_experts_and_environments_are_listed_by_kind(lazarus_cli):
     rows = {row["name"]: row for row in lazarus_cli("plugins", "list", "--json").json()}
     provides = rows["lazarus-experts"]["provides"]
     assert provides["experts"] == ["gru", "lstm"]
-    assert {"reach"} <= set(provides["environments"])
+    assert {"reach", "arith-delegate"} <= set(provides["environments"])
     assert rows["lazarus-experts"]["status"] == "loaded"
     listed = {(r["kind"], r["name"]) for r in lazarus_cli("experts", "list", "--json").json()}
     assert {("expert", "gru"), ("expert", "lstm"), ("environment", "reach")} <= listed

@@ -129,3 +129,50 @@ def eval_command(expert_dir, env_name, env_options, episodes, seed, sample, as_j
     click.echo(f"  expert  {em:9.3f} ± {eh:.3f}")
     click.echo(f"  random  {rm:9.3f} ± {rh:.3f}")
     click.echo(f"  expert - random: {em - rm:+.3f}")
+
+
+@experts.command()
+@click.option("--env", "env_name", default="arith-delegate", show_default=True, help="A text environment.")
+@click.option("--model", required=True, help="The LLM: a local directory in Hugging Face layout or a hub id.")
+@click.option("--adapter", default=None, help="An adapter directory for the model.")
+@click.option("--experts", "experts_dir", default=None,
+              help="Expert instances the LLM may delegate to: a registry directory (or one expert directory).")
+@click.option("--env-option", "env_options", multiple=True, metavar="KEY=VALUE", help="Environment keyword (repeatable).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Episode seed (which question).")
+@click.option("--max-steps", default=None, type=int, help="LLM turns before the episode ends (default: the environment's).")
+@click.option("--max-tokens", default=96, show_default=True, type=int, help="Tokens per LLM turn.")
+@click.option("--temperature", default=0.0, show_default=True, type=float)
+@click.option("--json", "as_json", is_flag=True, help="Print the episode as JSON.")
+def run(env_name, model, adapter, experts_dir, env_options, seed, max_steps, max_tokens, temperature, as_json):
+    """Run one LLM episode with the orchestrator and print the transcript, e.g.
+    `lazarus experts run --env arith-delegate --model M`."""
+    from lazarus.errors import LazarusError
+    from lazarus_experts.environments import make_environment
+    from lazarus_experts.orchestrator import llm_from_model, run_episode
+
+    options = _options(env_options, "--env-option")
+    if experts_dir is not None:
+        options["experts"] = experts_dir
+    if max_steps is not None:
+        if max_steps < 1:
+            raise LazarusError(f"--max-steps must be >= 1, got {max_steps}")
+        options["max_steps"] = max_steps
+    env = make_environment(env_name, options)
+    if getattr(getattr(env, "observation_space", None), "kind", None) != "text":
+        raise LazarusError(f"environment {env_name!r} is not a text environment; train an expert in it with "
+                           "`lazarus experts train --env NAME` instead")
+    import lazarus
+
+    llm_model, tokenizer, _ = lazarus.load_model(model, adapter_path=adapter)
+    episode = run_episode(env, llm_from_model(llm_model, tokenizer, max_tokens=max_tokens, temperature=temperature,
+                                              seed=seed), seed=seed)
+    if as_json:
+        click.echo(json.dumps({"env": env_name, "seed": seed, "reward": episode.reward, "steps": episode.steps,
+                               "answer": episode.answer, "expected": episode.info.get("expected"),
+                               "transcript": episode.transcript}, indent=2))
+        return
+    for entry in episode.transcript:
+        label = {"task": "TASK", "llm": "LLM", "observation": "OBS"}.get(entry["role"], entry["role"].upper())
+        click.echo(f"[{label}] {entry['text']}")
+    click.echo(f"reward {episode.reward:g} after {episode.steps} turn(s); answer {episode.answer!r}, "
+               f"expected {episode.info.get('expected')!r}")

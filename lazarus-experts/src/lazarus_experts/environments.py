@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from lazarus.errors import LazarusError
-from lazarus_experts.spaces import Box, Discrete, as_space
+from lazarus_experts.spaces import Box, Discrete, Text, as_space
 
 
 class ReachEnv:
@@ -95,8 +95,9 @@ def check_trainable(env, name: str) -> None:
         if not hasattr(env, attribute):
             raise LazarusError(f"environment {name!r} has no {attribute}; see docs/experts.md for the contract")
     try:
-        as_space(env.observation_space)
-        as_space(env.action_space)
+        spaces = [as_space(env.observation_space), as_space(env.action_space)]
+        if any(isinstance(space, Text) for space in spaces):
+            raise LazarusError("text")
     except LazarusError:
         raise LazarusError(f"environment {name!r} is not one an expert can act in: its spaces are "
                            f"{env.observation_space!r} / {env.action_space!r}; experts need Discrete or Box "

@@ -19,6 +19,8 @@ def register_experts(register):
 def register_environments(register):
     register(EnvironmentSpec(name="reach", entry="lazarus_experts.environments:ReachEnv",
                              description="Move a value to a target under noise (continuous or 3 discrete actions)"))
+    register(EnvironmentSpec(name="arith-delegate", entry="lazarus_experts.arith:ArithDelegateEnv",
+                             description="An LLM answers arithmetic; it may call a calculator tool or delegate to an expert"))
 
 
 @lazarus.hookimpl

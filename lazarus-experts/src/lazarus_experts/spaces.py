@@ -96,7 +96,7 @@ Space = Discrete | Box
 def as_space(value: Any, what: str = "space") -> Space:
     """A :class:`Discrete` or :class:`Box` from a space, a dict written by ``to_dict`` or any object
     with ``n`` (discrete) or ``low``/``high`` (continuous), as gym spaces have."""
-    if isinstance(value, (Discrete, Box)):
+    if isinstance(value, (Discrete, Box, Text)):
         return value
     if isinstance(value, dict):
         kind = value.get("kind")
@@ -104,6 +104,8 @@ def as_space(value: Any, what: str = "space") -> Space:
             return Discrete(value["n"])
         if kind == "continuous":
             return Box(value["low"], value["high"])
+        if kind == "text":
+            return Text(value.get("max_length", 4096))
         raise LazarusError(f"{what}: unknown kind {kind!r}; use 'discrete' (with n) or 'continuous' (with low, high)")
     if hasattr(value, "n"):
         return Discrete(value.n)
@@ -113,3 +115,18 @@ def as_space(value: Any, what: str = "space") -> Space:
         return Box(np.ravel(value.low).tolist(), np.ravel(value.high).tolist())
     raise LazarusError(f"{what}: {value!r} is not a space; use lazarus_experts.spaces.Discrete(n) or "
                        "Box(low, high)")
+
+
+@attrs.frozen
+class Text:
+    """Free text of at most ``max_length`` characters: the observations and actions of an
+    environment an LLM acts in (``arith-delegate``). Experts cannot act in it."""
+
+    max_length: int = 4096
+    kind = "text"
+
+    def contains(self, value: Any) -> bool:
+        return isinstance(value, str) and len(value) <= self.max_length
+
+    def to_dict(self) -> dict:
+        return {"kind": "text", "max_length": self.max_length}
