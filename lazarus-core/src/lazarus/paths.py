@@ -73,13 +73,14 @@ def write_error_message(exc: BaseException) -> str | None:
     permission, a read-only file system, a missing or wrong-kind path. ``None`` for anything else
     (a bug: let its traceback show)."""
     if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
-        where = f"{exc.filename}: " if exc.filename else ""
         if exc.errno in _FULL:
-            return (f"cannot write {where}{exc.strerror or exc}; free some space or write elsewhere "
+            where = f" {exc.filename}" if exc.filename else ""
+            return (f"cannot write{where}: {exc.strerror or exc}; free some space or write elsewhere "
                     "(the previous output, if any, is unchanged)")
         if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            return f"cannot write {where}{exc.strerror or exc}; choose a path you can write to"
-        return f"{where}{exc.strerror or exc}"
+            where = f" {exc.filename}" if exc.filename else ""
+            return f"cannot write{where}: {exc.strerror or exc}; choose a path you can write to"
+        return f"{exc.filename}: {exc.strerror or exc}" if exc.filename else str(exc.strerror or exc)
     text = " ".join(str(exc).split())
     if isinstance(exc, RuntimeError) and "Unable to write" in text:
         return (f"cannot write: {text} (is the disk full?); free some space or write elsewhere "
