@@ -156,9 +156,11 @@ def test_allow_and_block_lists(tmp_path):
     assert rows["lazarus-two"]["status"] == "blocked"
     assert rows["example"]["status"] == "blocked"
     # a blocked plugin's command is gone from the CLI
-    commands = run_cli(tmp_path, "--help", LAZARUS_DISABLE_PLUGINS="example").stdout.split("Commands:")[1]
-    assert "reward" not in commands.split()
-    assert "reward" in run_cli(tmp_path, "--help").stdout.split("Commands:")[1].split()
+    def command_names(text):  # the first word of each line of the command list (help text may say "reward")
+        return [line.split()[0] for line in text.split("Commands:")[1].splitlines() if line.strip()]
+
+    assert "reward" not in command_names(run_cli(tmp_path, "--help", LAZARUS_DISABLE_PLUGINS="example").stdout)
+    assert "reward" in command_names(run_cli(tmp_path, "--help").stdout)
 
 
 def test_name_collision_names_both_plugins(tmp_path):
@@ -238,7 +240,7 @@ def test_unknown_name_error_lists_installed_and_how_to_install():
 def test_unknown_name_from_the_cli_is_one_line_exit_2(tmp_path):
     result = run_cli(tmp_path, "reward", "nope", "--completion", "x")
     assert result.returncode == 2
-    assert "no reward-function named 'nope'; installed: keyword" in result.stderr
+    assert "no reward-function named 'nope'; installed: " in result.stderr and "keyword" in result.stderr
     assert "Traceback" not in result.stderr
 
 
