@@ -53,6 +53,8 @@ COMMANDS = {
                                                "--json", out],
     "eval": lambda m, a, d, out: ["eval", "--model", m, "--data", d["prompts"], "--split", "valid",
                                   "--reward", "arithmetic", "--max-tokens", "2", "--limit", "2", "--output", out],
+    "experts train": lambda m, a, d, out: ["experts", "train", "--env", "reach", "--steps", "1", "--num-envs", "2",
+                                           "--output", out],
 }
 #: commands whose output is a file rather than a directory
 FILE_OUTPUTS = {"introspect --json", "eval"}
@@ -110,7 +112,7 @@ def test_a_path_with_spaces_and_non_ascii_works(name, lazarus_cli, model, adapte
 
 
 #: how each command is told to replace its earlier output
-REPLACE = {"train": ["--overwrite"], "models create": ["--force"], "data generate": ["--force"], "eval": ["--force"]}
+REPLACE = {"train": ["--overwrite"], "experts train": ["--overwrite"], "models create": ["--force"], "data generate": ["--force"], "eval": ["--force"]}
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
@@ -134,9 +136,10 @@ def test_a_full_disk_is_one_line_and_the_previous_output_survives(name, lazarus_
     line = _one_line_error(result)
     assert "No space left on device" in line and "free some space" in line
     after = _snapshot(tmp_path)
-    if name == "train":  # --overwrite clears the earlier run's checkpoints, metrics and plot first, by design
+    if name in ("train", "experts train"):  # --overwrite clears the earlier run's checkpoints, metrics, plot first
         before, after = ({k: v for k, v in d.items() if not k.startswith(("out/checkpoints", "out/metrics",
-                                                                           "out/loss"))} for d in (before, after))
+                                                                           "out/loss", "out/return"))}
+                         for d in (before, after))
     assert after == before  # the earlier output is intact and no half-written file appeared
 
 

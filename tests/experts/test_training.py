@@ -98,3 +98,12 @@ def test_a_third_party_environment_is_trainable_by_name(plugin_registry, lazarus
     report = lazarus_cli("experts", "eval", str(tmp_path / "m"), "--episodes", "32", "--json").json()
     assert report["random"]["mean"] == pytest.approx(2.5, abs=0.6)
     assert report["expert"]["mean"] > 4.5  # out of 5
+
+
+def test_an_earlier_run_is_kept_unless_overwrite(lazarus_cli, tmp_path):
+    args = ("experts", "train", "--steps", "1", "--num-envs", "2", "--output", str(tmp_path / "o"))
+    assert lazarus_cli(*args).exit_code == 0
+    again = lazarus_cli(*args)
+    assert again.exit_code == 2 and "already holds a training run" in again.output and "--overwrite" in again.output
+    assert lazarus_cli(*args, "--overwrite").exit_code == 0
+    assert len((tmp_path / "o" / "metrics.jsonl").read_text().splitlines()) == 1

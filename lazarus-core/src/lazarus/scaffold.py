@@ -33,17 +33,18 @@ KIND_INFO: dict[str, tuple[str, str, str]] = {
               "lazarus introspect {name} --model M --prompt 'The answer is'"),
     "reward-function": ("rewards", "A reward function for Lazarus RL trainers",
                         "lazarus train grpo --model M --data D --reward {name}"),
-    "expert": ("expert", "A small expert model for Lazarus", "python -c \"from lazarus.plugins import "
-               "get; print(get('expert', '{name}').load()())\""),
-    "environment": ("environment", "An environment for Lazarus experts", "python -c \"from lazarus.plugins "
-                    "import get; env = get('environment', '{name}').load()(); print(env.reset(seed=0))\""),
+    "expert": ("expert", "A small expert model for Lazarus",
+               "lazarus experts train --expert {name} --env reach --steps 30 --output run"),
+    "environment": ("environment", "An environment for Lazarus experts",
+                    "lazarus experts train --env {name} --steps 30 --output run && lazarus experts eval run"),
     "command": ("plugin", "A command for the lazarus CLI", "lazarus {name} --help"),
 }
 KINDS = tuple(KIND_INFO)
 #: kinds whose generated tests build a tiny llama checkpoint (so they need lazarus-families)
 NEEDS_FAMILIES = {"adapter", "trainer", "probe"}
 #: kinds that run under another first-party distribution's command group
-RUNTIME_DEPENDENCIES = {"probe": "lazarus-introspect"}
+RUNTIME_DEPENDENCIES = {"probe": "lazarus-introspect", "expert": "lazarus-experts",
+                        "environment": "lazarus-experts"}
 
 _KEBAB = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 

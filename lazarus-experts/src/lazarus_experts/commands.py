@@ -72,8 +72,10 @@ def list_command(as_json):
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--save-interval", default=20, show_default=True, type=int, help="Checkpoint every N updates (0: only at the end).")
 @click.option("--resume", default=None, help="A checkpoint or an output directory to continue from.")
+@click.option("--overwrite", is_flag=True, help="Start afresh in an --output that holds an earlier run.")
 def train(expert_kind, env_name, env_options, steps, output, num_envs, hidden_size, num_layers, no_value_head,
-          learning_rate, epochs, gamma, lam, clip, entropy_coef, max_episode_steps, seed, save_interval, resume):
+          learning_rate, epochs, gamma, lam, clip, entropy_coef, max_episode_steps, seed, save_interval, resume,
+          overwrite):
     """Train an expert with PPO, e.g. `lazarus experts train --expert gru --env reach --steps 60 --output run`."""
     from rich.console import Console
 
@@ -89,7 +91,8 @@ def train(expert_kind, env_name, env_options, steps, output, num_envs, hidden_si
         output=str(out), expert=expert_kind, env=env_name, env_options=_options(env_options, "--env-option"),
         steps=steps, num_envs=num_envs, hidden_size=hidden_size, num_layers=num_layers, value_head=not no_value_head,
         learning_rate=learning_rate, epochs=epochs, gamma=gamma, lam=lam, clip=clip, entropy_coef=entropy_coef,
-        max_episode_steps=max_episode_steps, seed=seed, save_interval=save_interval, resume=resume)
+        max_episode_steps=max_episode_steps, seed=seed, save_interval=save_interval, resume=resume,
+        overwrite=overwrite)
     ExpertTrainer(config, console=Console(stderr=True)).train()
 
 

@@ -66,9 +66,10 @@ class ExpertTrainConfig:
     save_interval: int = 20
     keep_checkpoints: int = 2
     resume: str | None = None
+    overwrite: bool = False
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in attrs.asdict(self).items() if k not in ("resume",)}
+        return {k: v for k, v in attrs.asdict(self).items() if k not in ("resume", "overwrite")}
 
 
 @attrs.define
@@ -196,8 +197,7 @@ class ExpertTrainer:
         if c.resume:
             start = self._resume(expert, optimizer, metrics)
         else:
-            self.output.mkdir(parents=True, exist_ok=True)
-            (self.output / METRICS_FILE).unlink(missing_ok=True)
+            self._fresh_output()
         mx.eval(expert.parameters())
 
         def loss_fn(model, obs, raw, old_logp, adv, old_values, returns, mask):
@@ -248,6 +248,21 @@ class ExpertTrainer:
                  f"{first if first is None else round(first, 3)} -> {last if last is None else round(last, 3)}; "
                  f"metrics: {self.output / METRICS_FILE}, curve: {self.output / RETURN_PNG}")
         return TrainResult(self.output, c.steps, first, last)
+
+    def _fresh_output(self) -> None:
+        """Refuse to mix a fresh run into an earlier run's output unless ``overwrite`` is set (as
+        ``lazarus train`` does); with it, the earlier checkpoints, metrics and curve go first."""
+        previous = self.output / ckpt.CHECKPOINTS_DIR
+        if previous.exists():
+            if not self.config.overwrite:
+                raise LazarusError(f"{self.output} already holds a training run ({previous}); continue it with "
+                                   f"--resume {self.output}, start afresh there with --overwrite, or choose "
+                                   "another --output")
+            shutil.rmtree(previous)
+            for name in (METRICS_FILE, RETURN_PNG):
+                (self.output / name).unlink(missing_ok=True)
+        self.output.mkdir(parents=True, exist_ok=True)
+        (self.output / METRICS_FILE).unlink(missing_ok=True)
 
     def _progress(self):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
