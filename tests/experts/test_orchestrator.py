@@ -120,3 +120,13 @@ def test_run_an_episode_with_a_model_from_the_cli(lazarus_cli, tiny_checkpoint):
     assert episode["steps"] == 1 and [e["role"] for e in episode["transcript"]] == ["task", "llm", "observation"]
     wrong = lazarus_cli("experts", "run", "--env", "reach", "--model", str(model))
     assert wrong.exit_code == 2 and "not a text environment" in wrong.output
+
+
+def test_mcp_without_the_package_is_a_one_line_error(lazarus_cli, tiny_checkpoint, monkeypatch):
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("mcp") is not None:
+        monkeypatch.setitem(sys.modules, "mcp", None)  # as if it were not installed
+    result = lazarus_cli("experts", "run", "--model", str(tiny_checkpoint("llama")), "--mcp", "my-server --stdio")
+    assert result.exit_code == 2 and "pip install mcp" in result.output and "Traceback" not in result.output

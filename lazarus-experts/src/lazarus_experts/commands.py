@@ -145,8 +145,11 @@ def eval_command(expert_dir, env_name, env_options, episodes, seed, sample, as_j
 @click.option("--max-steps", default=None, type=int, help="LLM turns before the episode ends (default: the environment's).")
 @click.option("--max-tokens", default=96, show_default=True, type=int, help="Tokens per LLM turn.")
 @click.option("--temperature", default=0.0, show_default=True, type=float)
+@click.option("--mcp", "mcp_commands", multiple=True, metavar="COMMAND",
+              help="Also offer the tools of an MCP server started as COMMAND over stdio (needs `pip install mcp`).")
 @click.option("--json", "as_json", is_flag=True, help="Print the episode as JSON.")
-def run(env_name, model, adapter, experts_dir, env_options, seed, max_steps, max_tokens, temperature, as_json):
+def run(env_name, model, adapter, experts_dir, env_options, seed, max_steps, max_tokens, temperature, mcp_commands,
+        as_json):
     """Run one LLM episode with the orchestrator and print the transcript, e.g.
     `lazarus experts run --env arith-delegate --model M`."""
     from lazarus.errors import LazarusError
@@ -164,6 +167,14 @@ def run(env_name, model, adapter, experts_dir, env_options, seed, max_steps, max
     if getattr(getattr(env, "observation_space", None), "kind", None) != "text":
         raise LazarusError(f"environment {env_name!r} is not a text environment; train an expert in it with "
                            "`lazarus experts train --env NAME` instead")
+    if mcp_commands:
+        from lazarus_experts.orchestrator import mcp_tools
+
+        if not hasattr(env, "orchestrator"):
+            raise LazarusError(f"--mcp: environment {env_name!r} has no orchestrator to add tools to")
+        for command in mcp_commands:
+            for name, tool in mcp_tools(command).items():
+                env.orchestrator.add_tool(name, tool)
     import lazarus
 
     llm_model, tokenizer, _ = lazarus.load_model(model, adapter_path=adapter)

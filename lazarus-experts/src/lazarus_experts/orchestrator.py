@@ -260,3 +260,52 @@ def run_episode(env, llm: Callable[[list[dict]], str], seed: int | None = None) 
         messages += [{"role": "assistant", "content": text}, {"role": "user", "content": observation}]
     transcript = env.orchestrator.transcript if hasattr(env, "orchestrator") else messages
     return Episode(transcript, total, steps, info.get("answer"), info)
+
+
+# -- optional: MCP tools over stdio ------------------------------------------------------------------
+def mcp_tools(command: str) -> dict[str, Tool]:
+    """The tools of an MCP server started as ``command`` (a shell-style string) over stdio, as
+    orchestrator tools. Needs the optional ``mcp`` package; without it this raises
+    :class:`LazarusError` saying so. Each call starts the server afresh (simple and stateless)."""
+    import asyncio
+    import shlex
+
+    from lazarus.errors import LazarusError
+
+    try:
+        from mcp import ClientSession, StdioServerParameters
+        from mcp.client.stdio import stdio_client
+    except ImportError:
+        raise LazarusError("MCP tools need the optional mcp package: pip install mcp") from None
+    argv = shlex.split(command)
+    if not argv:
+        raise LazarusError("--mcp: empty command; give the command that starts an MCP server over stdio")
+    params = StdioServerParameters(command=argv[0], args=argv[1:])
+
+    async def with_session(work):
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            return await work(session)
+
+    async def listing(session):
+        return (await session.list_tools()).tools
+
+    try:
+        listed = asyncio.run(with_session(listing))
+    except Exception as exc:  # noqa: BLE001 - a server that does not start is a user error
+        raise LazarusError(f"--mcp {command!r}: cannot list the server's tools ({type(exc).__name__}: {exc})") from None
+
+    def handler_for(name: str):
+        def handler(**arguments):
+            async def call(session):
+                return await session.call_tool(name, arguments)
+
+            result = asyncio.run(with_session(call))
+            text = "\n".join(getattr(part, "text", str(part)) for part in result.content)
+            if getattr(result, "isError", False):
+                raise RuntimeError(text)
+            return text
+
+        return handler
+
+    return {t.name: Tool(t.name, handler_for(t.name), t.description or "") for t in listed}
