@@ -150,7 +150,9 @@ class RewardFunctionSpec(Spec):
 
 @attrs.frozen(kw_only=True)
 class ExpertSpec(Spec):
-    """A small expert model (GRU/LSTM ...) an LLM can delegate to: ``entry`` names its class."""
+    """A small expert model (GRU/LSTM ...) an LLM can delegate to: ``entry`` names its class, built
+    as ``cls(config)`` from an ``ExpertConfig`` of lazarus-experts, with ``reset(batch_size) -> state``
+    and ``step(obs, state) -> (action distribution, value, state)`` (docs/experts.md)."""
 
     kind: ClassVar[str] = "expert"
     plural: ClassVar[str] = "experts"
@@ -160,8 +162,9 @@ class ExpertSpec(Spec):
 @attrs.frozen(kw_only=True)
 class EnvironmentSpec(Spec):
     """An environment experts (and RL trainers) act in, since 0.2. ``entry`` names a class whose
-    instances have ``observation_space`` and ``action_space`` attributes, ``reset(seed=None) ->
-    observation`` and ``step(action) -> (observation, reward, done, info)``."""
+    instances have ``name``, ``observation_space`` and ``action_space`` attributes (spaces of
+    lazarus-experts: ``Discrete``, ``Box``, ``Text``), ``reset(seed=None) -> observation`` and
+    ``step(action) -> (observation, reward, done, info)`` (docs/experts.md)."""
 
     kind: ClassVar[str] = "environment"
     plural: ClassVar[str] = "environments"

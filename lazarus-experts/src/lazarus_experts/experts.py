@@ -286,7 +286,8 @@ class ExpertRegistry:
             for name, expert in self._experts.items():
                 (tmp / name).mkdir()
                 write_expert_files(expert, tmp / name, instance=name)
-            index = {"format": FORMAT, "experts": {name: getattr(e, "kind", e.cell) for name, e in self._experts.items()}}
+            index = {"format": FORMAT, "experts": {name: getattr(e, "kind", None) or getattr(e, "cell", None)
+                                                 for name, e in self._experts.items()}}
             (tmp / REGISTRY_FILE).write_text(json.dumps(index, indent=2) + "\n")
             prov.write(tmp, prov.collect(config=tmp / REGISTRY_FILE, command="experts registry"))
         return path
