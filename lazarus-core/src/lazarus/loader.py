@@ -89,8 +89,13 @@ def load_model(model: str | os.PathLike, adapter_path: str | os.PathLike | None 
 
 # -- locating the checkpoint ---------------------------------------------------------------------
 def resolve_model_path(model: str | os.PathLike) -> Path:
-    """The local directory of ``model``: itself when it is a directory, else a hub snapshot."""
+    """The local directory of ``model``: itself when it is a directory, the packaged directory of
+    an embedded model (``lazarus:tiny-math``), else a hub snapshot."""
     text = os.fspath(model)
+    if text.startswith("lazarus:"):
+        from lazarus.embedded import embedded_path
+
+        return embedded_path(text)
     path = Path(text).expanduser()
     if path.is_dir():
         return path

@@ -511,13 +511,15 @@ def _fill_vocab(backend, vocab_size: int):
 
 
 def train_tokenizer(output_dir: str | os.PathLike, vocab_size: int = 512,
-                    corpus: Iterable[str] | None = None, model_max_length: int = 4096) -> Tokenizer:
+                    corpus: Iterable[str] | None = None, model_max_length: int = 4096,
+                    split_digits: bool = False) -> Tokenizer:
     """Train a byte-level BPE tokenizer offline and write it to ``output_dir`` in HF layout.
 
     ``corpus``: lines of text (default: :func:`default_corpus`). ``vocab_size`` is exact: it counts
     the special tokens ``<unk> <s> </s> <pad> <|im_start|> <|im_end|>`` (ids 0-5), the 256 byte
     symbols and the learned merges, and is topped up with ``<reserved_N>`` entries when the corpus
-    has too few merges to offer.
+    has too few merges to offer. ``split_digits``: every digit is its own token (numbers are
+    never merged), which lets a small model learn arithmetic digit by digit.
     Writes ``tokenizer.json`` (BOS added by its post-processor), ``tokenizer_config.json`` (special
     tokens, ``add_bos_token``, ``model_max_length``, a ChatML ``chat_template``) and
     ``special_tokens_map.json``; other files in ``output_dir`` are left alone. Each file is written
@@ -536,7 +538,9 @@ def train_tokenizer(output_dir: str | os.PathLike, vocab_size: int = 512,
         raise LazarusError("train_tokenizer: the corpus is empty; give some lines of text")
 
     backend = BackendTokenizer(models.BPE(unk_token=None))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                             if split_digits else byte_level)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),

@@ -90,14 +90,14 @@ def generate_math(output: Path, count: int, seed: int, kinds: str, valid_fractio
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--format", "data_format", type=click.Choice(["sft", "preference", "prompt"]),
               help="Read the records as this format (default: detect from the keys).")
-@click.option("--model", "-m", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="A model directory whose tokenizer gives token-length statistics.")
+@click.option("--model", "-m", metavar="MODEL",
+              help="A model directory (or lazarus:NAME) whose tokenizer gives token-length statistics.")
 @click.option("--max-seq-length", default=2048, show_default=True, type=int,
               help="With --model: count examples longer than this.")
 @click.option("--chat-template", is_flag=True,
               help="With --model: wrap plain prompt/completion strings in the chat template.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def info(path: Path, data_format: str | None, model: Path | None, max_seq_length: int,
+def info(path: Path, data_format: str | None, model: str | None, max_seq_length: int,
          chat_template: bool, as_json: bool):
     """Records per split, the detected record kind and, with --model, token lengths.
 
@@ -112,9 +112,10 @@ def info(path: Path, data_format: str | None, model: Path | None, max_seq_length
     report: dict = {"path": str(path), "kind": splits.kind, "format": splits.format, "splits": {}}
     tokenizer = None
     if model is not None:
+        from lazarus.loader import resolve_model_path
         from lazarus.tokenizer import Tokenizer
 
-        tokenizer = Tokenizer.from_dir(model)
+        tokenizer = Tokenizer.from_dir(resolve_model_path(model))
     for name, dataset in splits.items():
         entry: dict = {"file": str(dataset.path), "records": len(dataset)}
         if tokenizer is not None and len(dataset):
