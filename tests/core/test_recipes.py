@@ -234,3 +234,18 @@ def test_the_example_recipes_check(tmp_path):
     for recipe in examples:
         result = run(recipe, "--check")
         assert result.exit_code == 0 and "stages OK" in result.output, (recipe, result.output)
+
+
+def test_output_that_is_a_file_is_one_line_and_output_can_be_overridden(tiny_llama, math_dirs, tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("keep me\n")
+    recipe = write_recipe(tmp_path / "r.toml", tiny_llama, taken, math_dirs)
+    result = run(recipe)
+    assert result.exit_code == 2 and "taken" in result.output and "Traceback" not in result.output
+    assert taken.read_text() == "keep me\n"
+    lens = tmp_path / "lens.toml"
+    lens.write_text(f'model = "{tiny_llama}"\noutput = "{taken}"\n[[stage]]\nintrospect = "logit-lens"\n'
+                    'prompt = "1 + 1 ="\n')
+    moved = run(lens, "--output", tmp_path / "elsewhere")
+    assert moved.exit_code == 0, moved.output
+    assert (tmp_path / "elsewhere" / "logit-lens" / "result.json").is_file()

@@ -392,11 +392,10 @@ class Runner:
         return self.recipe.output / stage.name
 
     def run(self) -> list[StageResult]:
+        from lazarus.paths import check_output_path
         from lazarus.provenance import sha256_json
 
-        output = self.recipe.output
-        if output.exists() and not output.is_dir():
-            raise LazarusError(f"output = {str(output)!r} is a file; a recipe's output is a directory")
+        check_output_path(self.recipe.output, kind="dir", option=f"{self.recipe.path}: output =")
         results: list[StageResult] = []
         model, adapter = self.recipe.model, None
         outputs: dict[str, tuple[str, str | None]] = {}  # stage -> (model, adapter) it hands on

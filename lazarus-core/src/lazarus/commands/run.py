@@ -16,7 +16,8 @@ EXIT_INTERRUPTED = 130
 @click.option("--from", "force_from", metavar="STAGE", help="Run again from this stage on, even if unchanged.")
 @click.option("--set", "overrides", multiple=True, metavar="STAGE.KEY=VALUE",
               help="Override one stage option, e.g. --set sft.max-steps=50 (repeatable; VALUE is read as TOML).")
-def run(recipe, check, force_from, overrides):
+@click.option("--output", "-o", metavar="DIR", help="Write the stages here instead of the recipe's `output`.")
+def run(recipe, check, force_from, overrides, output):
     """Run the stages of RECIPE (TOML) in order, each writing OUTPUT/<stage>/.
 
     \b
@@ -42,6 +43,10 @@ def run(recipe, check, force_from, overrides):
     from lazarus.recipes import Runner, read_recipe
 
     parsed = read_recipe(recipe, overrides=overrides)
+    if output:
+        from pathlib import Path
+
+        parsed.output = Path(output)
     if check:
         click.echo(f"{recipe}: {len(parsed.stages)} stages OK: "
                    + ", ".join(f"{s.name} ({s.label})" for s in parsed.stages))
