@@ -17,7 +17,11 @@ and pads to 1 + a multiple of 32), step compilation and loop.
 Figures:
 - loss tokens/s: completion tokens (the ones carrying loss) per second of training steps, after
   dropping the first report window (compilation);
-- peak memory: ``mx.get_peak_memory()`` over the engine's run (reset before each).
+- peak memory: ``mx.get_peak_memory()`` over the engine's run (reset before each);
+- eval loss (SFT): after training, one evaluator (token-weighted mean cross-entropy on the
+  completion tokens) runs each engine's trained model on the same held-out problems (a second
+  draw of math problems, seed 1), so both engines are judged on the same tokens, not on the last
+  training batches they happened to draw.
 
 The ratio columns are Lazarus / mlx-lm (above 1.0 means Lazarus is faster / uses less memory for
 the memory ratio mlx-lm / Lazarus). Runs alternate between the engines; the best of ``--repeats``
@@ -25,6 +29,7 @@ is reported, since a shared machine only ever makes a run slower.
 
     python benchmarks/train.py --size tiny --steps 60 --batch-size 8 --rank 8
     python benchmarks/train.py --size small --steps 30 --batch-size 4 --json out.json
+    python benchmarks/train.py --size 1b --dtype bfloat16 --steps 60 --batch-size 8 --repeats 3
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -39,13 +45,46 @@ from pathlib import Path
 REPORT = 10  # steps per report window
 
 
-def make_checkpoint(root: Path, size: str) -> Path:
-    from lazarus.models.create import create_checkpoint
+def make_checkpoint(root: Path, size: str, dtype: str = "float32") -> Path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from checkpoints import bench_checkpoint
 
-    path = root / f"llama-{size}"
-    if not (path / "config.json").is_file():
-        create_checkpoint("llama", path, size=size, seed=0)
-    return path
+    return bench_checkpoint(root, size, dtype)
+
+
+def heldout_examples(root: Path, model: Path, max_seq_length: int, count: int = 256) -> list:
+    """``count`` held-out math problems (seed 1) as ``(ids, prompt_length)``, tokenised by Lazarus."""
+    import lazarus
+    from lazarus.data.examples import tokenize
+    from lazarus.data.math import generate, write_math_data
+    from lazarus.data.records import load_splits
+
+    out = root / "math-heldout"
+    if not (out / "sft" / "train.jsonl").is_file():
+        write_math_data(generate(count, seed=1), out, valid_fraction=0.0, test_fraction=0.0, force=True)
+    _, tokenizer, _ = lazarus.load_model(str(model))
+    examples = tokenize(load_splits(out / "sft", format="sft").train, tokenizer, max_seq_length=max_seq_length)
+    return [(e.ids.tolist(), e.prompt_length) for e in examples]
+
+
+def eval_loss(net, examples: list, batch_size: int = 16) -> float:
+    """Token-weighted mean cross-entropy of ``net`` on the completion tokens of ``examples``."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    total, count = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        rows = examples[start:start + batch_size]
+        width = max(len(ids) for ids, _ in rows)
+        ids = mx.array([ids + [0] * (width - len(ids)) for ids, _ in rows])
+        positions = mx.arange(1, width)[None]
+        lengths = mx.array([len(ids) for ids, _ in rows])[:, None]
+        prompts = mx.array([p for _, p in rows])[:, None]
+        mask = ((positions >= prompts) & (positions < lengths)).astype(mx.float32)
+        ce = nn.losses.cross_entropy(net(ids[:, :-1]).astype(mx.float32), ids[:, 1:], reduction="none")
+        total += (ce * mask).sum().item()
+        count += int(mask.sum().item())
+    return total / count
 
 
 def make_data(root: Path, count: int) -> Path:
@@ -83,8 +122,10 @@ def run_lazarus(model: Path, data: Path, output: Path, args) -> dict:
     rows = [r for r in result.metrics if r["split"] == "train"][1:]  # drop the compile window
     tokens = sum(r["loss_items"] for r in rows)
     seconds = sum(r["seconds"] for r in rows)
+    trainer.model.eval()
     return {"loss_tokens_per_second": tokens / seconds, "steps_per_second": len(rows) * REPORT / seconds,
-            "peak_memory_gb": peak / 1e9, "final_loss": rows[-1]["loss"] if rows else None}
+            "peak_memory_gb": peak / 1e9, "final_loss": rows[-1]["loss"] if rows else None,
+            "eval_loss": eval_loss(trainer.model, args.heldout)}
 
 
 def run_mlx_lm(model: Path, data: Path, output: Path, args) -> dict:
@@ -129,8 +170,10 @@ def run_mlx_lm(model: Path, data: Path, output: Path, args) -> dict:
     rows = reports[1:]
     seconds = sum(REPORT / r["iterations_per_second"] for r in rows)
     tokens = sum(r["tokens_per_second"] * REPORT / r["iterations_per_second"] for r in rows)
+    net.eval()
     return {"loss_tokens_per_second": tokens / seconds, "steps_per_second": len(rows) * REPORT / seconds,
-            "peak_memory_gb": peak / 1e9, "final_loss": rows[-1]["train_loss"] if rows else None}
+            "peak_memory_gb": peak / 1e9, "final_loss": rows[-1]["train_loss"] if rows else None,
+            "eval_loss": eval_loss(net, args.heldout)}
 
 
 def make_pairs(root: Path, count: int) -> Path:
@@ -261,8 +304,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trainer", choices=("sft", "dpo"), default="sft",
                         help="sft: vs mlx-lm; dpo: vs mlx-lm-lora (when importable)")
-    parser.add_argument("--size", choices=("tiny", "small"), default="tiny",
-                        help="tiny: 2 layers, hidden 64; small: ~75M llama")
+    parser.add_argument("--size", choices=("tiny", "small", "1b"), default="tiny",
+                        help="tiny: 2 layers, hidden 64; small: ~75M llama; 1b: a 1.04B llama (GPU)")
+    parser.add_argument("--dtype", default="float32", help="weights dtype of the checkpoint")
+    parser.add_argument("--engines", default="mlx-lm,lazarus", help="SFT engines to run, in this order")
     parser.add_argument("--steps", type=int, default=60, help="training steps per engine and run")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rank", type=int, default=8)
@@ -282,15 +327,18 @@ def main() -> int:
 
     cache = Path(args.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    model = make_checkpoint(cache, args.size)
+    model = make_checkpoint(cache, args.size, args.dtype)
     if args.trainer == "dpo":
         return main_dpo(args, model, cache)
     data = make_data(cache, args.examples)
+    args.heldout = heldout_examples(cache, model, args.max_seq_length)
+    runners = {"mlx-lm": run_mlx_lm, "lazarus": run_lazarus}
+    order = args.engines.split(",")
     results: dict[str, list[dict]] = {"lazarus": [], "mlx-lm": []}
     with tempfile.TemporaryDirectory() as work:
         for repeat in range(args.repeats):
-            for engine, run in (("mlx-lm", run_mlx_lm), ("lazarus", run_lazarus)):
-                results[engine].append(run(model, data, Path(work) / f"{engine}-{repeat}", args))
+            for engine in order if repeat % 2 == 0 else order[::-1]:
+                results[engine].append(runners[engine](model, data, Path(work) / f"{engine}-{repeat}", args))
                 print(f"run {repeat + 1}/{args.repeats} {engine}: {results[engine][-1]}", file=sys.stderr)
 
     best = {engine: max(runs, key=lambda r: r["loss_tokens_per_second"]) for engine, runs in results.items()}
@@ -299,14 +347,20 @@ def main() -> int:
     print(f"LoRA SFT, llama {args.size}, rank {args.rank}, keys {args.keys}, batch {args.batch_size}, "
           f"{args.steps} steps (first {REPORT} dropped), mlx {mx.__version__ if hasattr(mx, '__version__') else '?'} "
           f"on {platform.machine()} {mx.default_device()}")
-    print(f"{'engine':<10}{'loss tok/s':>14}{'steps/s':>10}{'peak GB':>10}{'final loss':>12}")
+    print(f"{'engine':<10}{'loss tok/s':>14}{'median':>10}{'steps/s':>10}{'peak GB':>10}{'final loss':>12}"
+          f"{'eval loss (each run)':>28}")
     for engine in ("lazarus", "mlx-lm"):
         r = best[engine]
-        print(f"{engine:<10}{r['loss_tokens_per_second']:>14.1f}{r['steps_per_second']:>10.2f}"
-              f"{r['peak_memory_gb']:>10.3f}{r['final_loss']:>12.3f}")
-    print(f"speed ratio (Lazarus / mlx-lm): {speed:.2f}x   memory ratio (mlx-lm / Lazarus): {memory:.2f}x")
+        median = statistics.median(x["loss_tokens_per_second"] for x in results[engine])
+        evals = " ".join(f"{x['eval_loss']:.3f}" for x in results[engine])
+        print(f"{engine:<10}{r['loss_tokens_per_second']:>14.1f}{median:>10.1f}{r['steps_per_second']:>10.2f}"
+              f"{r['peak_memory_gb']:>10.3f}{r['final_loss']:>12.3f}{evals:>28}")
+    eval_means = {e: statistics.mean(x["eval_loss"] for x in results[e]) for e in results}
+    print(f"speed ratio (Lazarus / mlx-lm): {speed:.2f}x   memory ratio (mlx-lm / Lazarus): {memory:.2f}x   "
+          f"mean eval loss: lazarus {eval_means['lazarus']:.3f}, mlx-lm {eval_means['mlx-lm']:.3f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "runs": results, "best": best,
+        saved = {k: v for k, v in vars(args).items() if k != "heldout"}
+        Path(args.json).write_text(json.dumps({"args": saved, "runs": results, "best": best, "eval_loss_mean": eval_means,
                                                "speed_ratio": speed, "memory_ratio": memory}, indent=2))
     return 0
 

@@ -10,10 +10,11 @@ mask=mask) -> logits`` and ``model.make_cache()``. Three entry points:
 
 :func:`generate_tokens` is the token-level loop under all three: chunked prefill, then one token
 per step with the next step queued (``mx.async_eval``) before the current token is read back, so the
-device never waits for Python. With no hook attached, decoding runs one ``mx.compile``d step per
-token (forward pass, repetition penalty and sampling together) over a preallocated
-:class:`~lazarus.models.cache.StaticKVCache` whose position is an array input, so the same traced
-step serves every token and the host does no per-layer work.
+device never waits for Python. On the CPU (and for batches on a GPU), with no hook attached,
+decoding runs one ``mx.compile``d step per token (forward pass, repetition penalty and sampling
+together) over a preallocated :class:`~lazarus.models.cache.StaticKVCache` whose position is an array input, so the
+same traced step serves every token and the host does no per-layer work
+(``LAZARUS_COMPILED_DECODE``: ``auto``, ``1``, ``0``).
 """
 
 from __future__ import annotations
@@ -239,9 +240,11 @@ def generate_tokens(model, prompt: mx.array, *, sampling: SamplingConfig | None 
     generator with ``send(rows)`` (a list of row indices) drops the other rows from then on: later
     arrays have ``len(rows)`` entries, in that order (batched generation frees finished rows so).
 
-    Decoding uses the compiled step (see the module docstring) unless ``compiled`` is False, a
+    Decoding may use the compiled step (see the module docstring) unless ``compiled`` is False, a
     hook is attached, the model is in training mode, ``cache`` is given, or the model is not a
-    Lazarus :class:`~lazarus.models.transformer.CausalLM`; both paths give the same tokens.
+    Lazarus :class:`~lazarus.models.transformer.CausalLM`; both paths give the same greedy tokens
+    in float32 (and the same seeded samples for one row; a seeded batch whose rows finish at
+    different steps draws other, equally reproducible, samples).
     """
     sampling = sampling or SamplingConfig()
     if prompt.ndim != 2 or prompt.shape[1] == 0:
@@ -250,7 +253,7 @@ def generate_tokens(model, prompt: mx.array, *, sampling: SamplingConfig | None 
         return
     prompt = prompt.astype(mx.int32)
     batch, length = prompt.shape
-    use_compiled = compiled and cache is None and max_tokens > 1 and _compilable(model)
+    use_compiled = compiled and cache is None and max_tokens > 1 and _compilable(model, batch)
     cache = model.make_cache() if cache is None else cache
     sample = make_sampler(sampling)
     key = mx.random.key(sampling.seed) if sampling.seed is not None and not sampling.greedy else None
@@ -312,16 +315,20 @@ def generate_tokens(model, prompt: mx.array, *, sampling: SamplingConfig | None 
                 batch = len(keep)
 
 
-#: LAZARUS_COMPILED_DECODE=0 turns the compiled decode step off everywhere (for comparisons)
-_COMPILED_DECODE = os.environ.get("LAZARUS_COMPILED_DECODE", "1") != "0"
+#: LAZARUS_COMPILED_DECODE: "auto" (default) compiles decoding on the CPU, and on a GPU for
+#: batches of 8 rows or more; "1" always, "0" never. At batch 1 on MLX 0.32's CUDA backend decoding
+#: is bound by its matrix-vector kernels, not by host work, and the compiled step measured no
+#: faster there; batched rollouts gain from it (docs/performance.md).
+_COMPILED_DECODE = os.environ.get("LAZARUS_COMPILED_DECODE", "auto")
 
 
-def _compilable(model) -> bool:
+def _compilable(model, batch: int) -> bool:
     from lazarus.models.transformer import CausalLM
 
+    if _COMPILED_DECODE == "0" or (_COMPILED_DECODE == "auto" and mx.default_device() != mx.cpu and batch < 8):
+        return False
     hooks = getattr(model, "_hook_registry", None)
-    return (_COMPILED_DECODE and isinstance(model, CausalLM) and not model.training
-            and hooks is not None and not hooks.fns)
+    return isinstance(model, CausalLM) and not model.training and hooks is not None and not hooks.fns
 
 
 def _capacity(needed: int) -> int:
