@@ -21,6 +21,7 @@ CORE_COMMANDS: dict[str, str] = {
     "adapters": "lazarus.commands.adapters:adapters",
     "data": "lazarus.commands.data:data",
     "eval": "lazarus.commands.eval:eval_command",
+    "export": "lazarus.commands.export:export",
     "generate": "lazarus.commands.generate:generate",
     "install": "lazarus.commands.install:install",
     "models": "lazarus.commands.models:models",
