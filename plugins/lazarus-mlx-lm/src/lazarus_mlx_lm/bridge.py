@@ -167,7 +167,8 @@ class Bridged(HookedModel):
         for _, module in self.named_modules():
             if isinstance(module, (nn.Embedding, nn.QuantizedEmbedding)):
                 return module
-        raise LazarusError(f"mlx-lm's {type(self).__mro__[2].__name__} has no token embedding the bridge can find")
+        raise LazarusError(f"mlx-lm's {self.family_args.module.__name__} model has no token embedding the "
+                           "bridge can find")
 
     def _find_final_norm(self):
         inner = getattr(self, "model", None)
