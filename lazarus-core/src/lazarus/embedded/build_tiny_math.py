@@ -5,9 +5,10 @@
 1. Text: arithmetic problems from :mod:`lazarus.data.math` (seed ``DATA_SEED``), minus every question
    that ``lazarus data generate math --seed 0`` makes for any ``--count`` up to ``HELD_OUT_COUNT``
    (so the usual evaluation and SFT data stay unseen), written as ``{"text": ...}`` records:
-   mostly plain worked equations, some question/answer pairs, a little English. Only half of the
-   question/answer pairs end with the generator's "The answer is N." sentence: the pretrained
-   model answers in that format only part of the time, which leaves SFT something to teach.
+   worked equations as plain text, question/answer pairs, a little English. Questions phrased
+   "Compute ..." or "Find the value of ..." are answered without the generator's final "The
+   answer is N." sentence (the other phrasings with it): the pretrained model then answers in the
+   generator's format for only part of the prompts, which leaves SFT something visible to teach.
 2. A byte-level BPE tokenizer (``lazarus.tokenizer.train_tokenizer``, digits split) on that text.
 3. A randomly initialised Llama (``lazarus.models.create.random_weights``), pretrained with the
    ``sft`` trainer on the text records with every weight trainable (embeddings and head too).
@@ -31,9 +32,10 @@ from pathlib import Path
 
 DATA_SEED = 1234
 HELD_OUT_COUNT = 10_000  # questions of `lazarus data generate math --seed 0 --count N<=10000` are left out
-PROBLEMS = 120_000
-QA_FRACTION = 0.35  # of the problems, asked as question + answer; the rest become plain equation text
-QA_WITH_ANSWER_SENTENCE = 0.5  # of those, how many end with "The answer is N."
+PROBLEMS = 240_000
+QA_FRACTION = 0.5  # of the problems, asked as question + answer; the rest become plain equation text
+#: questions asked this way are answered without "The answer is N." in pretraining
+NO_ANSWER_SENTENCE = ("Compute ", "Find the value of ")
 EQUATIONS_PER_DOC = 4
 VOCAB_SIZE = 512
 MAX_SEQ_LENGTH = 128
@@ -67,14 +69,14 @@ TRAINING = {
     "min_learning_rate": 1e-4,
     "weight_decay": 0.01,
     "batch_size": 64,
-    "max_steps": 3000,
+    "max_steps": 10_000,
     "max_seq_length": MAX_SEQ_LENGTH,
     "mask_prompt": False,
     "seed": 0,
     "log_interval": 50,
-    "eval_interval": 500,
+    "eval_interval": 1000,
     "eval_batches": 4,
-    "save_interval": 500,
+    "save_interval": 2000,
     "keep_checkpoints": 1,
 }
 
@@ -108,7 +110,8 @@ def pretraining_records(seed: int = DATA_SEED, count: int = PROBLEMS) -> list[di
     records, equations = [], []
     for problem in problems:
         if rng.random() < QA_FRACTION:
-            answer = problem.completion if rng.random() < QA_WITH_ANSWER_SENTENCE else " " + _worked_steps(problem)
+            bare = problem.prompt.startswith(NO_ANSWER_SENTENCE)
+            answer = " " + _worked_steps(problem) if bare else problem.completion
             records.append({"text": problem.prompt + answer})
             continue
         # word problems keep their story: a statement followed by its equation
@@ -126,9 +129,9 @@ def pretraining_records(seed: int = DATA_SEED, count: int = PROBLEMS) -> list[di
     return records
 
 
-def write_corpus(work: Path) -> tuple[Path, str]:
+def write_corpus(work: Path, problems: int = PROBLEMS) -> tuple[Path, str]:
     """Write ``work/pretrain/{train,valid}.jsonl``; returns the directory and the data hash."""
-    records = pretraining_records()
+    records = pretraining_records(count=problems)
     valid = records[:500]
     train = records[500:]
     out = work / "pretrain"
@@ -242,6 +245,14 @@ def greedy_accuracy(model_dir: str | Path, prompts_file: Path, adapter: str | Pa
             "by_kind": {k: round(c / n, 3) for k, (c, n) in sorted(by_kind.items())}}
 
 
+def _machine() -> str:
+    import platform
+
+    import mlx.core as mx
+
+    return f"{mx.default_device()}, {platform.system()} {platform.machine()}, {platform.python_version()}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "tiny-math",
@@ -251,13 +262,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=None,
                         help=f"training steps (default {TRAINING['max_steps']})")
     parser.add_argument("--no-compile", action="store_true", help="train without mx.compile")
+    parser.add_argument("--problems", type=int, default=PROBLEMS,
+                        help=f"math problems generated for the corpus (default {PROBLEMS})")
     args = parser.parse_args(argv)
 
     from lazarus import provenance
 
     started = time.time()
     args.work.mkdir(parents=True, exist_ok=True)
-    corpus, data_hash = write_corpus(args.work)
+    corpus, data_hash = write_corpus(args.work, args.problems)
     init = random_checkpoint(args.work, corpus)
     settings = {**TRAINING, **({"max_steps": args.max_steps} if args.max_steps else {}),
                 **({"compile": False} if args.no_compile else {})}
@@ -273,15 +286,16 @@ def main(argv: list[str] | None = None) -> int:
         config=args.output / "config.json", created_by="lazarus.embedded.build_tiny_math",
         model_family="llama",
         command="python -m lazarus.embedded.build_tiny_math " + " ".join(sys.argv[1:] if argv is None else argv),
-        data={"generator": "lazarus.data.math", "seed": DATA_SEED, "problems": PROBLEMS,
+        data={"generator": "lazarus.data.math", "seed": DATA_SEED, "problems": args.problems,
               "held_out": f"every question of `lazarus data generate math --seed 0 --count {HELD_OUT_COUNT}`",
-              "qa_fraction": QA_FRACTION, "qa_with_answer_sentence": QA_WITH_ANSWER_SENTENCE,
+              "qa_fraction": QA_FRACTION, "answered_without_answer_sentence": list(NO_ANSWER_SENTENCE),
               "train_records": sum(1 for _ in (corpus / "train.jsonl").open()),
               "sha256": data_hash},
         training={**settings, "trainer": "sft (every weight trainable)",
                   "initial_weights": "random_weights(seed=0)"},
         eval_loss={"first": evals[0]["loss"] if evals else None, "last": evals[-1]["loss"] if evals else None},
         build_seconds=round(train_seconds),
+        built_on=_machine(),
         greedy_accuracy={"data": "lazarus data generate math --count 2000 --seed 0: prompts/test.jsonl",
                          "max_tokens": 48, **accuracy},
         files={p.name: provenance.sha256_file(p) for p in sorted(args.output.iterdir()) if p.is_file()},
