@@ -631,17 +631,8 @@ def _train_metric(result) -> str:
 
 
 def _command_metric(stage: Stage, directory: Path, text: str) -> str:
-    """A stage's key figure: an eval's accuracy / mean reward from its summary, else nothing."""
-    for name in ("summary.json", "result.json"):
-        path = directory / name
-        if stage.kind == "eval" and path.is_file():
-            try:
-                summary = json.loads(path.read_text())
-            except ValueError:
-                break
-            for key in ("accuracy", "reward_mean", "mean_reward"):
-                if isinstance(summary.get(key), (int, float)):
-                    return f"{key} {summary[key]:.3f}"
+    """A stage's key figure: an eval's accuracy / mean reward from the JSON summary it printed
+    (kept as ``summary.json``), else nothing."""
     if stage.kind == "eval":
         start = text.find("{")
         try:
@@ -649,6 +640,9 @@ def _command_metric(stage: Stage, directory: Path, text: str) -> str:
         except ValueError:
             summary = None
         if isinstance(summary, dict):
+            from lazarus.data.records import write_text_atomic
+
+            write_text_atomic(directory / "summary.json", json.dumps(summary, indent=2) + "\n")
             for key in ("accuracy", "reward_mean", "mean_reward", "mean"):
                 if isinstance(summary.get(key), (int, float)):
                     return f"{key} {summary[key]:.3f}"

@@ -1,8 +1,10 @@
-"""``lazarus quickstart``: the whole loop in about a minute, offline, on a CPU.
+"""``lazarus quickstart``: the whole loop as a recipe, offline, in about three minutes on a CPU.
 
-It makes a tiny random Llama, generates arithmetic data, trains a LoRA adapter with the ``sft``
-trainer, shows the validation loss before and after, and a greedy generation on a held-out
-problem before and after training. Everything lands in one directory.
+On the embedded model ``lazarus:tiny-math`` (pretrained by Lazarus on generated arithmetic), it
+generates math data, then runs the recipe shipped next to this module (``quickstart.toml.j2``):
+evaluate → sft → evaluate → grpo (or dpo) → evaluate → logit lens, and reports the arithmetic
+accuracy after each stage and where in the layers the answer appears. The rendered recipe is kept
+in the output directory, so ``lazarus run OUTPUT/quickstart.toml`` repeats or continues it.
 """
 
 from __future__ import annotations
@@ -16,138 +18,169 @@ import click
 from lazarus.errors import LazarusError
 
 MARKER = "quickstart.json"
+RECIPE = "quickstart.toml"
+TEMPLATE = Path(__file__).resolve().parent.parent / "quickstart.toml.j2"
+
+#: the full quickstart and a short one (--fast: tests, a first look)
+SIZES = {
+    "full": {"eval_limit": 100, "sft_steps": 60, "rl_steps": 10, "count": 2000},
+    "fast": {"eval_limit": 30, "sft_steps": 20, "rl_steps": 3, "count": 600},
+}
+#: a held-out problem for the logit lens: the prompt up to the answer, and the answer's first token
+LENS_PROMPT = "What is 27 + 45? 27 + 45 = "
+LENS_ANSWER = "72"
 
 
 @click.command()
 @click.option("--output", "-o", default="quickstart-out", show_default=True, metavar="DIR",
-              help="Work directory: model/, data/, adapter/ (a previous quickstart there is replaced).")
-@click.option("--steps", default=600, show_default=True, type=click.IntRange(min=1),
-              help="Training steps (the default takes about a minute on a 2-core CPU).")
-@click.option("--seed", default=0, show_default=True, type=int,
-              help="Seed for the model weights, the data and training.")
-def quickstart(output: str, steps: int, seed: int):
-    """Train a LoRA adapter end to end on a tiny model, offline, and show what changed.
+              help="Work directory: data/, quickstart.toml and one folder per stage (reused when run again).")
+@click.option("--model", "-m", default="lazarus:tiny-math", show_default=True, metavar="M",
+              help="The model to start from: the embedded tiny-math model, or any checkpoint.")
+@click.option("--rl", type=click.Choice(["dpo", "grpo"]), default="dpo", show_default=True,
+              help="The stage after SFT: DPO on preference pairs, or GRPO with the arithmetic reward "
+                   "(slower on a CPU: it generates 8 answers per prompt each step).")
+@click.option("--fast", is_flag=True, help="A short run (about a minute): fewer steps and test prompts.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the data and of training.")
+def quickstart(output: str, model: str, rl: str, fast: bool, seed: int):
+    """Evaluate, fine-tune (SFT, then GRPO or DPO), evaluate again and look inside, as one recipe.
 
     \b
-    1. create a tiny random-initialised Llama (2 layers, hidden 64) in OUTPUT/model
-    2. generate arithmetic problems in OUTPUT/data (prompt/completion JSONL)
-    3. train a LoRA adapter with `lazarus train sft` settings into OUTPUT/adapter
-    4. compare the validation loss and a greedy answer to a held-out problem, before and after
+    1. generate arithmetic problems in OUTPUT/data (sft/, preference/, prompts/)
+    2. write the recipe OUTPUT/quickstart.toml and run it (`lazarus run`):
+       eval -> sft -> eval -> grpo|dpo -> eval -> logit-lens
+    3. show the model's accuracy on held-out problems after each stage, and the layer where
+       the answer to a held-out problem first becomes the model's top prediction
 
-    The model starts from random weights, so its text is not meaningful: what to look for is the
-    loss falling and the answer taking the shape of the training data.
+    Everything is offline. Run it again and finished stages are skipped.
     """
     from rich.console import Console
 
-    console = Console(stderr=False)
-    out = Path(output)
+    from lazarus.paths import check_output_path
+
+    console = Console()
+    out = check_output_path(output, kind="dir")
     _check_output(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model_dir, data_dir, adapter_dir = out / "model", out / "data", out / "adapter"
+    size = SIZES["fast" if fast else "full"]
+    data_dir = out / "data"
 
     console.rule("[bold]Lazarus quickstart")
-    console.print(f"1/4 Creating a tiny random-initialised Llama in {model_dir}")
-    from lazarus.models.create import create_checkpoint
+    console.print(f"Model: {model}. Data: arithmetic problems from `lazarus data generate math` in {data_dir}.")
+    _make_data(data_dir, size["count"], seed)
+    recipe_path = _write_recipe(out, model, data_dir, rl, size, seed)
+    console.print(f"Recipe: {recipe_path} (eval → sft → eval → {rl} → eval → logit-lens)")
 
-    create_checkpoint("llama", model_dir, size="tiny", seed=seed, force=True)
+    from lazarus.recipes import Runner, read_recipe
 
-    console.print(f"2/4 Generating arithmetic problems in {data_dir}")
-    from lazarus.data.math import generate as generate_math
-    from lazarus.data.math import write_math_data
-
-    counts = write_math_data(generate_math(1200, seed=seed), data_dir, valid_fraction=0.05,
-                             test_fraction=0.05, force=True)["sft"]
-    console.print(f"    {counts['train']} train, {counts['valid']} validation, {counts['test']} held-out test "
-                  f"problems, e.g. {_first_record(data_dir / 'sft' / 'train.jsonl')}")
-    held_out = json.loads((data_dir / "sft" / "test.jsonl").read_text().splitlines()[0])
-
-    import lazarus
-
-    base, tokenizer, _ = lazarus.load_model(str(model_dir))
-    before = _greedy(base, tokenizer, held_out["prompt"])
-    del base
-
-    console.print(f"3/4 Training a LoRA adapter for {steps} steps into {adapter_dir}")
-    from lazarus.plugins import get
-    from lazarus.training.config import build_config
-
-    trainer_cls = get("trainer", "sft").load()
-    settings = dict(QUICKSTART_SETTINGS, model=str(model_dir), data=str(data_dir / "sft"),
-                    output=str(adapter_dir), max_steps=steps, seed=seed,
-                    eval_interval=max(1, steps // 8), save_interval=max(1, steps // 2))
-    config = build_config(trainer_cls.config_class, cli_values=settings)
-    command = "lazarus train sft " + " ".join(
-        f"--{key.replace('_', '-')} {shlex.quote(str(value))}" for key, value in settings.items())
-    console.print("    the same run from the shell:")
-    console.print(f"    {command}", markup=False, highlight=False, soft_wrap=True)
-    if adapter_dir.exists():
-        import shutil
-
-        shutil.rmtree(adapter_dir)  # a previous quickstart's run: start fresh
-    result = trainer_cls(config, console=console).train()
-    if result.interrupted:
+    recipe = read_recipe(recipe_path)
+    runner = Runner(recipe, console=console)
+    results = runner.run()
+    if results and results[-1].status == "interrupted":
+        console.print(f"Stopped. Run `lazarus quickstart --output {shlex.quote(str(out))}` (or `lazarus run "
+                      f"{shlex.quote(str(recipe_path))}`) again to continue.")
         raise SystemExit(130)
-
-    console.print("4/4 Before and after")
-    model, tokenizer, _ = lazarus.load_model(str(model_dir), adapter_path=str(adapter_dir))
-    after = _greedy(model, tokenizer, held_out["prompt"])
-    (out / MARKER).write_text(json.dumps({"steps": steps, "seed": seed,
-                                          "first_eval_loss": result.first_eval_loss,
-                                          "last_eval_loss": result.last_eval_loss}, indent=2) + "\n")
-    _report(console, result, held_out, before, after, model_dir, adapter_dir)
-
-
-#: training settings of the quickstart run (the rest are the sft defaults)
-QUICKSTART_SETTINGS = {
-    "fine_tune_type": "lora", "rank": 8, "scale": 20.0, "num_layers": -1, "learning_rate": 2e-3,
-    "lr_schedule": "cosine", "warmup_steps": 10, "batch_size": 8, "max_seq_length": 128,
-    "log_interval": 10, "eval_batches": 8,
-}
+    summary = _summary(out, rl)
+    (out / MARKER).write_text(json.dumps({"model": model, "rl": rl, "fast": fast, "seed": seed, **summary},
+                                         indent=2) + "\n")
+    _report(console, out, summary, model, rl, recipe_path)
 
 
 def _check_output(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise LazarusError(f"{out} is a file; pass --output DIR for the quickstart's work directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists() and not (
-            set(p.name for p in out.iterdir()) <= {"model", "data", "adapter"}):
+    if out.is_dir() and any(out.iterdir()) and not (out / RECIPE).exists() and not (out / MARKER).exists():
         raise LazarusError(f"{out} exists and holds other files; pass --output with a new or empty "
                            "directory (a previous quickstart's directory is reused)")
 
 
-def _first_record(path: Path) -> str:
-    record = json.loads(path.read_text().splitlines()[0])
-    return f"{record['prompt']!r} -> {record['completion']!r}"
+def _make_data(data_dir: Path, count: int, seed: int) -> None:
+    import warnings
+
+    from lazarus.data.math import generate, write_math_data
+
+    if (data_dir / "sft" / "train.jsonl").is_file() and (data_dir / ".count").is_file() and \
+            (data_dir / ".count").read_text() == f"{count} {seed}":
+        return  # the same data as last time: unchanged files keep finished stages skipped
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        write_math_data(generate(count, seed=seed), data_dir, valid_fraction=0.05, test_fraction=0.1, force=True)
+    (data_dir / ".count").write_text(f"{count} {seed}")
 
 
-def _greedy(model, tokenizer, prompt: str) -> str:
-    from lazarus.generate import generate
+def _write_recipe(out: Path, model: str, data_dir: Path, rl: str, size: dict, seed: int) -> Path:
+    import jinja2
 
-    return generate(model, tokenizer, prompt, max_tokens=24, temperature=0.0).text
+    template = jinja2.Template(TEMPLATE.read_text(encoding="utf-8"), keep_trailing_newline=True)
+    text = template.render(
+        model=model, output=str(out), test_prompts=str(data_dir / "prompts" / "test.jsonl"),
+        sft_data=str(data_dir / "sft"), prompt_data=str(data_dir / "prompts"),
+        preference_data=str(data_dir / "preference"), rl=rl, seed=seed, max_tokens=40,
+        eval_limit=size["eval_limit"], sft_steps=size["sft_steps"], rl_steps=size["rl_steps"],
+        sft_learning_rate=1e-4, rl_learning_rate=1e-5,
+        group_size=8, rl_batch_size=8, lens_prompt=LENS_PROMPT, lens_answer=LENS_ANSWER)
+    path = out / RECIPE
+    out.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        from lazarus.data.records import write_text_atomic
+
+        write_text_atomic(path, text)
+    return path
 
 
-def _report(console, result, held_out, before: str, after: str, model_dir: Path, adapter_dir: Path) -> None:
+def _summary(out: Path, rl: str) -> dict:
+    accuracy = {}
+    for stage in ("before", "after-sft", f"after-{rl}"):
+        path = out / stage / "summary.json"
+        if path.is_file():
+            data = json.loads(path.read_text())
+            accuracy[stage] = {"accuracy": data.get("accuracy"), "ci95": data.get("accuracy_ci95"),
+                               "rows": data.get("rows"), "correct": data.get("correct"),
+                               "format": (data.get("rewards") or {}).get("format")}
+    lens = {}
+    lens_path = out / "logit-lens" / "result.json"
+    if lens_path.is_file():
+        result = json.loads(lens_path.read_text())
+        position = result["positions"][-1]
+        ranks = [layer.get("track_rank") for layer in position["layers"]]
+        first_top = next((layer["layer"] for layer in position["layers"] if layer.get("track_rank") == 1), None)
+        lens = {"prompt": result.get("prompt"), "answer": LENS_ANSWER, "layers": result.get("num_layers"),
+                "answer_tokens": (result.get("track") or {}).get("tokens"),
+                "final_prediction": position.get("final_prediction"), "answer_top1_layer": first_top,
+                "answer_ranks": ranks}
+    return {"accuracy": accuracy, "lens": lens}
+
+
+def _report(console, out: Path, summary: dict, model: str, rl: str, recipe_path: Path) -> None:
     from rich.table import Table
 
-    table = Table(show_header=True, header_style="bold", title="What training changed")
-    table.add_column("")
-    table.add_column("before training")
-    table.add_column("after training")
-    if result.first_eval_loss is not None and result.last_eval_loss is not None:
-        table.add_row("validation loss (nats/token)", f"{result.first_eval_loss:.3f}",
-                      f"{result.last_eval_loss:.3f}")
-    table.add_row(f"greedy answer to {held_out['prompt']!r}", repr(before), repr(after))
-    table.caption = f"expected answer: {held_out['completion']!r}"
+    table = Table(title="Arithmetic accuracy on held-out problems (greedy, exact answer)")
+    table.add_column("after stage")
+    table.add_column("correct", justify="right")
+    table.add_column("accuracy", justify="right")
+    table.add_column("95% interval", justify="right")
+    table.add_column("answer format", justify="right")
+    labels = {"before": f"— ({model} as shipped)", "after-sft": "sft", f"after-{rl}": f"sft + {rl}"}
+    for stage, label in labels.items():
+        row = summary["accuracy"].get(stage)
+        if row is None or row["accuracy"] is None:
+            continue
+        low, high = row["ci95"] or (None, None)
+        interval = f"{low:.0%} – {high:.0%}" if low is not None else "-"
+        fmt = f"{row['format']:.0%}" if isinstance(row.get("format"), (int, float)) else "-"
+        table.add_row(label, f"{row['correct']}/{row['rows']}", f"{row['accuracy']:.0%}", interval, fmt)
     console.print(table)
-    if result.first_eval_loss is not None and result.last_eval_loss is not None:
-        drop = result.first_eval_loss - result.last_eval_loss
-        console.print(f"The validation loss fell by {drop:.2f} nats per token "
-                      f"({result.first_eval_loss:.2f} -> {result.last_eval_loss:.2f}).")
-    console.print(
-        "[bold yellow]Note:[/] this model is tiny (2 layers, hidden size 64) and started from random weights, "
-        "so its text is not meaningful. The point is the loss falling and the answers taking the shape of "
-        "the training data.")
-    console.print(f"Adapter (mlx-lm format): {adapter_dir}   loss curve: {adapter_dir / 'loss.png'}")
-    console.print("Try it:")
-    console.print(f"  lazarus generate --model {shlex.quote(str(model_dir))} --adapter "
-                  f"{shlex.quote(str(adapter_dir))} --prompt {shlex.quote(held_out['prompt'])} --max-tokens 24",
-                  markup=False, highlight=False, soft_wrap=True)
+    console.print("accuracy: the final 'The answer is N' equals the true value; answer format: the `format` "
+                  "reward (1 = ends with 'The answer is N.'). The pretrained model writes that sentence for "
+                  "only part of the prompts: SFT teaches it; the arithmetic itself is what a 2M-parameter "
+                  "model can do, so accuracy moves by a few points at most in a run this short.")
+    lens = summary["lens"]
+    if lens:
+        where = (f"first becomes the top prediction after block {lens['answer_top1_layer']} of {lens['layers']}"
+                 if lens["answer_top1_layer"] is not None else
+                 f"is not the top prediction at any of the {lens['layers']} layers (its rank per layer: "
+                 f"{lens['answer_ranks']})")
+        console.print(f"Logit lens on {lens['prompt']!r}: the answer {lens['answer']!r} {where}. "
+                      f"Report: {out / 'logit-lens' / 'report' / 'report.html'}", highlight=False)
+    final = out / rl
+    console.print("Next:")
+    for line in (f"lazarus generate --model {model} --adapter {shlex.quote(str(final))} --prompt 'What is 12 + 30?'",
+                 f"lazarus run {shlex.quote(str(recipe_path))}     # runs nothing: every stage is done",
+                 f"lazarus run {shlex.quote(str(recipe_path))} --set sft.max-steps=300   # re-runs from sft on"):
+        console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
