@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -89,7 +90,9 @@ def read_recipe(path: str | Path, overrides: tuple[str, ...] = ()) -> Recipe:
     Raises LazarusError naming the file, stage and key for anything wrong; nothing is run or written.
     """
     path = Path(path)
-    raw = _load_file(path)
+    from lazarus.training.config import read_settings_file
+
+    raw = read_settings_file(path, what="recipe")
     if not isinstance(raw, dict):
         raise LazarusError(f"{path}: the top level must be a table with model, output and [[stage]] tables")
     unknown = [k for k in raw if k not in TOP_LEVEL_KEYS]
@@ -108,41 +111,12 @@ def read_recipe(path: str | Path, overrides: tuple[str, ...] = ()) -> Recipe:
         stage = _stage(path, index, dict(table), taken)
         taken.add(stage.name)
         stages.append(stage)
-    recipe = Recipe(path=path, model=raw["model"], output=_relative(path, raw["output"]), stages=stages)
+    recipe = Recipe(path=path, model=raw["model"], output=Path(raw["output"]).expanduser(), stages=stages)
     for override in overrides:
         _apply_override(recipe, override)
     for stage in stages:
         check_stage(recipe, stage)
     return recipe
-
-
-def _relative(recipe_path: Path, value: str) -> Path:
-    """Paths in a recipe are relative to the working directory, as on the command line."""
-    return Path(value).expanduser()
-
-
-def _load_file(path: Path) -> Any:
-    if not path.is_file():
-        raise LazarusError(f"recipe {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix == ".toml":
-        import tomllib
-
-        try:
-            return tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise LazarusError(f"{path}: not valid TOML: {exc}") from None
-    if suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise LazarusError(f"{path}: YAML recipes need PyYAML (pip install 'lazarus-core[yaml]'); "
-                               "or write the recipe as TOML") from None
-        try:
-            return yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise LazarusError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
-    raise LazarusError(f"{path}: unknown recipe type {suffix or '(none)'}; use .toml (or .yaml)")
 
 
 def _stage(path: Path, index: int, table: dict, taken: set[str]) -> Stage:
@@ -314,10 +288,6 @@ def _options_by_key(command: click.Command) -> dict[str, click.Parameter]:
     return keys
 
 
-#: keys the runner fills in for command stages (the chain's model, adapter and output files)
-RUNNER_COMMAND_KEYS = ("model", "adapter", "json", "output", "report")
-
-
 def _check_command_options(where: str, stage: Stage, command: click.Command) -> None:
     keys = _options_by_key(command)
     for key, value in stage.options.items():
@@ -351,6 +321,7 @@ class StageResult:
     seconds: float = 0.0
     metric: str = ""
     output: Path | None = None
+    key: str | None = None  #: the stage's key (see the module docstring)
 
 
 def _weights_fingerprint(model: str) -> Any:
@@ -444,40 +415,38 @@ class Runner:
         record = _read_stage_file(directory)
         if not forced and record and record.get("key") == key and record.get("status") == "done":
             self.console.print(f"[dim]stage {stage.name}: unchanged, skipped[/]")
-            return StageResult(stage, "skipped", record.get("seconds", 0.0), record.get("metric", ""), directory)
+            return StageResult(stage, "skipped", record.get("seconds", 0.0), record.get("metric", ""), directory,
+                               key)
         resume = (not forced and stage.kind == "train" and record is not None and record.get("key") == key
                   and (directory / "checkpoints").is_dir())
-        fresh = not resume
         self.console.rule(f"stage {stage.index}/{len(self.recipe.stages)}: {stage.name} ({stage.label})")
         if adapter:
             self.console.print(f"adapter: {adapter}", highlight=False)
         directory.mkdir(parents=True, exist_ok=True)
-        _write_stage_file(directory, {"key": key, "status": "running", "stage": stage.name, "kind": stage.kind,
-                                      "plugin": stage.plugin, "model": model, "adapter": adapter})
+        record = {"key": key, "stage": stage.name, "kind": stage.kind, "plugin": stage.plugin, "model": model,
+                  "adapter": adapter}
+        _write_stage_file(directory, {**record, "status": "running"})
         start = time.perf_counter()
         if stage.kind == "train":
-            status, metric = self._train(stage, model, adapter, directory, resume=resume, fresh=fresh)
+            status, metric = self._train(stage, model, adapter, directory, resume=resume)
         else:
             status, metric = self._command(stage, model, adapter, directory)
         seconds = time.perf_counter() - start
         if status == "done":
-            _write_stage_file(directory, {"key": key, "status": "done", "stage": stage.name, "kind": stage.kind,
-                                          "plugin": stage.plugin, "model": model, "adapter": adapter,
-                                          "seconds": seconds, "metric": metric, "options": stage.options})
-            return StageResult(stage, "resumed" if resume else "ran", seconds, metric, directory)
-        _write_stage_file(directory, {"key": key, "status": status, "stage": stage.name, "kind": stage.kind,
-                                      "plugin": stage.plugin, "model": model, "adapter": adapter})
-        return StageResult(stage, status, seconds, metric, directory)
+            _write_stage_file(directory, {**record, "status": "done", "seconds": seconds, "metric": metric,
+                                          "options": stage.options})
+            status = "resumed" if resume else "ran"
+        else:
+            _write_stage_file(directory, {**record, "status": status})
+        return StageResult(stage, status, seconds, metric, directory, key)
 
-    def _train(self, stage: Stage, model: str, adapter: str | None, directory: Path, *, resume: bool,
-               fresh: bool) -> tuple[str, str]:
+    def _train(self, stage: Stage, model: str, adapter: str | None, directory: Path, *,
+               resume: bool) -> tuple[str, str]:
         from lazarus.plugins import get
         from lazarus.training.config import build_config
 
         trainer_cls = get("trainer", stage.plugin).load()
-        values = {**stage.options, "model": model, "output": str(directory)}
-        if adapter is not None and "adapter" in {f.name for f in attrs.fields(trainer_cls.config_class)}:
-            values["adapter"] = adapter
+        values = {**stage.options, "model": model, "output": str(directory), "adapter": adapter}
         if resume:
             values["resume"] = str(directory)
         elif (directory / "checkpoints").exists():
@@ -493,9 +462,8 @@ class Runner:
     def _command(self, stage: Stage, model: str, adapter: str | None, directory: Path) -> tuple[str, str]:
         command = stage_command(stage)
         argv = self._argv(stage, command, model, adapter, directory)
-        self.console.print("[dim]$ lazarus " + " ".join(_quote(a) for a in
-                                                      ([stage.kind] if stage.kind in ("introspect",) else [])
-                                                      + [stage.plugin] + argv) + "[/]", highlight=False)
+        words = ([stage.kind] if stage.kind == "introspect" else []) + [stage.plugin] + argv
+        self.console.print(f"$ lazarus {shlex.join(words)}", style="dim", markup=False, highlight=False)
         captured = io.StringIO()
         with contextlib.redirect_stdout(_Tee(sys.stdout, captured)):
             try:
@@ -565,7 +533,7 @@ class Runner:
             stages.append({"name": r.stage.name, "kind": r.stage.kind, "plugin": r.stage.plugin,
                            "status": r.status, "seconds": round(r.seconds, 3), "metric": r.metric,
                            "output": str(r.output) if r.output else None,
-                           "key": (_read_stage_file(r.output) or {}).get("key") if r.output else None,
+                           "key": r.key,
                            "provenance": record})
         record = provenance.collect(source_model=self.recipe.model,
                                     weight_files=sorted(Path(self.recipe.model).glob("*.safetensors"))
@@ -591,12 +559,6 @@ class _Tee(io.TextIOBase):
 
     def isatty(self):
         return False
-
-
-def _quote(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
 
 
 def _read_stage_file(directory: Path | None) -> dict | None:

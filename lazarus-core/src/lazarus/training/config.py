@@ -256,6 +256,38 @@ def _join_many(ctx, param, values):
 
 
 # -- config files -----------------------------------------------------------------------------------
+def read_settings_file(path: str | os.PathLike, what: str = "config") -> Any:
+    """The data of a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file: a training config or a
+    recipe (``what`` names it in errors). A missing file, bad syntax, a missing PyYAML or another
+    suffix raises :class:`LazarusError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise LazarusError(f"{what} file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            raise LazarusError(f"{path}: reading TOML needs Python 3.11+; use a YAML {what} "
+                               "(pip install 'lazarus-core[yaml]')") from None
+        try:
+            with path.open("rb") as handle:
+                return tomllib.load(handle)
+        except tomllib.TOMLDecodeError as exc:
+            raise LazarusError(f"{path}: not valid TOML: {exc}") from None
+    if suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise LazarusError(f"{path}: reading YAML {what} files needs PyYAML: pip install "
+                               f"'lazarus-core[yaml]' (or write the {what} as TOML)") from None
+        try:
+            return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise LazarusError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    raise LazarusError(f"{path}: unknown {what} file type {suffix or '(none)'}; use .toml or .yaml")
+
+
 def read_config_file(path: str | os.PathLike, cls: type) -> dict[str, Any]:
     """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) config file into ``{field: value}``.
 
@@ -263,32 +295,7 @@ def read_config_file(path: str | os.PathLike, cls: type) -> dict[str, Any]:
     value of the wrong type or an unreadable file raises :class:`LazarusError` naming file and key.
     """
     path = Path(path)
-    if not path.is_file():
-        raise LazarusError(f"config file {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix == ".toml":
-        try:
-            import tomllib
-        except ImportError:  # Python 3.10
-            raise LazarusError(f"{path}: reading TOML needs Python 3.11+; use a YAML config "
-                               "(pip install 'lazarus-core[yaml]')") from None
-        try:
-            with path.open("rb") as handle:
-                raw = tomllib.load(handle)
-        except tomllib.TOMLDecodeError as exc:
-            raise LazarusError(f"{path}: not valid TOML: {exc}") from None
-    elif suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise LazarusError(f"{path}: reading YAML config files needs PyYAML: pip install "
-                               "'lazarus-core[yaml]' (or write the config as TOML)") from None
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise LazarusError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
-    else:
-        raise LazarusError(f"{path}: unknown config file type {suffix or '(none)'}; use .toml or .yaml")
+    raw = read_settings_file(path, what="config")
     if not isinstance(raw, dict):
         raise LazarusError(f"{path}: the top level must be a table of key = value settings")
 
