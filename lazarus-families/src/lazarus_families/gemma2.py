@@ -25,9 +25,12 @@ class ModelArgs(TransformerArgs):
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        if self.layer_types is None:  # HF's default: layers 0, 2, 4, ... slide
-            self.layer_types = ["sliding_attention" if i % 2 == 0 else "full_attention"
-                                for i in range(self.num_hidden_layers)]
+        if self.layer_types is None:
+            self.layer_types = self.default_layer_types()
+
+    def default_layer_types(self) -> list[str]:
+        """Layer types of a config that does not list them (HF's default: layers 0, 2, 4, ... slide)."""
+        return ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(self.num_hidden_layers)]
 
     @property
     def attention_scale(self) -> float:

@@ -14,25 +14,18 @@ from __future__ import annotations
 import attrs
 
 from lazarus.errors import LazarusError
-from lazarus.models.transformer import CausalLM, TransformerArgs, gemma_embedding_scale
+from lazarus.models.transformer import CausalLM
+from lazarus_families.gemma2 import ModelArgs as Gemma2Args
 
 
 @attrs.define(kw_only=True)
-class ModelArgs(TransformerArgs):
-    norm_offset = 1.0
-    sandwich_norms = True
-
+class ModelArgs(Gemma2Args):
     model_type: str = "gemma3_text"
-    head_dim: int | None = 256
-    hidden_activation: str = "gelu_pytorch_tanh"
-    query_pre_attn_scalar: float = 256
     attn_logit_softcapping: float | None = None
     final_logit_softcapping: float | None = None
-    sliding_window: int | None = 4096
     sliding_window_pattern: int = 6
     rope_theta: float = 1000000.0
     rope_local_base_freq: float = 10000.0
-    tie_word_embeddings: bool = True
 
     @classmethod
     def from_hf_config(cls, config: dict) -> ModelArgs:
@@ -51,32 +44,10 @@ class ModelArgs(TransformerArgs):
                 config["rope_local_base_freq"] = local["rope_theta"]
         return super().from_hf_config(config)
 
-    def __attrs_post_init__(self) -> None:
-        super().__attrs_post_init__()
-        if self.layer_types is None:  # HF's rule for configs without layer_types
-            pattern = self.sliding_window_pattern
-            self.layer_types = ["sliding_attention" if (i + 1) % pattern else "full_attention"
-                                for i in range(self.num_hidden_layers)]
-
-    @property
-    def attention_scale(self) -> float:
-        return float(self.query_pre_attn_scalar) ** -0.5
-
-    @property
-    def embedding_scale(self) -> float:
-        return gemma_embedding_scale(self.hidden_size)
-
-    @property
-    def attn_softcap(self) -> float | None:
-        return self.attn_logit_softcapping
-
-    @property
-    def final_softcap(self) -> float | None:
-        return self.final_logit_softcapping
-
-    @property
-    def activation(self) -> str:
-        return self.hidden_activation
+    def default_layer_types(self) -> list[str]:
+        """HF's rule for configs without layer_types: every ``sliding_window_pattern``-th layer is full."""
+        pattern = self.sliding_window_pattern
+        return ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(self.num_hidden_layers)]
 
     @property
     def qk_norm(self) -> bool:
