@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train import make_checkpoint, make_pairs  # noqa: E402
+from checkpoints import bench_checkpoint, math_data  # noqa: E402
 
 
 def main() -> int:
@@ -34,7 +34,7 @@ def main() -> int:
     from lazarus.plugins import get
 
     cache = Path(tempfile.gettempdir()) / "lazarus-bench-train"
-    model, data = make_checkpoint(cache, args.size), make_pairs(cache, 400)
+    model, data = bench_checkpoint(cache, args.size), math_data(cache, 400, "preference")
     trainer_cls = get("trainer", "dpo").load()
     peaks = {}
     for name, ref in (("adapter-off reference", None), ("--ref-model (second copy)", str(model))):

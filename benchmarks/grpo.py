@@ -28,23 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def make_checkpoint(root: Path, size: str) -> Path:
-    from lazarus.models.create import create_checkpoint
-
-    path = root / f"llama-{size}"
-    if not (path / "config.json").is_file():
-        create_checkpoint("llama", path, size=size, seed=0)
-    return path
-
-
-def make_prompts(root: Path, count: int) -> Path:
-    from lazarus.data.math import generate, write_math_data
-
-    out = root / "math"
-    if not (out / "prompts" / "train.jsonl").is_file():
-        write_math_data(generate(count, seed=0), out, valid_fraction=0.0, test_fraction=0.0, force=True)
-    return out / "prompts"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checkpoints import bench_checkpoint, math_data, mlx_lm_lora_policy  # noqa: E402
 
 
 def run_lazarus(model: Path, data: Path, output: Path, args) -> dict:
@@ -76,10 +61,8 @@ def run_lazarus(model: Path, data: Path, output: Path, args) -> dict:
 
 def run_mlx_lm_lora(model: Path, data: Path, output: Path, args) -> dict:
     import mlx.core as mx
-    import mlx.optimizers as optim
     from mlx_lm import load
     from mlx_lm.tuner.callbacks import TrainingCallback
-    from mlx_lm.tuner.utils import linear_to_lora_layers
     from mlx_lm_lora.trainer import grpo_trainer
 
     import lazarus
@@ -115,15 +98,10 @@ def run_mlx_lm_lora(model: Path, data: Path, output: Path, args) -> dict:
             timers["steps"].append(info)
 
     mx.reset_peak_memory()
-    mx.random.seed(0)
-    net, mlx_tokenizer = load(str(model))
+    net, mlx_tokenizer, optimizer = mlx_lm_lora_policy(model, keys=args.keys, rank=args.rank, num_layers=-1,
+                                                       learning_rate=args.learning_rate)
     reference, _ = load(str(model))
     reference.freeze()
-    net.freeze()
-    keys = [f"self_attn.{k}" if k.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else f"mlp.{k}"
-            for k in args.keys.split(",")]
-    linear_to_lora_layers(net, len(net.layers), {"rank": args.rank, "scale": 20.0, "dropout": 0.0, "keys": keys})
-    optimizer = optim.AdamW(learning_rate=args.learning_rate, weight_decay=0.0)
     training_args = grpo_trainer.GRPOTrainingArgs(
         batch_size=args.batch_size, iters=args.steps, val_batches=0, steps_per_report=1, steps_per_eval=10**9,
         steps_per_save=10**9, max_seq_length=512, adapter_file=str(output / "adapters.safetensors"),
@@ -177,7 +155,7 @@ def main() -> int:
 
     cache = Path(args.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    model, data = make_checkpoint(cache, args.size), make_prompts(cache, args.examples)
+    model, data = bench_checkpoint(cache, args.size), math_data(cache, args.examples, "prompts")
     engines = {"lazarus": run_lazarus, "mlx-lm-lora": run_mlx_lm_lora}
     wanted = [e for e in args.engines.split(",") if e in engines]
     if "mlx-lm-lora" in wanted:

@@ -42,14 +42,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checkpoints import bench_checkpoint, math_data, mlx_lm_lora_policy  # noqa: E402
+
 REPORT = 10  # steps per report window
-
-
-def make_checkpoint(root: Path, size: str, dtype: str = "float32") -> Path:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from checkpoints import bench_checkpoint
-
-    return bench_checkpoint(root, size, dtype)
 
 
 def heldout_examples(root: Path, model: Path, max_seq_length: int, count: int = 256) -> list:
@@ -87,15 +83,6 @@ def eval_loss(net, examples: list, batch_size: int = 16) -> float:
     return total / count
 
 
-def make_data(root: Path, count: int) -> Path:
-    from lazarus.data.math import generate, write_math_data
-
-    out = root / "math"
-    if not (out / "sft" / "train.jsonl").is_file():
-        write_math_data(generate(count, seed=0), out, valid_fraction=0.0, test_fraction=0.0, force=True)
-    return out / "sft"
-
-
 def settings(args) -> dict:
     return dict(rank=args.rank, scale=20.0, dropout=0.0, num_layers=args.num_layers,
                 learning_rate=args.learning_rate, batch_size=args.batch_size, max_steps=args.steps,
@@ -130,11 +117,8 @@ def run_lazarus(model: Path, data: Path, output: Path, args) -> dict:
 
 def run_mlx_lm(model: Path, data: Path, output: Path, args) -> dict:
     import mlx.core as mx
-    import mlx.optimizers as optim
-    from mlx_lm import load
     from mlx_lm.tuner.callbacks import TrainingCallback
     from mlx_lm.tuner.trainer import TrainingArgs, train
-    from mlx_lm.tuner.utils import linear_to_lora_layers
 
     import lazarus
     from lazarus.data.examples import tokenize
@@ -145,13 +129,8 @@ def run_mlx_lm(model: Path, data: Path, output: Path, args) -> dict:
     examples = tokenize(load_splits(data, format="sft").train, tokenizer, max_seq_length=args.max_seq_length)
     dataset = [(e.ids.tolist(), e.prompt_length) for e in examples]
 
-    mx.random.seed(0)
-    net, _ = load(str(model))
-    net.freeze()
-    keys = [f"self_attn.{k}" if k.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else f"mlp.{k}"
-            for k in args.keys.split(",")]
-    linear_to_lora_layers(net, args.num_layers, {"rank": args.rank, "scale": 20.0, "dropout": 0.0, "keys": keys})
-    optimizer = optim.AdamW(learning_rate=args.learning_rate, weight_decay=0.0)
+    net, _, optimizer = mlx_lm_lora_policy(model, keys=args.keys, rank=args.rank, num_layers=args.num_layers,
+                                           learning_rate=args.learning_rate)
 
     reports: list[dict] = []
 
@@ -174,15 +153,6 @@ def run_mlx_lm(model: Path, data: Path, output: Path, args) -> dict:
     return {"loss_tokens_per_second": tokens / seconds, "steps_per_second": len(rows) * REPORT / seconds,
             "peak_memory_gb": peak / 1e9, "final_loss": rows[-1]["train_loss"] if rows else None,
             "eval_loss": eval_loss(net, args.heldout)}
-
-
-def make_pairs(root: Path, count: int) -> Path:
-    from lazarus.data.math import generate, write_math_data
-
-    out = root / "math"
-    if not (out / "preference" / "train.jsonl").is_file():
-        write_math_data(generate(count, seed=0), out, valid_fraction=0.0, test_fraction=0.0, force=True)
-    return out / "preference"
 
 
 def run_lazarus_dpo(model: Path, data: Path, output: Path, args, ref_model: Path | None = None) -> dict:
@@ -211,10 +181,8 @@ def run_lazarus_dpo(model: Path, data: Path, output: Path, args, ref_model: Path
 
 def run_mlx_lm_lora_dpo(model: Path, data: Path, output: Path, args) -> dict:
     import mlx.core as mx
-    import mlx.optimizers as optim
     from mlx_lm import load
     from mlx_lm.tuner.callbacks import TrainingCallback
-    from mlx_lm.tuner.utils import linear_to_lora_layers
     from mlx_lm_lora.trainer.dpo_trainer import DPOTrainingArgs, train_dpo
 
     import lazarus
@@ -228,15 +196,10 @@ def run_mlx_lm_lora_dpo(model: Path, data: Path, output: Path, args) -> dict:
                 "chosen_prompt_length": e.prompt_length, "rejected_prompt_length": e.prompt_length}
                for e in examples]
     mx.reset_peak_memory()
-    mx.random.seed(0)
-    net, _ = load(str(model))
+    net, _, optimizer = mlx_lm_lora_policy(model, keys=args.keys, rank=args.rank, num_layers=args.num_layers,
+                                           learning_rate=args.learning_rate)
     reference, _ = load(str(model))
     reference.freeze()
-    net.freeze()
-    keys = [f"self_attn.{k}" if k.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else f"mlp.{k}"
-            for k in args.keys.split(",")]
-    linear_to_lora_layers(net, args.num_layers, {"rank": args.rank, "scale": 20.0, "dropout": 0.0, "keys": keys})
-    optimizer = optim.AdamW(learning_rate=args.learning_rate, weight_decay=0.0)
     reports: list[dict] = []
 
     class Collect(TrainingCallback):
@@ -265,7 +228,7 @@ def run_mlx_lm_lora_dpo(model: Path, data: Path, output: Path, args) -> dict:
 def main_dpo(args, model: Path, cache: Path) -> int:
     import mlx.core as mx
 
-    data = make_pairs(cache, args.examples)
+    data = math_data(cache, args.examples, "preference")
     engines = {"lazarus": run_lazarus_dpo,
                "lazarus --ref-model": lambda m, d, o, a: run_lazarus_dpo(m, d, o, a, ref_model=m)}
     try:
@@ -327,10 +290,10 @@ def main() -> int:
 
     cache = Path(args.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    model = make_checkpoint(cache, args.size, args.dtype)
+    model = bench_checkpoint(cache, args.size, args.dtype)
     if args.trainer == "dpo":
         return main_dpo(args, model, cache)
-    data = make_data(cache, args.examples)
+    data = math_data(cache, args.examples, "sft")
     args.heldout = heldout_examples(cache, model, args.max_seq_length)
     runners = {"mlx-lm": run_mlx_lm, "lazarus": run_lazarus}
     order = args.engines.split(",")
