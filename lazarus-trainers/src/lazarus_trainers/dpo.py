@@ -196,7 +196,7 @@ class DPOTrainer(PreferenceTrainer):
         adapter = self.config.adapter
         if adapter and Path(adapter, "adapters.safetensors").is_file():
             files.append(Path(adapter, "adapters.safetensors"))
-        data = [p for p in self.provenance(0)["data_files"]]
+        data = self.provenance(0)["data_files"]
         return sha256_json({
             "weights": [sha256_file(f) for f in files],
             "data": [sha256_file(f) for f in data],

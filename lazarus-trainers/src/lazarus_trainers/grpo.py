@@ -210,16 +210,9 @@ class RolloutTrainer(Trainer):
 
     def policy_logprobs(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Per-token log-probs (B, T-1) of the current policy, no gradient, eval mode."""
-        from lazarus.training.reference import sequence_logprobs
+        from lazarus.training.reference import frozen_sequence_logprobs
 
-        training = self.model.training
-        self.model.eval()
-        try:
-            _, per_token = sequence_logprobs(self.model, mx.array(ids), mx.array(mask))
-            per_token = mx.stop_gradient(per_token)
-            mx.eval(per_token)
-        finally:
-            self.model.train(training)
+        _, per_token = frozen_sequence_logprobs(self.model, mx.array(ids), mx.array(mask))
         return np.array(per_token)
 
     def reference_logprobs(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:

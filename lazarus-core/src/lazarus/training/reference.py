@@ -15,7 +15,7 @@ kind               when                                                         
 ``none``           ``beta = 0`` (or a reference-free loss): nothing is kept                 none
 =================  =======================================================================  =========
 
-Reference outputs never carry gradients: :meth:`ReferenceModel.logits` stops them.
+Reference outputs never carry gradients: :meth:`ReferenceModel.sequence_logprobs` stops them.
 """
 
 from __future__ import annotations
@@ -53,6 +53,19 @@ def sequence_logprobs(model, ids: mx.array, mask: mx.array) -> tuple[mx.array, m
     return per_token.sum(axis=-1), per_token
 
 
+def frozen_sequence_logprobs(model, ids: mx.array, mask: mx.array) -> tuple[mx.array, mx.array]:
+    """:func:`sequence_logprobs` in eval mode (no dropout), without gradient, evaluated now (so
+    that weights swapped in for the call are the ones used)."""
+    training = model.training
+    model.eval()
+    try:
+        sums, per_token = (mx.stop_gradient(a) for a in sequence_logprobs(model, ids, mask))
+        mx.eval(sums, per_token)
+    finally:
+        model.train(training)
+    return sums, per_token
+
+
 # -- switching the trained weights out ---------------------------------------------------------------
 @contextmanager
 def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
@@ -86,7 +99,7 @@ def swapped_parameters(model: nn.Module, weights: dict[str, mx.array]) -> Iterat
 
 class ReferenceModel:
     """The reference policy. Build it with :meth:`for_trainer` once the policy's adapter is on
-    (and before any training step), then call :meth:`logits` / :meth:`sequence_logprobs`."""
+    (and before any training step), then call :meth:`sequence_logprobs`."""
 
     def __init__(self, kind: str, policy: nn.Module | None = None, *, weights: dict | None = None,
                  model: nn.Module | None = None, source: str | None = None) -> None:
@@ -155,30 +168,10 @@ class ReferenceModel:
             with swapped_parameters(self.policy, self.weights) as model:
                 yield model
 
-    def logits(self, ids: mx.array) -> mx.array:
-        """Reference logits (B, T, V) for ``ids`` (B, T), without gradient, in eval mode (no dropout)."""
-        with self.active() as model:
-            training = model.training
-            model.eval()
-            try:
-                out = mx.stop_gradient(model(ids))
-                mx.eval(out)  # evaluated while the reference weights are in place
-            finally:
-                model.train(training)
-        return out
-
     def sequence_logprobs(self, ids: mx.array, mask: mx.array) -> tuple[mx.array, mx.array]:
         """:func:`sequence_logprobs` under the reference, without gradient."""
         with self.active() as model:
-            training = model.training
-            model.eval()
-            try:
-                sums, per_token = sequence_logprobs(model, ids, mask)
-                sums, per_token = mx.stop_gradient(sums), mx.stop_gradient(per_token)
-                mx.eval(sums, per_token)
-            finally:
-                model.train(training)
-        return sums, per_token
+            return frozen_sequence_logprobs(model, ids, mask)
 
     def release(self) -> None:
         """Drop what the reference holds (after reference log-probs were precomputed)."""
