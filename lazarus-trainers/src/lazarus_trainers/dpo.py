@@ -95,6 +95,7 @@ class PreferenceTrainer(Trainer):
     rejected through the policy in one stacked forward pass, and checks the pairs."""
 
     data_format = "preference"
+    headline_metrics = ("rewards/accuracy", "rewards/margin")
 
     def tokenize(self, dataset):
         from lazarus.data.examples import tokenize_preference

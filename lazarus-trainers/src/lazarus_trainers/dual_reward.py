@@ -69,6 +69,7 @@ class DualRewardTrainer(Trainer):
     name = "dual-reward"
     config_class = DualRewardConfig
     data_format = "prompt"
+    headline_metrics = ("classifier/accuracy", "loss")
 
     def load(self) -> None:
         super().load()

@@ -98,6 +98,8 @@ class RolloutTrainer(Trainer):
 
     data_format = "prompt"
     config_class = RolloutConfig
+    #: the loss of an on-policy step is ~0 by construction; the rewards say whether it learns
+    headline_metrics = ("reward_mean", "accuracy")
 
     # -- set-up ----------------------------------------------------------------------------------
     def load_data(self) -> None:

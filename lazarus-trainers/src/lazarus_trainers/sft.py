@@ -39,6 +39,8 @@ class SFTTrainer(Trainer):
     name = "sft"
     config_class = SFTConfig
     data_format = "sft"
+    headline_metrics = ("loss",)
+    loss_label = "cross-entropy loss (nats/token)"
 
     def batch_arrays(self, batch, training: bool = True) -> tuple[mx.array, mx.array]:
         # ids (B, T) and the loss mask (B, T): 1 where token t is a target predicted from ids[:t]
