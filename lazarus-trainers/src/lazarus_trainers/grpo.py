@@ -32,6 +32,8 @@ from lazarus.training.trainer import Trainer
 COMPLETIONS_FILE = "completions.jsonl"
 #: rounds of regenerating zero-spread groups with --dynamic-sampling
 RESAMPLE_ROUNDS = 3
+#: the weighted reward at which a rollout counts towards ``accuracy``
+ACCURATE_REWARD = 1.0
 
 
 @attrs.define(kw_only=True)
@@ -245,6 +247,8 @@ class RolloutTrainer(Trainer):
         groups = np.asarray(scores.total, dtype=np.float64).reshape(-1, ro.group_size)[real[::ro.group_size]]
         w["groups"] += len(groups)
         w["zero_spread"] += int((np.ptp(groups, axis=1) < 1e-9).sum()) if ro.group_size > 1 else 0
+        # a completion is correct when its weighted reward reaches 1 (as `lazarus eval --success 1`)
+        w["extra"]["accuracy"] = w["extra"].get("accuracy", 0.0) + float((totals >= ACCURATE_REWARD).sum())
         for name, value in batch.extra_metrics.items():
             w["extra"][name] = w["extra"].get(name, 0.0) + value
 
