@@ -11,6 +11,11 @@ import importlib
 
 from pluggy import HookimplMarker
 
+from lazarus import cpu_blas
+
+# before anything imports mlx: bind MLX's CPU matmuls to OpenBLAS on Linux (see lazarus.cpu_blas)
+cpu_blas.preload()
+
 __version__ = "0.1.0"
 
 hookimpl = HookimplMarker("lazarus")
