@@ -203,6 +203,9 @@ def doctor(as_json: bool):
         report["metal"] = bool(mx.metal.is_available())
         report["cuda"] = bool(getattr(mx, "cuda", None) and mx.cuda.is_available())
         report["gpu_backend"] = report["metal"] or report["cuda"]
+        from lazarus import cpu_blas
+
+        report["cpu_blas"] = {**cpu_blas.state, "gflops_float32": round(cpu_blas.measure_gflops(), 1)}
     except Exception as exc:  # doctor reports problems rather than dying on them
         report["mlx"] = None
         report["mlx_error"] = str(exc)
@@ -223,6 +226,9 @@ def doctor(as_json: bool):
         gpu = "Metal" if report["metal"] else "CUDA" if report["cuda"] else None
         console.print(f"mlx {report['mlx']}  default device: {report['default_device']}  "
                       f"GPU backend: {gpu or 'none (CPU only)'}")
+        blas = report["cpu_blas"]
+        console.print(f"CPU BLAS: {blas['blas']}, float32 matmul {blas['gflops_float32']:.1f} GFLOP/s"
+                      f"  [dim]({blas['note']})[/]")
     for r in records:
         colour = {"loaded": "green", "failed": "red", "blocked": "yellow"}[r.status]
         line = f"  {r.name} ({r.distribution} {r.version}): [{colour}]{r.status}[/]"
