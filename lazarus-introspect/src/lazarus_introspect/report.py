@@ -326,3 +326,34 @@ def scatter_grid(panels: list[tuple[str, Any]], labels: list[str], *, title: str
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def bar_chart_figure(labels: list[str], values: list[float], *, title: str, ylabel: str):
+    """A matplotlib figure with one bar per label (positive red, negative blue)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(min(2 + 0.4 * len(labels), 16), 4))
+    ax.bar(range(len(values)), values, color=["#c0392b" if v >= 0 else "#2e6da4" for v in values])
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels([plot_text(label) for label in labels], rotation=60, ha="right", fontsize=8)
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def scatter_figure(series: dict[str, tuple[list[float], list[float]]], *, title: str, xlabel: str, ylabel: str):
+    """A matplotlib scatter with one colour per entry ``name -> (xs, ys)`` and the y = x line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    values = [v for xs, ys in series.values() for v in (*xs, *ys) if v is not None and math.isfinite(v)]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    ax.plot([low, high], [low, high], color="grey", linewidth=0.8, linestyle="--")
+    for name, (xs, ys) in series.items():
+        ax.scatter(xs, ys, s=12, label=plot_text(name))
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
