@@ -18,3 +18,16 @@ class UnknownNameError(LazarusError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return self.args[0] if self.args else ""
+
+
+class TrainingDiverged(LazarusError):
+    """A training run stopped because its loss or gradients became non-finite or its eval loss rose
+    far above where it started. Nothing was saved for the bad step; the last good checkpoint stays.
+
+    ``step`` is the optimizer step at which it was seen, ``checkpoint`` the last good checkpoint
+    (``None`` when none was written)."""
+
+    def __init__(self, message: str, *, step: int, checkpoint=None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.checkpoint = checkpoint

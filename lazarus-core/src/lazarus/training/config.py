@@ -160,6 +160,10 @@ class TrainingConfig:
     eval_batches: int = setting(25, "Validation batches per evaluation (-1: the whole set).", minimum=-1)
     save_interval: int = setting(100, "Steps between resumable checkpoints (0: only at the end).", minimum=0)
     keep_checkpoints: int = setting(3, "How many step checkpoints to keep (0: keep all).", minimum=0)
+    max_eval_loss_rise: float = setting(
+        1.0, "Divergence guard: stop when an eval loss exceeds max(1.5 x the first eval loss, the first + "
+             "this); 0 turns this check off (a non-finite loss or gradient always stops the run).",
+        minimum=0.0)
 
     #: default number of optimizer steps when neither max_steps nor epochs is given
     DEFAULT_STEPS: typing.ClassVar[int] = 1000

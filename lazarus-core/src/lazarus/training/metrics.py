@@ -25,7 +25,7 @@ class MetricsLog:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
+            handle.write(strict_json(row) + "\n")
 
     def drop_after(self, step: int) -> None:
         """Forget rows past ``step``: a resumed run repeats those steps and logs them again."""
@@ -33,8 +33,24 @@ class MetricsLog:
             return
         kept = [row for row in read_metrics(self.path) if row.get("step", 0) <= step]
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
+        tmp.write_text("".join(strict_json(row) + "\n" for row in kept))
         os.replace(tmp, self.path)
+
+
+def strict_json(row: dict) -> str:
+    """One JSON line that every JSON reader accepts: NaN and infinities become ``null``."""
+    import math
+
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(row), allow_nan=False)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:

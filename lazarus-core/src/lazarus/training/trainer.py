@@ -44,7 +44,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from lazarus.errors import LazarusError
+from lazarus.errors import LazarusError, TrainingDiverged
 from lazarus.training import checkpoint as ckpt
 from lazarus.training.config import TrainingConfig
 from lazarus.training.distributed import World, init_world
@@ -479,6 +479,7 @@ class Trainer:
                 (self.output / METRICS_FILE).unlink(missing_ok=True)  # a fresh run starts a fresh log
         result = TrainResult(output=self.output, step=start_step, total_steps=total_steps,
                              checkpoint=resume_from)
+        self._result = result  # the divergence guard names its last good checkpoint
         self._describe(total_steps, start_step)
         micro_step, apply_step, eval_step = self._build_steps()
 
@@ -486,6 +487,7 @@ class Trainer:
             loss = self.evaluate(eval_step)
             metrics.write(self._eval_row(0, loss))
             result.first_eval_loss = result.last_eval_loss = loss
+            self._guard_eval(0, loss, None, result)
             self.log(f"step 0: eval loss {loss:.4f}")
         else:
             result.first_eval_loss = next((r["loss"] for r in _previous_evals(self.output) if r["step"] == 0),
@@ -514,6 +516,7 @@ class Trainer:
                 norm = apply_step(grads_sum, step_count)
                 mx.eval(self.model.state, self.optimizer.state, step_total, step_count, norm, window["aux"])
                 step += 1
+                self._guard_step(step, step_total, step_count, norm, metrics, result)
                 step_seconds = time.perf_counter() - step_start
                 counters["elapsed"] += step_seconds
                 window["seconds"] += step_seconds
@@ -526,6 +529,8 @@ class Trainer:
                 if step % config.log_interval == 0 or step == total_steps:
                     row = self._train_row(step, window, norm, total_steps)
                     metrics.write(row)
+                    if not math.isfinite(row["loss"]):  # ranks' losses summed: the same on every rank
+                        raise self._diverged(step, f"the loss is {row['loss']}", result)
                     result.last_train_loss = row["loss"]
                     progress.update(task, loss=f"{row['loss']:.3f}", tps=f"{row['tokens_per_second']:.0f}",
                                     lr=f"{row['learning_rate']:.2e}")
@@ -537,6 +542,7 @@ class Trainer:
                     if loss is not None:
                         metrics.write(self._eval_row(step, loss))
                         result.last_eval_loss = loss
+                        self._guard_eval(step, loss, result.first_eval_loss, result)
                         if self.console is not None:
                             progress.console.print(f"step {step}: eval loss {loss:.4f}")
 
@@ -566,6 +572,7 @@ class Trainer:
             loss = self.evaluate(eval_step)
             metrics.write(self._eval_row(step, loss))
             result.last_eval_loss = loss
+            self._guard_eval(step, loss, result.first_eval_loss, result)
         result.checkpoint = self.save_checkpoint(step, counters)
         self.save_final(step)
         if self.world.is_main:
@@ -577,6 +584,49 @@ class Trainer:
         result.metrics = metrics.rows
         self._summary(result)
         return result
+
+    # -- divergence guard ----------------------------------------------------------------------
+    def _diverged(self, step: int, what: str, result: TrainResult | None = None) -> TrainingDiverged:
+        """The error that stops a diverged run: the step, what was seen, the setting to lower and
+        the last good checkpoint (nothing is saved or pruned for the bad step)."""
+        checkpoint = result.checkpoint if result is not None else None
+        kept = f"; the last good checkpoint is {checkpoint}" if checkpoint else "; no checkpoint was written"
+        return TrainingDiverged(f"training diverged at step {step}: {what} -- lower --learning-rate "
+                                f"(now {self.config.learning_rate:g}){kept}", step=step, checkpoint=checkpoint)
+
+    def _guard_step(self, step: int, total, count, norm, metrics: MetricsLog, result: TrainResult) -> None:
+        """Stop when this step's gradient norm (summed over ranks, so every rank agrees) or, on one
+        process, its loss is not finite: the update has already spoiled the weights in memory."""
+        grad_norm = float(norm.item())
+        loss = float(total.item()) / max(float(count.item()), 1.0)
+        if math.isfinite(grad_norm) and (self.world.distributed or math.isfinite(loss)):
+            return
+        metrics.write({"split": "train", "step": step, "loss": loss, "grad_norm": grad_norm, "diverged": True})
+        what = f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {grad_norm}"
+        raise self._diverged(step, what, result)
+
+    def _guard_eval(self, step: int, loss: float | None, first: float | None, result: TrainResult) -> None:
+        """Stop when an eval loss is not finite, or rises above max(1.5 x first, first + rise)."""
+        if loss is None:
+            return
+        if not math.isfinite(loss):
+            raise self._diverged(step, f"the eval loss is {loss}", result)
+        rise = self.config.max_eval_loss_rise
+        if first is None or not math.isfinite(first) or not rise:
+            return
+        limit = max(1.5 * first, first + rise)
+        if loss > limit:
+            raise self._diverged(step, f"eval loss {loss:.4f} rose from {first:.4f} at the start, above "
+                                       f"{limit:.4f} (max(1.5 x first, first + --max-eval-loss-rise {rise:g}))",
+                                 result)
+
+    def _guard_weights(self, step: int) -> None:
+        """Refuse to save weights that are not all finite (an update that overflowed)."""
+        finite = mx.array(True)
+        for _, value in tree_flatten(self.model.trainable_parameters()):
+            finite = mx.logical_and(finite, mx.all(mx.isfinite(value)))
+        if not bool(finite.item()):
+            raise self._diverged(step, "the trained weights are no longer finite", getattr(self, "_result", None))
 
     def _check_output(self, resuming: bool) -> None:
         """Refuse to mix a fresh run into an earlier run's output (its checkpoints would be pruned
@@ -633,6 +683,7 @@ class Trainer:
     # -- saving --------------------------------------------------------------------------------
     def save_checkpoint(self, step: int, counters: dict) -> Path:
         """Write a resumable checkpoint for ``step`` (rank 0 writes; every rank waits for it)."""
+        self._guard_weights(step)
         target = self.output / ckpt.CHECKPOINTS_DIR / ckpt.checkpoint_name(step)
         rng_per_rank = self.world.all_gather_ints(ckpt.rng_state())
         if self.world.is_main:
