@@ -4,14 +4,16 @@ Each pair is a prompt with a ``chosen`` and a ``rejected`` answer. With ``π`` t
 ``ρ`` the reference's summed log-probability of an answer (answer tokens only, given the prompt),
 ``h = (π_c − ρ_c) − (π_r − ρ_r)`` and ``ε`` the label smoothing, the loss of a pair is (as in TRL):
 
-- ``sigmoid``: ``−(1−ε)·log σ(β·h) − ε·log σ(−β·h)``  (DPO; ε > 0 is conservative DPO)
+- ``sigmoid``: ``−(1−ε)·log σ(β·h) − ε·log σ(−β·h)``  (DPO; ε > 0 is conservative DPO, cDPO,
+  as TRL ≤ 0.19; TRL 1.x's sigmoid ignores ε)
 - ``ipo``:     ``(h − 1/(2β))²`` with log-probs averaged over the answer's tokens
 - ``hinge``:   ``max(0, 1 − β·h)``  (SLiC)
 - ``robust``:  ``((1−ε)·(−log σ(β·h)) + ε·log σ(−β·h)) / (1 − 2ε)``  (unbiased under label noise ε)
 
-Logged: ``rewards/chosen = β·(π_c − ρ_c)``, ``rewards/rejected``, ``rewards/margin`` (their
+Logged (TRL 1.16's definitions, for every loss type, ipo included): ``rewards/chosen =
+β·(π_c − ρ_c)`` with *summed* log-probs, ``rewards/rejected``, ``rewards/margin`` (their
 difference), ``rewards/accuracy`` (share of pairs with margin > 0), ``logps/chosen`` and
-``logps/rejected``. See :mod:`lazarus.training.reference` for which model the reference is.
+``logps/rejected`` (summed). See :mod:`lazarus.training.reference` for which model the reference is.
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ class DPOConfig(TrainingConfig):
     beta: float = setting(0.1, "Strength of the pull towards the reference (DPO β; IPO's τ).", minimum=0.0)
     loss_type: str = setting("sigmoid", "Preference loss: sigmoid (DPO), ipo, hinge or robust.",
                              choices=LOSS_TYPES)
-    label_smoothing: float = setting(0.0, "Assumed share of flipped labels ε for sigmoid/robust "
-                                          "(0 ≤ ε < 0.5).", minimum=0.0)
+    label_smoothing: float = setting(0.0, "Assumed share of flipped labels ε (0 ≤ ε < 0.5): robust, and "
+                                          "sigmoid as conservative DPO (cDPO; TRL ≤ 0.19 does the same, "
+                                          "TRL ≥ 1.0's sigmoid ignores it).", minimum=0.0)
     ref_model: str | None = setting(None, "Reference model directory (default: the policy with its adapter "
                                           "switched off, or the --adapter it starts from).", metavar="DIR")
     precompute_ref: bool = setting(False, "Compute the reference log-probs once before training, cache them "
@@ -265,11 +268,16 @@ class DPOTrainer(PreferenceTrainer):
 
     def loss(self, model, ids, mask, ref_chosen, ref_rejected, weight):
         config = self.config
-        chosen, rejected, _ = self.policy_logps(model, ids, mask, average=self.average_logps)
+        chosen, rejected, counts = self.policy_logps(model, ids, mask, average=self.average_logps)
         losses = preference_losses(chosen, rejected, ref_chosen, ref_rejected, beta=config.beta,
                                    loss_type=config.loss_type, label_smoothing=config.label_smoothing)
-        chosen_rewards = config.beta * mx.stop_gradient(chosen - ref_chosen)
-        rejected_rewards = config.beta * mx.stop_gradient(rejected - ref_rejected)
-        metrics = pair_metrics(chosen_rewards, rejected_rewards, mx.stop_gradient(chosen),
-                               mx.stop_gradient(rejected), weight)
+        chosen, rejected = mx.stop_gradient(chosen), mx.stop_gradient(rejected)
+        if self.average_logps:  # ipo averaged for its loss; the logged rewards use sums, as TRL 1.16
+            half = ids.shape[0] // 2
+            tokens = mx.maximum(counts, 1.0)
+            chosen, ref_chosen = chosen * tokens[:half], ref_chosen * tokens[:half]
+            rejected, ref_rejected = rejected * tokens[half:], ref_rejected * tokens[half:]
+        chosen_rewards = config.beta * (chosen - ref_chosen)
+        rejected_rewards = config.beta * (rejected - ref_rejected)
+        metrics = pair_metrics(chosen_rewards, rejected_rewards, chosen, rejected, weight)
         return (losses * weight).sum(), weight.sum(), metrics

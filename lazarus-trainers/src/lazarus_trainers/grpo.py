@@ -362,11 +362,7 @@ class GRPOTrainer(RolloutTrainer):
         config = self.config
         batch_std = None
         if config.scale_rewards == "batch":
-            real = np.asarray(scores.total, dtype=np.float64)[weights > 0]
-            s = self.world.all_sum(mx.array([real.sum(), np.square(real).sum(), real.size], dtype=mx.float32))
-            total, squares, n = (float(v) for v in np.array(s))
-            mean = total / max(n, 1.0)
-            batch_std = float(np.sqrt(max(squares - n * mean * mean, 0.0) / max(n - 1.0, 1.0)))
+            batch_std = self.batch_reward_std(np.asarray(scores.total, dtype=np.float64)[weights > 0])
         advantages, _ = rl.group_advantages(scores.total, ro.group_size, config.scale_rewards, batch_std)
         arrays = {"advantages": advantages}
         if config.num_iterations > 1:
@@ -374,6 +370,21 @@ class GRPOTrainer(RolloutTrainer):
         if config.beta > 0:
             arrays["ref_logprobs"] = self.reference_logprobs(ro.ids, ro.mask)
         return arrays
+
+    def batch_reward_std(self, rewards: np.ndarray) -> float:
+        """The unbiased std of the real rewards of all ranks (``--scale-rewards batch``), by two
+        passes: the mean first, then the sums of the deviations from it. Ranks exchange float32
+        sums, so the one-pass ``Σr² - n·mean²`` would lose the spread of rewards with a large
+        offset (100 ± 0.05); the deviations are small numbers, and the ``(Σd)²/n`` term corrects
+        for a mean that float32 rounded."""
+        total, n = (float(v) for v in np.array(self.world.all_sum(
+            mx.array([rewards.sum(), rewards.size], dtype=mx.float32))))
+        if n < 2:
+            return 0.0
+        d = rewards - total / n
+        sum_d, sum_dd = (float(v) for v in np.array(self.world.all_sum(
+            mx.array([d.sum(), np.square(d).sum()], dtype=mx.float32))))
+        return float(np.sqrt(max(sum_dd - sum_d * sum_d / n, 0.0) / (n - 1.0)))
 
     def batch_arrays(self, batch, training: bool = True) -> tuple:
         ro, a = batch.rollout, batch.arrays

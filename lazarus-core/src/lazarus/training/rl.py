@@ -24,6 +24,7 @@ Formulas (``r = exp(logp - logp_old)``, ``A`` the advantage, ``ε``/``ε_high`` 
 - group advantages: ``A_i = (R_i - mean_group R) / (std R + 1e-4)``, std over the group
   (``scale_rewards="group"``), the whole batch (``"batch"``) or not at all (``"none"``)
 - GAE: ``δ_t = r_t + γ·V_{t+1} - V_t``, ``A_t = δ_t + γ·λ·A_{t+1}``, returns ``A_t + V_t``
+- PPO whitening (TRL's ``masked_whiten``): ``(A - mean) · rsqrt(var + 1e-8)``, unbiased variance
 - PPO: policy ``-min(r·A, clip(r, 1-ε, 1+ε_high)·A)``, value
   ``½·max((V - R)², (V_old + clip(V - V_old, ±ε_v) - R)²)``, minus ``c_ent`` × entropy
 """
@@ -138,15 +139,29 @@ def group_advantages(rewards: Sequence[float], group_size: int, scale_rewards: s
     return centred.reshape(-1).astype(np.float32), zero_spread
 
 
-def whiten(values: np.ndarray, mask: np.ndarray, shift_mean: bool = True) -> np.ndarray:
-    """Normalise ``values`` to mean 0 (unless ``shift_mean`` is False), std 1 over the masked
-    entries (PPO's advantage whitening); masked-out entries become 0."""
-    m = mask.astype(bool)
-    if not m.any():
+def whiten(values: np.ndarray, mask: np.ndarray, shift_mean: bool = True, sum_over_ranks=None) -> np.ndarray:
+    """PPO's advantage whitening, as TRL's ``masked_whiten``: ``(x - mean) · rsqrt(var + 1e-8)``
+    with the mean and the *unbiased* variance (n - 1) over the masked entries (``shift_mean=False``
+    adds the mean back). Computed in float64; masked-out entries become 0. A single masked entry
+    (variance undefined) becomes 0. ``sum_over_ranks`` (a function: list of floats -> their sums
+    over ranks, as ``World.sum_floats``) takes the mean and variance over every rank's entries, as
+    one process holding the whole batch would."""
+    m = np.asarray(mask).astype(bool)
+    x = np.asarray(values, dtype=np.float64)
+    selected = x[m]
+    total, n = float(selected.sum()), float(selected.size)
+    if sum_over_ranks is not None:
+        total, n = sum_over_ranks([total, n])
+    if n == 0:
         return np.zeros_like(values)
-    selected = values[m]
-    mean, std = selected.mean(), selected.std()
-    out = (values - mean) / (std + 1e-8) if shift_mean else (values - mean) / (std + 1e-8) + mean
+    mean = total / n
+    squares = float(np.square(selected - mean).sum())
+    if sum_over_ranks is not None:
+        squares = sum_over_ranks([squares])[0]
+    var = squares / (n - 1) if n > 1 else 0.0
+    out = (x - mean) / np.sqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
     return np.where(m, out, 0.0).astype(values.dtype)
 
 
@@ -192,7 +207,10 @@ def grpo_loss(logprobs: mx.array, old_logprobs: mx.array, ref_logprobs: mx.array
     completion tokens; ``weights`` (B,) 0 for rows that must not count (filler). ``total / count``
     is the loss as the module docstring gives it per ``loss_type``; the trainer base sums totals
     and counts over micro-batches and ranks before dividing (which is what makes ``dapo`` global).
-    Metrics (summed over the same items as ``count``): ``kl``, ``clip_fraction``.
+    Metrics, as sums with their own counts (``NAME:count``, see :meth:`Trainer.loss`), so that the
+    logged value is a mean over the whole logging window: ``kl`` (mean k3 per completion token)
+    and ``clip_fraction`` (share of completion tokens where the clip binds: ``r < 1-ε`` with
+    ``A < 0`` or ``r > 1+ε_high`` with ``A > 0``; for ``gspo`` the share of sequences).
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {loss_type!r}")
@@ -203,7 +221,8 @@ def grpo_loss(logprobs: mx.array, old_logprobs: mx.array, ref_logprobs: mx.array
     rows = (mask.sum(axis=1) > 0).astype(mx.float32)  # sequences that count
     lengths = mx.maximum(mask.sum(axis=1), 1.0)
     adv = advantages.astype(mx.float32)[:, None]
-    log_ratio = logprobs - old_logprobs
+    # masked before exp: padding positions (log-probs of whatever follows a completion) could overflow
+    log_ratio = (logprobs - old_logprobs) * mask
     if loss_type == "gspo":
         log_ratio = ((log_ratio * mask).sum(axis=1) / lengths)[:, None]
         log_ratio = mx.broadcast_to(log_ratio, logprobs.shape)  # one ratio for every token of a row
@@ -213,7 +232,7 @@ def grpo_loss(logprobs: mx.array, old_logprobs: mx.array, ref_logprobs: mx.array
     is_clipped = ((ratio < 1.0 - epsilon) & (adv < 0)) | ((ratio > 1.0 + high) & (adv > 0))
     is_clipped = is_clipped.astype(mx.float32)
     if beta and ref_logprobs is not None:
-        kl = k3_kl(logprobs, ref_logprobs)
+        kl = k3_kl(logprobs * mask, ref_logprobs * mask)
         per_token = per_token + beta * kl
     else:
         kl = mx.zeros_like(per_token)
@@ -223,18 +242,23 @@ def grpo_loss(logprobs: mx.array, old_logprobs: mx.array, ref_logprobs: mx.array
 
     if loss_type in ("grpo", "gspo"):
         total, count = (seq_mean(per_token) * rows).sum(), rows.sum()
-        metrics = {"kl": (seq_mean(kl) * rows).sum(), "clip_fraction": (seq_mean(is_clipped) * rows).sum()}
     elif loss_type == "dr-grpo":
         total, count = (per_token * mask).sum() / max_completion_length, rows.sum()
-        metrics = {"kl": (seq_mean(kl) * rows).sum(), "clip_fraction": (seq_mean(is_clipped) * rows).sum()}
     elif loss_type == "bnpo":
         tokens = mx.maximum(mask.sum(), 1.0)
         total, count = (per_token * mask).sum() / tokens * rows.sum(), rows.sum()
-        metrics = {"kl": (kl * mask).sum() / tokens * rows.sum(),
-                   "clip_fraction": (is_clipped * mask).sum() / tokens * rows.sum()}
     else:  # dapo: normalised by every completion token of the step
         total, count = (per_token * mask).sum(), mask.sum()
-        metrics = {"kl": (kl * mask).sum(), "clip_fraction": (is_clipped * mask).sum()}
+    # the logged metrics are TRL's whatever the loss type: token means (gspo's clip_fraction: the
+    # share of sequences, its ratio being one per sequence), each over its own count
+    tokens = mask.sum()
+    metrics = {"kl": (kl * mask).sum(), "kl:count": tokens}
+    if loss_type == "gspo":
+        metrics["clip_fraction"] = (is_clipped[:, 0] * rows).sum()
+        metrics["clip_fraction:count"] = rows.sum()
+    else:
+        metrics["clip_fraction"] = (is_clipped * mask).sum()
+        metrics["clip_fraction:count"] = tokens
     return total, count, metrics
 
 
@@ -244,17 +268,21 @@ def ppo_loss(logprobs: mx.array, old_logprobs: mx.array, advantages: mx.array, v
              value_coef: float = 0.1, entropy_coef: float = 0.0) -> tuple[mx.array, mx.array, dict]:
     """``(total, count, {metric: sum})`` of PPO's clipped policy + value loss − entropy bonus, summed
     over the completion tokens (``count`` = tokens). All arrays (B, T'); ``mask`` 1 on completion
-    tokens (0 also for rows that must not count)."""
+    tokens (0 also for rows that must not count). Metrics (token sums): ``policy_loss``,
+    ``value_loss``, ``clip_fraction`` (tokens where the clip binds, i.e. the clipped term is the
+    larger: TRL's ``pg_clipfrac``), ``approx_kl`` (``½(logp - logp_old)²``), ``entropy``."""
     high = epsilon if epsilon_high is None else epsilon_high
     mask = mask.astype(mx.float32)
     ratio = mx.exp(logprobs - old_logprobs)
-    policy = -mx.minimum(ratio * advantages, mx.clip(ratio, 1.0 - epsilon, 1.0 + high) * advantages)
+    unclipped = -ratio * advantages
+    clipped = -mx.clip(ratio, 1.0 - epsilon, 1.0 + high) * advantages
+    policy = mx.maximum(unclipped, clipped)
     values_clipped = old_values + mx.clip(values - old_values, -value_clip, value_clip)
     value = 0.5 * mx.maximum(mx.square(values - returns), mx.square(values_clipped - returns))
     per_token = policy + value_coef * value
     if entropy is not None and entropy_coef:
         per_token = per_token - entropy_coef * entropy
-    is_clipped = (mx.abs(ratio - 1.0) > mx.where(advantages > 0, high, epsilon)).astype(mx.float32)
+    is_clipped = (clipped > unclipped).astype(mx.float32)  # where the clip binds (TRL's pg_clipfrac)
     metrics = {"policy_loss": (policy * mask).sum(), "value_loss": (value * mask).sum(),
                "clip_fraction": (is_clipped * mask).sum(),
                "approx_kl": (0.5 * mx.square(logprobs - old_logprobs) * mask).sum()}

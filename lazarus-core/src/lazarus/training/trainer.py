@@ -101,6 +101,19 @@ class _StopRequest:
                                "(press Ctrl-C again to quit without saving)...[/]")
 
 
+def metric_means(aux: dict, count: float) -> dict[str, float]:
+    """Logged means of summed metrics: each over the loss's item ``count``, or over its own summed
+    ``NAME:count`` when the loss returned one (see :meth:`Trainer.loss`)."""
+    means = {}
+    for name, value in aux.items():
+        if name.endswith(":count"):
+            continue
+        own = aux.get(f"{name}:count")
+        denominator = float(own.item()) if own is not None else float(count)
+        means[name] = float(value.item()) / max(denominator, 1.0)
+    return means
+
+
 def _in_main_thread() -> bool:
     import threading
 
@@ -148,7 +161,9 @@ class Trainer:
 
     def loss(self, model: nn.Module, *arrays) -> tuple:
         """``(sum of losses, number of items)`` for one batch, both scalar arrays, optionally
-        followed by a dict of summed extra metrics over the same items."""
+        followed by a dict of summed extra metrics over the same items. A metric ``NAME`` with an
+        entry ``NAME:count`` is divided by that count instead (e.g. a token mean next to a
+        per-sequence loss); the ``:count`` entries are not logged."""
         raise NotImplementedError
 
     def _loss_parts(self, model, *arrays) -> tuple[mx.array, mx.array, dict]:
@@ -422,7 +437,7 @@ class Trainer:
         total, count, aux = self.world.all_sum((total, count, aux))
         denominator = max(count.item(), 1.0)
         #: the eval row's extra metrics (means over the evaluated items), written next to its loss
-        self.eval_metrics = {k: float(v.item() / denominator) for k, v in aux.items()}
+        self.eval_metrics = metric_means(aux, denominator)
         return float(total.item() / denominator)
 
     def _eval_row(self, step: int, loss: float) -> dict:
@@ -671,7 +686,7 @@ class Trainer:
             "loss_items": float(count.item()),
             "peak_memory_gb": mx.get_peak_memory() / 1e9,
             "epoch": self._epochs_done(),
-            **{k: float(v.item() / max(count.item(), 1.0)) for k, v in aux.items()},
+            **metric_means(aux, count.item()),
             **self.extra_metrics(),
         }
 
