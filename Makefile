@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DISTS := lazarus-core lazarus-families lazarus-trainers lazarus-introspect lazarus-experts plugins/lazarus-example plugins/lazarus-mlx-lm
+DISTS := lazarus-core lazarus-families lazarus-trainers lazarus-introspect lazarus-experts plugins/lazarus-example plugins/lazarus-mlx-lm plugins/lazarus-serve
 
 .PHONY: install demo test lint clean
 
@@ -11,7 +11,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python $(foreach d,$(DISTS),$(d)/pyproject.toml)
-	$(BIN)/python -m pip install --quiet -e "lazarus-core[test]" $(foreach d,$(filter-out lazarus-core,$(DISTS)),-e $(d))
+	$(BIN)/python -m pip install --quiet -e "lazarus-core[test]" $(foreach d,$(filter-out lazarus-core,$(DISTS)),-e "$(d)$(if $(findstring plugins/,$(d)),[test])")
 	touch $@
 
 install: $(VENV)/.installed
