@@ -266,7 +266,8 @@ async def get_model(request: Request) -> JSONResponse:
 
 
 async def health(request: Request) -> JSONResponse:
-    return JSONResponse({"status": "ok", "active_rows": request.app.state.server.engine.active_rows})
+    engine = request.app.state.server.engine
+    return JSONResponse({"status": "ok", "active_rows": engine.active_rows, "dropped_rows": engine.dropped_rows})
 
 
 # -- /v1/chat/completions -------------------------------------------------------------------------------

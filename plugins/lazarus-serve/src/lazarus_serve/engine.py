@@ -63,6 +63,7 @@ class Engine:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lazarus-serve-engine", daemon=True)
         self._generator = None
+        self.dropped_rows = 0  # rows removed unfinished because their client went away
 
     def start(self) -> None:
         self._thread.start()
@@ -136,7 +137,7 @@ class Engine:
     def _drop_cancelled(self) -> None:
         for job in [j for j in self._jobs if j.cancelled]:
             for row_id in self._jobs.pop(job):
-                self._generator.remove(row_id)
+                self.dropped_rows += self._generator.remove(row_id)
 
     @property
     def active_rows(self) -> int:
