@@ -26,7 +26,7 @@ def sft_config(model, data, output, **overrides):
     from lazarus_trainers.sft import SFTConfig
 
     settings = dict(model=str(model), data=str(data), output=str(output), num_layers=-1, rank=4,
-                    learning_rate=2e-3, batch_size=4, max_steps=6, eval_interval=0, eval_batches=2,
+                    learning_rate=2e-3, lr_schedule="constant", warmup_steps=0, batch_size=4, max_steps=6, eval_interval=0, eval_batches=2,
                     save_interval=0, log_interval=1, max_seq_length=96)
     settings.update(overrides)
     return SFTConfig(**settings)

@@ -37,6 +37,23 @@ class _UserError(click.ClickException):
     exit_code = 2
 
 
+#: warning messages already printed by this command
+_shown_warnings: set[str] = set()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings as people read them: one ``Warning: ...`` line each, no source path, and once:
+    a message that differs only in its numbers (another prompt length) is not repeated."""
+    import re
+
+    text = " ".join(str(message).split())
+    key = f"{category.__name__}: {re.sub(r'[0-9.]+', 'N', text)}"
+    if key in _shown_warnings:
+        return
+    _shown_warnings.add(key)
+    click.echo(f"Warning: {text}", err=True)
+
+
 class LazarusGroup(click.Group):
     """A click group that adds plugin commands and turns :class:`LazarusError` into one line, exit 2."""
 
@@ -55,11 +72,16 @@ class LazarusGroup(click.Group):
         return super().get_command(ctx, name) or self._plugin_commands().get(name)
 
     def main(self, *args, **kwargs):
-        try:
-            return super().main(*args, **kwargs)
-        except LazarusError as exc:  # raised outside a command, e.g. while listing plugin commands
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(exc.exit_code)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            _shown_warnings.clear()
+            try:
+                return super().main(*args, **kwargs)
+            except LazarusError as exc:  # raised outside a command, e.g. while listing plugin commands
+                click.echo(f"Error: {exc}", err=True)
+                sys.exit(exc.exit_code)
 
     def invoke(self, ctx):
         try:

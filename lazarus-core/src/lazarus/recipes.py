@@ -457,7 +457,7 @@ class Runner:
         result = trainer.train()
         if result.interrupted:
             return "interrupted", f"stopped at step {result.step}/{result.total_steps}"
-        return "done", _train_metric(result)
+        return "done", _train_metric(result, getattr(trainer, "headline_metrics", ()))
 
     def _command(self, stage: Stage, model: str, adapter: str | None, directory: Path) -> tuple[str, str]:
         command = stage_command(stage)
@@ -465,7 +465,9 @@ class Runner:
         words = ([stage.kind] if stage.kind == "introspect" else []) + [stage.plugin] + argv
         self.console.print(f"$ lazarus {shlex.join(words)}", style="dim", markup=False, highlight=False)
         captured = io.StringIO()
-        with contextlib.redirect_stdout(_Tee(sys.stdout, captured)):
+        # an eval stage prints its summary as JSON for the run table; people get one line (below)
+        streams = (captured,) if stage.kind == "eval" else (sys.stdout, captured)
+        with contextlib.redirect_stdout(_Tee(*streams)):
             try:
                 command.main(args=argv, prog_name=f"lazarus {stage.plugin}", standalone_mode=False)
             except click.exceptions.Exit as exc:
@@ -476,7 +478,13 @@ class Runner:
             except click.Abort:
                 return "interrupted", ""
         (directory / "output.txt").write_text(captured.getvalue(), encoding="utf-8")
-        return "done", _command_metric(stage, directory, captured.getvalue())
+        metric = _command_metric(stage, directory, captured.getvalue())
+        if stage.kind == "eval":
+            from lazarus.commands.eval import summary_line
+
+            summary = _read_json(directory / "summary.json")
+            self.console.print(summary_line(summary) if summary else metric, markup=False, highlight=False)
+        return "done", metric
 
     def _argv(self, stage: Stage, command: click.Command, model: str, adapter: str | None,
               directory: Path) -> list[str]:
@@ -577,7 +585,14 @@ def _write_stage_file(directory: Path, record: dict) -> None:
     write_text_atomic(directory / STAGE_FILE, json.dumps(record, indent=2, default=str) + "\n")
 
 
-def _train_metric(result) -> str:
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _train_metric(result, headline: tuple[str, ...] = ()) -> str:
     rows = [r for r in result.metrics if r.get("split") == "train"]
     evals = [r for r in result.metrics if r.get("split") == "eval"]
     parts = []
@@ -585,10 +600,14 @@ def _train_metric(result) -> str:
         parts.append(f"eval loss {result.first_eval_loss:.3f} → {result.last_eval_loss:.3f}")
     elif rows:
         parts.append(f"train loss {rows[-1]['loss']:.3f}")
-    last = evals[-1] if evals else rows[-1] if rows else {}
-    for key in ("rewards/accuracy", "reward_mean", "classifier/accuracy"):
-        if key in last:
-            parts.append(f"{key} {last[key]:.2f}")
+    from lazarus.training.metrics import metric_label
+
+    keys = [k for k in headline if k != "loss"] or ["rewards/accuracy", "reward_mean", "classifier/accuracy"]
+    last = next((r for r in reversed(evals) if any(k in r for k in keys)), None) \
+        or next((r for r in reversed(rows) if any(k in r for k in keys)), {})
+    for key in keys:
+        if isinstance(last.get(key), (int, float)):
+            parts.append(f"{metric_label(key)} {last[key]:.2f}")
     return ", ".join(parts)
 
 

@@ -8,6 +8,20 @@ import click
 
 from lazarus.errors import LazarusError
 
+#: most tokens generated when --max-tokens is not given (fewer when the model's context is shorter)
+DEFAULT_MAX_TOKENS = 256
+MAX_TOKENS_HELP = (f"Most tokens to generate [default: {DEFAULT_MAX_TOKENS}, or what fits the model's context "
+                   "after the prompt].")
+
+
+def fitting_max_tokens(model, prompt_tokens: int, wanted: int = DEFAULT_MAX_TOKENS) -> int:
+    """``wanted``, or fewer so that ``prompt_tokens`` plus the completion fit the model's context
+    (``max_position_embeddings``); at least 1, and ``wanted`` when the model states no context."""
+    limit = getattr(getattr(model, "args", None), "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit <= 0:
+        return wanted
+    return max(1, min(wanted, limit - prompt_tokens))
+
 
 @click.command()
 @click.option("--model", "-m", "model_path", required=True, metavar="PATH",
@@ -19,8 +33,7 @@ from lazarus.errors import LazarusError
 @click.option("--system", metavar="TEXT", help="System message for --chat (implies --chat).")
 @click.option("--raw", is_flag=True,
               help="Feed the prompt exactly: no chat template and no BOS/special tokens added.")
-@click.option("--max-tokens", "-n", default=256, show_default=True, type=click.IntRange(min=1),
-              help="Most tokens to generate.")
+@click.option("--max-tokens", "-n", default=None, type=click.IntRange(min=1), help=MAX_TOKENS_HELP)
 @click.option("--temperature", "-t", "--temp", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Sampling temperature; 0 is greedy (always the most likely token).")
 @click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1),
@@ -77,6 +90,8 @@ def generate(model_path, prompt, chat, system, raw, max_tokens, temperature, top
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                               repetition_penalty=repetition_penalty,
                               repetition_context_size=repetition_context_size, seed=seed)
+    if max_tokens is None:
+        max_tokens = fitting_max_tokens(model, len(prompt_ids))
     past_context = context_warning(model, len(prompt_ids), max_tokens, option="--max-tokens")
     if past_context:
         click.echo(f"Warning: {past_context}", err=True)

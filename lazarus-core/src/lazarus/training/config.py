@@ -30,6 +30,58 @@ from lazarus.errors import LazarusError
 SCHEDULES = ("constant", "linear", "cosine")
 #: blocks adapted when --num-layers is not given (as mlx-lm), or all of a model with fewer
 DEFAULT_NUM_LAYERS = 16
+#: the learning-rate schedule of a run that does not choose one: warmup, then cosine decay to
+#: --min-learning-rate, so that the end of a run settles instead of bouncing at the peak rate
+DEFAULT_SCHEDULE = "cosine"
+#: warmup of a run that does not set --warmup-steps: this share of its steps, at most MAX_WARMUP
+WARMUP_SHARE = 0.05
+MAX_WARMUP = 100
+#: validation batches per evaluation when --eval-batches is not given: at most MAX_EVAL_BATCHES, and
+#: in a short run no more than EVAL_SHARE batches per training micro-batch over all its evaluations
+#: (an eval batch costs about a third to a half of a training step: validation stays <= ~25% of a run)
+MAX_EVAL_BATCHES = 25
+EVAL_SHARE = 0.5
+#: train-metric rows (and progress-bar figures) when --log-interval is not given: every
+#: LOG_INTERVAL steps, more often in a short run so that it still draws a curve
+LOG_INTERVAL = 10
+
+
+def resolve_warmup(config, total_steps: int) -> int:
+    """Warmup steps of a run: ``--warmup-steps`` when given, else 5% of ``total_steps`` (at most 100)."""
+    if config.warmup_steps is not None:
+        return config.warmup_steps
+    return min(MAX_WARMUP, int(WARMUP_SHARE * total_steps))
+
+
+def resolve_eval_batches(config, total_steps: int) -> int:
+    """Validation batches per evaluation: ``--eval-batches`` when given (-1: all), else up to 25,
+    bounded so that all the evaluations of the run (start, every --eval-interval, end) together take
+    at most half as many batches as its training micro-batches."""
+    if config.eval_batches is not None:
+        return config.eval_batches
+    evals = 2 + ((total_steps - 1) // config.eval_interval if config.eval_interval else 0)
+    micro_batches = total_steps * config.grad_accumulation
+    return max(1, min(MAX_EVAL_BATCHES, math.ceil(EVAL_SHARE * micro_batches / evals)))
+
+
+def resolve_log_interval(config, total_steps: int) -> int:
+    """Steps between train-metric rows: ``--log-interval`` when given, else 10, or fewer in a run of
+    under 200 steps (about 20 rows; every step in a run of under 40)."""
+    if config.log_interval is not None:
+        return config.log_interval
+    return max(1, min(LOG_INTERVAL, total_steps // 20))
+
+
+def _default_learning_rate(config) -> float:
+    """The learning rate of a run that does not set one, by trainer and ``fine_tune_type``
+    (:attr:`TrainingConfig.LEARNING_RATES`; adapter types from plugins get the ``lora`` rate)."""
+    rates = type(config).LEARNING_RATES
+    return rates.get(config.fine_tune_type, rates["lora"])
+
+
+def _learning_rate_text(cls) -> str:
+    rates = cls.LEARNING_RATES
+    return f"{rates['lora']:g} for lora/dora adapters, {rates['full']:g} for full"
 
 
 def resolve_num_layers(num_layers: int | None, blocks: int) -> int:
@@ -48,20 +100,23 @@ def resolve_num_layers(num_layers: int | None, blocks: int) -> int:
 
 def setting(default: Any = None, help: str = "", *, choices: tuple[str, ...] | None = None,
             minimum: float | None = None, metavar: str | None = None, many: bool = False,
-            cli: bool = True) -> Any:
+            cli: bool = True, shown_default: Any = None) -> Any:
     """Declare one config field: its default, the help shown by ``--help``, and optional checks.
 
     ``choices`` limits a string field; ``minimum`` is an inclusive lower bound for numbers (``None``
     values are always allowed for optional fields); ``many=True`` marks a tuple-of-strings field
     (given as ``a,b`` on the command line; implied by a tuple default); ``cli=False`` keeps a field
-    out of the CLI.
+    out of the CLI. ``default`` may be an ``attrs.Factory(fn, takes_self=True)`` (a default that
+    depends on earlier fields); ``shown_default`` (text, or ``fn(config class) -> text``) is what
+    ``--help`` shows as its default.
     """
     validators = []
     if choices is not None:
         validators.append(_one_of(choices))
     if minimum is not None:
         validators.append(_at_least(minimum))
-    metadata = {"help": help, "choices": choices, "metavar": metavar, "cli": cli, "minimum": minimum}
+    metadata = {"help": help, "choices": choices, "metavar": metavar, "cli": cli, "minimum": minimum,
+                "shown_default": shown_default}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple or None as the default of a config field")
     return attrs.field(default=default, metadata=metadata, validator=validators or None,
@@ -134,9 +189,14 @@ class TrainingConfig:
               "model; -1: all). More than the model has is an error.", minimum=-1, metavar="N")
 
     # -- optimisation --------------------------------------------------------------------------
-    learning_rate: float = setting(1e-5, "Peak learning rate (AdamW).", minimum=0.0)
-    lr_schedule: str = setting("constant", "Learning-rate schedule after warmup.", choices=SCHEDULES)
-    warmup_steps: int = setting(0, "Linear warmup steps from 0 to the peak learning rate.", minimum=0)
+    learning_rate: float = setting(
+        attrs.Factory(_default_learning_rate, takes_self=True),
+        "Peak learning rate (AdamW); the default depends on the trainer and --fine-tune-type.", minimum=0.0,
+        shown_default=_learning_rate_text)
+    lr_schedule: str = setting(DEFAULT_SCHEDULE, "Learning-rate schedule after warmup.", choices=SCHEDULES)
+    warmup_steps: int | None = setting(
+        None, "Linear warmup steps from 0 to the peak learning rate.", minimum=0, metavar="N",
+        shown_default=f"{WARMUP_SHARE:.0%} of the run's steps, at most {MAX_WARMUP}")
     min_learning_rate: float = setting(0.0, "Final learning rate of the linear and cosine schedules.",
                                        minimum=0.0)
     weight_decay: float = setting(0.0, "AdamW decoupled weight decay.", minimum=0.0)
@@ -154,10 +214,15 @@ class TrainingConfig:
     compile: bool = setting(True, "Compile the training step with mx.compile.")
 
     # -- bookkeeping ---------------------------------------------------------------------------
-    log_interval: int = setting(10, "Steps between train-metric rows in metrics.jsonl.", minimum=1)
+    log_interval: int | None = setting(
+        None, "Steps between train-metric rows in metrics.jsonl (and figures on the progress bar).", minimum=1,
+        metavar="N", shown_default=f"{LOG_INTERVAL}; every 1/20 of a run of under {20 * LOG_INTERVAL} steps")
     eval_interval: int = setting(200, "Steps between evaluations on the validation set (0: only at "
                                       "the start and end).", minimum=0)
-    eval_batches: int = setting(25, "Validation batches per evaluation (-1: the whole set).", minimum=-1)
+    eval_batches: int | None = setting(
+        None, "Validation batches per evaluation (-1: the whole set).", minimum=-1, metavar="N",
+        shown_default=f"{MAX_EVAL_BATCHES}, fewer in a short run: all evaluations together take at most "
+                      f"{EVAL_SHARE:g} batch per training batch")
     save_interval: int = setting(100, "Steps between resumable checkpoints (0: only at the end).", minimum=0)
     keep_checkpoints: int = setting(3, "How many step checkpoints to keep (0: keep all).", minimum=0)
     max_eval_loss_rise: float = setting(
@@ -167,6 +232,10 @@ class TrainingConfig:
 
     #: default number of optimizer steps when neither max_steps nor epochs is given
     DEFAULT_STEPS: typing.ClassVar[int] = 1000
+    #: peak learning rate of a run that does not set one, by fine_tune_type: an adapter trains a few
+    #: new weights from zero and takes larger steps than a full fine-tune, which moves every
+    #: pretrained weight. Trainers whose loss pulls harder (preference, RL) lower it in their config.
+    LEARNING_RATES: typing.ClassVar[dict[str, float]] = {"lora": 1e-4, "dora": 1e-4, "full": 1e-5}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field (tuples become lists)."""
@@ -233,7 +302,8 @@ def click_options(cls: type) -> list[click.Option]:
         kind = field_kind(cls, field)
         name = option_name(field.name)
         help_text = field.metadata.get("help", "")
-        shown = _default_text(field.default)
+        shown = field.metadata.get("shown_default")
+        shown = shown(cls) if callable(shown) else shown if shown is not None else _default_text(field.default)
         if shown is not None:
             help_text = f"{help_text}  [default: {shown}]"
         common = dict(default=None, help=help_text, show_default=False)

@@ -67,27 +67,89 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def plot_loss_curve(metrics_path: str | os.PathLike, png_path: str | os.PathLike, title: str = "") -> Path:
-    """Draw train and eval loss against step from ``metrics_path`` into ``png_path``; returns the path."""
+#: how metric keys read on the progress bar, in summaries and on loss.png
+METRIC_LABELS = {
+    "loss": "loss",
+    "reward_mean": "reward",
+    "accuracy": "accuracy",
+    "rewards/accuracy": "pref accuracy",
+    "rewards/margin": "margin",
+    "classifier/accuracy": "classifier accuracy",
+    "answer/loss": "answer loss",
+}
+
+
+def metric_label(key: str) -> str:
+    """The short name people read for a metric key (``rewards/accuracy`` -> ``pref accuracy``)."""
+    return METRIC_LABELS.get(key, key)
+
+
+def headline_text(row: dict, keys, sep: str = "  ") -> str:
+    """``reward 0.450  accuracy 0.300``: the ``keys`` of ``row`` that it has, as numbers."""
+    parts = []
+    for key in keys:
+        value = row.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            parts.append(f"{metric_label(key)} {value:.3f}")
+    return sep.join(parts)
+
+
+def plot_loss_curve(metrics_path: str | os.PathLike, png_path: str | os.PathLike, title: str = "",
+                    loss_label: str = "loss", headline: tuple[str, ...] = ()) -> Path:
+    """Draw train and eval loss against step from ``metrics_path`` into ``png_path``, and below it
+    the ``headline`` metrics other than the loss (train rows solid, eval rows dashed); returns the path.
+
+    Every point has a marker, so a run with one logged step still shows it, and steps are whole numbers.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on a server or in CI
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    rows = read_metrics(metrics_path)
-    train = [(r["step"], r["loss"]) for r in rows if r.get("split") == "train" and "loss" in r]
-    evals = [(r["step"], r["loss"]) for r in rows if r.get("split") == "eval" and "loss" in r]
-    figure, axes = plt.subplots(figsize=(7, 4.2), dpi=110)
-    if train:
-        axes.plot([s for s, _ in train], [v for _, v in train], label="train loss", color="tab:blue", linewidth=1.5)
-    if evals:
-        axes.plot([s for s, _ in evals], [v for _, v in evals], label="eval loss", color="tab:orange", marker="o", linewidth=1.5)
-    axes.set_xlabel("optimizer step")
-    axes.set_ylabel("cross-entropy loss (nats/token)")
-    axes.set_title(title or "Training loss")
-    axes.grid(alpha=0.3)
-    if train or evals:
-        axes.legend()
+    rows = [r for r in read_metrics(metrics_path) if not r.get("diverged")]
+
+    def series(split: str, key: str) -> list[tuple[int, float]]:
+        return [(r["step"], r[key]) for r in rows if r.get("split") == split and _number(r.get(key))]
+
+    others = [k for k in headline if k != "loss" and (series("train", k) or series("eval", k))]
+    panels = 1 + bool(others)
+    figure, axes_list = plt.subplots(panels, 1, figsize=(7, 4.2 if panels == 1 else 6.4), dpi=110, sharex=True,
+                                     squeeze=False)
+    axes_list = [a[0] for a in axes_list]
+    loss_axes = axes_list[0]
+    drawn = False
+    for split, colour, style in (("train", "tab:blue", "-"), ("eval", "tab:orange", "--")):
+        points = series(split, "loss")
+        if points:
+            loss_axes.plot([s for s, _ in points], [v for _, v in points], style, label=f"{split} loss",
+                           color=colour, marker="o", markersize=4 if len(points) > 30 else 6, linewidth=1.5)
+            drawn = True
+    loss_axes.set_ylabel(loss_label)
+    loss_axes.set_title(title or "Training loss")
+    if not drawn:
+        loss_axes.text(0.5, 0.5, "no loss logged yet", ha="center", va="center", transform=loss_axes.transAxes)
+    if panels == 2:
+        axes = axes_list[1]
+        colours = ["tab:green", "tab:red", "tab:purple", "tab:brown"]
+        for index, key in enumerate(others):
+            colour = colours[index % len(colours)]
+            for split, style in (("train", "-"), ("eval", "--")):
+                points = series(split, key)
+                if points:
+                    axes.plot([s for s, _ in points], [v for _, v in points], style, color=colour, marker="o",
+                              markersize=4 if len(points) > 30 else 6, linewidth=1.5,
+                              label=f"{split} {metric_label(key)}")
+        axes.set_ylabel(", ".join(metric_label(k) for k in others))
+    steps = [r["step"] for r in rows if isinstance(r.get("step"), int)]
+    for axes in axes_list:
+        axes.grid(alpha=0.3)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend()
+        if steps and max(steps) == min(steps):  # one step: give the lone point some room
+            axes.set_xlim(min(steps) - 1, max(steps) + 1)
+    axes_list[-1].set_xlabel("optimizer step")
     figure.tight_layout()
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,3 +158,9 @@ def plot_loss_curve(metrics_path: str | os.PathLike, png_path: str | os.PathLike
     plt.close(figure)
     os.replace(tmp, png_path)
     return png_path
+
+
+def _number(value) -> bool:
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

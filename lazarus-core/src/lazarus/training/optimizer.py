@@ -9,8 +9,10 @@ def build_optimizer(config, total_steps: int):
     """AdamW (``mlx.optimizers``) whose learning rate follows ``config``'s schedule over ``total_steps``."""
     import mlx.optimizers as optim
 
+    from lazarus.training.config import resolve_warmup
+
     schedule = build_schedule(peak=config.learning_rate, kind=config.lr_schedule,
-                              warmup_steps=config.warmup_steps, total_steps=total_steps,
+                              warmup_steps=resolve_warmup(config, total_steps), total_steps=total_steps,
                               end=config.min_learning_rate)
     return optim.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
 

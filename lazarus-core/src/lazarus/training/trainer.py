@@ -32,6 +32,8 @@ Hooks for online RL (the defaults keep supervised trainers exactly as they are):
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import shlex
 import signal
@@ -46,9 +48,9 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from lazarus.errors import LazarusError, TrainingDiverged
 from lazarus.training import checkpoint as ckpt
-from lazarus.training.config import TrainingConfig
+from lazarus.training.config import TrainingConfig, resolve_eval_batches, resolve_log_interval, resolve_warmup
 from lazarus.training.distributed import World, init_world
-from lazarus.training.metrics import MetricsLog, plot_loss_curve
+from lazarus.training.metrics import MetricsLog, headline_text, metric_label, plot_loss_curve
 from lazarus.training.optimizer import build_optimizer, clip_by_global_norm
 from lazarus.training.schedules import learning_rate_at
 
@@ -132,6 +134,11 @@ class Trainer:
     data_format: ClassVar[str] = "sft"
     #: pad batch lengths to a multiple of this (fewer distinct shapes to compile)
     pad_to_multiple: ClassVar[int] = 8
+    #: the metric keys that say whether the run learns: shown on the progress bar, in the eval lines,
+    #: the summary, loss.png and a recipe's run table (``loss`` is shown only when listed here)
+    headline_metrics: ClassVar[tuple[str, ...]] = ("loss",)
+    #: the y label of the loss in loss.png (default: "NAME loss")
+    loss_label: ClassVar[str] = ""
 
     def __init__(self, config: TrainingConfig, *, world: World | None = None, console=None,
                  progress: bool = True) -> None:
@@ -421,19 +428,25 @@ class Trainer:
             return None
         eval_step = eval_step or (lambda *a: self._loss_parts(self.model, *a))
         iterator = self._iterator(self.valid_examples, shuffle=False)
-        limit = self.config.eval_batches
+        limit = self.eval_batch_limit
+        planned = iterator.batches_per_epoch(0) if limit < 0 else min(limit, iterator.batches_per_epoch(0))
         total, count, aux = mx.array(0.0), mx.array(0.0), {}
+        done = 0
         self.model.eval()
         try:
-            for index, batch in enumerate(iterator.epoch()):
-                if 0 <= limit <= index:
-                    break
-                batch_total, batch_count, batch_aux = eval_step(*self.batch_arrays(batch, training=False))
-                total, count = total + batch_total, count + batch_count
-                aux = {k: aux.get(k, 0.0) + v for k, v in batch_aux.items()}
-                mx.eval(total, count, aux)
+            with self._eval_progress(planned) as advance:
+                for index, batch in enumerate(iterator.epoch()):
+                    if 0 <= limit <= index:
+                        break
+                    batch_total, batch_count, batch_aux = eval_step(*self.batch_arrays(batch, training=False))
+                    total, count = total + batch_total, count + batch_count
+                    aux = {k: aux.get(k, 0.0) + v for k, v in batch_aux.items()}
+                    mx.eval(total, count, aux)
+                    done += 1
+                    advance()
         finally:
             self.model.train()
+        self.eval_batches_done = done
         total, count, aux = self.world.all_sum((total, count, aux))
         denominator = max(count.item(), 1.0)
         #: the eval row's extra metrics (means over the evaluated items), written next to its loss
@@ -441,7 +454,8 @@ class Trainer:
         return float(total.item() / denominator)
 
     def _eval_row(self, step: int, loss: float) -> dict:
-        return {"split": "eval", "step": step, "loss": loss, **getattr(self, "eval_metrics", {})}
+        return {"split": "eval", "step": step, "loss": loss, **getattr(self, "eval_metrics", {}),
+                "eval_batches": getattr(self, "eval_batches_done", None)}
 
     # -- the loop ------------------------------------------------------------------------------
     def train(self) -> TrainResult:
@@ -503,7 +517,7 @@ class Trainer:
             metrics.write(self._eval_row(0, loss))
             result.first_eval_loss = result.last_eval_loss = loss
             self._guard_eval(0, loss, None, result)
-            self.log(f"step 0: eval loss {loss:.4f}")
+            self.log(self._eval_line(0, loss))
         else:
             result.first_eval_loss = next((r["loss"] for r in _previous_evals(self.output) if r["step"] == 0),
                                           None)
@@ -514,7 +528,7 @@ class Trainer:
         save_due = False
         progress = self._progress(total_steps, start_step)
         with _StopRequest(self.console) as stop, progress:
-            task = progress.add_task("train", total=total_steps, completed=start_step, loss="-", tps="-",
+            task = progress.add_task("train", total=total_steps, completed=start_step, metrics="-", tps="-",
                                      lr=f"{learning_rate_at(start_step, **self._schedule_args(total_steps)):.2e}")
             while step < total_steps:
                 step_start = time.perf_counter()
@@ -541,13 +555,13 @@ class Trainer:
                 window["tokens"] += step_tokens
                 window["steps"] += 1
 
-                if step % config.log_interval == 0 or step == total_steps:
+                if step % self.log_every == 0 or step == total_steps:
                     row = self._train_row(step, window, norm, total_steps)
                     metrics.write(row)
                     if not math.isfinite(row["loss"]):  # ranks' losses summed: the same on every rank
                         raise self._diverged(step, f"the loss is {row['loss']}", result)
                     result.last_train_loss = row["loss"]
-                    progress.update(task, loss=f"{row['loss']:.3f}", tps=f"{row['tokens_per_second']:.0f}",
+                    progress.update(task, metrics=self._headline_text(row), tps=f"{row['tokens_per_second']:.0f}",
                                     lr=f"{row['learning_rate']:.2e}")
                     window = _new_window()
                 progress.update(task, completed=step)
@@ -559,7 +573,7 @@ class Trainer:
                         result.last_eval_loss = loss
                         self._guard_eval(step, loss, result.first_eval_loss, result)
                         if self.console is not None:
-                            progress.console.print(f"step {step}: eval loss {loss:.4f}")
+                            progress.console.print(self._eval_line(step, loss))
 
                 stop_now = self.world.any(stop.requested)
                 if stop_now and step < total_steps and self.can_checkpoint():
@@ -593,6 +607,7 @@ class Trainer:
         if self.world.is_main:
             try:
                 plot_loss_curve(self.output / METRICS_FILE, self.output / LOSS_PNG,
+                                loss_label=self.loss_label or f"{self.name} loss", headline=self.headline_metrics,
                                 title=f"{self.name} · {Path(config.model or '').name} · {config.fine_tune_type}")
             except Exception as exc:  # a plot must never lose a finished run
                 self.log(f"[yellow]could not draw {LOSS_PNG}: {exc}[/]")
@@ -667,7 +682,7 @@ class Trainer:
 
     def _schedule_args(self, total_steps: int) -> dict:
         c = self.config
-        return {"peak": c.learning_rate, "kind": c.lr_schedule, "warmup_steps": c.warmup_steps,
+        return {"peak": c.learning_rate, "kind": c.lr_schedule, "warmup_steps": resolve_warmup(c, total_steps),
                 "total_steps": total_steps, "end": c.min_learning_rate}
 
     def _train_row(self, step: int, window: dict, norm, total_steps: int) -> dict:
@@ -731,34 +746,126 @@ class Trainer:
         return f"{launcher}lazarus train {self.name} --resume {shlex.quote(str(checkpoint))}"
 
     # -- display -------------------------------------------------------------------------------
+    @functools.cached_property
+    def log_every(self) -> int:
+        """Steps between train-metric rows: ``--log-interval``, or scaled down for a short run."""
+        return resolve_log_interval(self.config, self.total_steps())
+
+    @functools.cached_property
+    def eval_batch_limit(self) -> int:
+        """Validation batches per evaluation: ``--eval-batches``, or bounded by the run's length."""
+        return resolve_eval_batches(self.config, self.total_steps())
+
     def _describe(self, total_steps: int, start_step: int) -> None:
         c = self.config
-        ranks = f" on {self.world.size} ranks" if self.world.distributed else ""
+        ranks = f" on {self.world.describe()}" if self.world.distributed else ""
         adapter = "full fine-tune" if self.full_fine_tune else f"{self.adapter_config.fine_tune_type} rank {self.adapter_config.rank}"
         valid = f", {len(self.valid_examples)} validation" if self.valid_examples is not None else ""
+        warmup = resolve_warmup(c, total_steps)
+        schedule = c.lr_schedule + (f", {warmup} warmup step{'s' if warmup > 1 else ''}" if warmup else "")
         self.log(f"Training [bold]{self.name}[/] on {c.model} ({adapter}, "
                  f"{self.num_trainable / 1e6:.3f}M trainable parameters){ranks}: "
                  f"{len(self.train_examples)} training examples{valid}, {total_steps} steps of "
-                 f"{c.batch_size}×{c.grad_accumulation} examples, lr {c.learning_rate:g} ({c.lr_schedule})")
+                 f"{c.batch_size}×{c.grad_accumulation} examples, lr {c.learning_rate:g} ({schedule})")
+        if self.valid_examples is not None and len(self.valid_examples):
+            available = self._iterator(self.valid_examples, shuffle=False).batches_per_epoch(0)
+            limit = self.eval_batch_limit
+            per_eval = available if limit < 0 else min(limit, available)
+            when = (f"every {c.eval_interval} steps and at the end" if c.eval_interval and c.eval_interval < total_steps
+                    else "at the start and the end")
+            evals = 2 + ((total_steps - 1) // c.eval_interval if c.eval_interval else 0)
+            self.log(f"Validation: {per_eval} of {available} batches {when} ({evals * per_eval} batches over the "
+                     f"run, next to {total_steps * c.grad_accumulation} training batches; --eval-batches sets it)")
+        if self._quantized_on_cpu():
+            self.log("[yellow]Note: QLoRA on the CPU: training on a quantized base runs much slower here than on "
+                     "its float16 model (quantized matmuls are fast on a GPU, not on a CPU); on a CPU, train "
+                     "LoRA on the unquantized model instead.[/]")
+
+    def _quantized_on_cpu(self) -> bool:
+        if mx.default_device() != mx.cpu:
+            return False
+        return any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in self.model.named_modules())
+
+    def _headline_text(self, row: dict) -> str:
+        """The progress bar's figures: the headline metrics of a train row."""
+        return headline_text(row, self.headline_metrics) or "-"
+
+    def _eval_line(self, step: int, loss: float | None) -> str:
+        """``step N: eval loss X · pref accuracy Y ...`` after an evaluation."""
+        others = headline_text(getattr(self, "eval_metrics", {}), [k for k in self.headline_metrics if k != "loss"],
+                               sep=" · ")
+        text = f"step {step}: eval loss {loss:.4f}" if loss is not None else f"step {step}: eval"
+        return text + (f" · {others}" if others else "")
 
     def _progress(self, total_steps: int, start_step: int):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        return Progress(
+        self._bar = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
+            TextColumn("{task.fields[metrics]}"), TextColumn("{task.fields[tps]} tok/s"),
             TextColumn("lr {task.fields[lr]}"), TimeRemainingColumn(),
             console=self.console, disable=not self.show_progress, transient=False,
         )
+        return self._bar
+
+    @contextlib.contextmanager
+    def _eval_progress(self, batches: int):
+        """A bar for the validation batches of one evaluation (on the training bar while it runs);
+        yields the function that advances it."""
+        bar = getattr(self, "_bar", None)
+        if not self.show_progress or self.console is None or not self.console.is_terminal:
+            yield lambda: None
+            return
+        if bar is not None and bar.live.is_started:
+            task = bar.add_task("eval", total=batches, metrics="validation batches", tps="-", lr="-")
+            try:
+                yield lambda: bar.advance(task)
+            finally:
+                bar.remove_task(task)
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TextColumn("validation batches"),
+                      TimeElapsedColumn(), console=self.console, transient=True) as own:
+            task = own.add_task("eval", total=batches)
+            yield lambda: own.advance(task)
 
     def _summary(self, result: TrainResult) -> None:
         if self.console is None:
             return
         lines = [f"[green]Done:[/] {result.step} steps; weights in {self.output}"]
+        evals = _previous_evals(self.output) if self.world.is_main else []
+        first = next((r for r in evals if r.get("step") == 0), None)
+        last = evals[-1] if evals else None
         if result.first_eval_loss is not None and result.last_eval_loss is not None:
-            lines.append(f"eval loss {result.first_eval_loss:.4f} -> {result.last_eval_loss:.4f}")
+            text = f"eval loss {result.first_eval_loss:.4f} -> {result.last_eval_loss:.4f}"
+            sizes = (first or {}).get("eval_batches"), (last or {}).get("eval_batches")
+            if None not in sizes and sizes[0] != sizes[1]:
+                text += (f" (over {sizes[0]} and {sizes[1]} validation batches: --eval-batches changed on resume, "
+                         "so the two are not the same measurement)")
+            lines.append(text)
+        change = self._headline_change(first, last, result)
+        if change:
+            lines.append(change)
         lines.append(f"metrics: {self.output / METRICS_FILE}, loss curve: {self.output / LOSS_PNG}")
         self.log("\n".join(lines))
+
+    def _headline_change(self, first: dict | None, last: dict | None, result: TrainResult) -> str:
+        """``pref accuracy 0.500 -> 0.750 · margin ...`` from the first and last eval rows, or from
+        the first and last train rows when the evals do not carry them (online RL)."""
+        keys = [k for k in self.headline_metrics if k != "loss"]
+        if not keys:
+            return ""
+        where = ""
+        if not (first and last and all(k in first and k in last for k in keys)):
+            rows = [r for r in result.metrics if r.get("split") == "train" and all(k in r for k in keys)]
+            if not rows:
+                return ""
+            first, last = rows[0], rows[-1]
+            where = f" (training steps {first['step']} -> {last['step']})"
+        parts = [f"{metric_label(k)} {first[k]:.3f} -> {last[k]:.3f}" for k in keys
+                 if isinstance(first.get(k), (int, float)) and isinstance(last.get(k), (int, float))]
+        return " · ".join(parts) + where if parts else ""
 
 
 def _new_window() -> dict:
