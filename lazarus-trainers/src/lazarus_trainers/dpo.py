@@ -40,6 +40,9 @@ REFERENCE_CACHE_DIR = "reference_logps"
 class DPOConfig(TrainingConfig):
     """:class:`TrainingConfig` plus the DPO options (TRL's names)."""
 
+    #: default peak learning rates: a preference loss pulls harder than SFT on the same weights
+    LEARNING_RATES = {"lora": 5e-5, "dora": 5e-5, "full": 1e-6}
+
     beta: float = setting(0.1, "Strength of the pull towards the reference (DPO β; IPO's τ).", minimum=0.0)
     loss_type: str = setting("sigmoid", "Preference loss: sigmoid (DPO), ipo, hinge or robust.",
                              choices=LOSS_TYPES)

@@ -40,6 +40,9 @@ ACCURATE_REWARD = 1.0
 class RolloutConfig(TrainingConfig):
     """Options shared by the online RL trainers (rollouts, rewards, KL, clipping)."""
 
+    #: default peak learning rates: small steps, since every step trains on the policy's own samples
+    LEARNING_RATES = {"lora": 2e-5, "dora": 2e-5, "full": 1e-6}
+
     reward: tuple[str, ...] | None = setting(
         None, "Reward function NAME or NAME:WEIGHT (repeat the option, or separate with commas); "
               "installed ones: `lazarus plugins list --hook reward_functions`.", metavar="NAME[:W]", many=True)

@@ -41,6 +41,9 @@ MAX_MEAN_LOGP = -1e-30
 class ORPOConfig(TrainingConfig):
     """:class:`TrainingConfig` plus ORPO's weight of the odds-ratio term."""
 
+    #: default peak learning rates, as DPO's
+    LEARNING_RATES = {"lora": 5e-5, "dora": 5e-5, "full": 1e-6}
+
     beta: float = setting(0.1, "λ: weight of the odds-ratio term next to the SFT loss on the chosen answer.",
                           minimum=0.0)
 
