@@ -266,3 +266,14 @@ def test_version_and_doctor(tmp_path):
     assert report["mlx"] and report["default_device"]
     assert isinstance(report["gpu_backend"], bool)
     assert report["plugins"]["example"]["status"] == "loaded"
+
+
+def test_unknown_name_after_a_plugin_failed_points_at_that_plugin(tmp_path):
+    """A reward from a plugin that failed to import: the error names the plugin and why it
+    failed, instead of telling the user to install a distribution they already have."""
+    make_dist(tmp_path, "lazarus-answers", "answers_plugin", "raise ImportError('no module named sympy')\n")
+    result = run_cli(tmp_path, "reward", "has-answer", "--completion", "x")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "no reward-function named 'has-answer'" in result.stderr
+    assert "lazarus-answers" in result.stderr and "no module named sympy" in result.stderr
+    assert "pip install lazarus-trainers" not in result.stderr

@@ -97,6 +97,14 @@ class Registry:
             pass
         spec_cls = KINDS[kind]
         installed = ", ".join(self.names(kind)) or "none"
+        failed = [r for r in self.plugins.values() if r.status == FAILED]
+        if failed:  # the name may well be one of theirs: point at them, not at installing more
+            broken = "; ".join(f"{r.name} ({r.distribution} {r.version}): {r.error}" for r in failed)
+            raise UnknownNameError(
+                f"no {kind} named {name!r}; installed: {installed} — "
+                f"{'a plugin' if len(failed) == 1 else 'plugins'} that may provide it failed to load: {broken}; "
+                "fix it and see `lazarus plugins list`"
+            )
         hint = f"pip install {spec_cls.install_hint}" if spec_cls.install_hint else "pip install a plugin"
         raise UnknownNameError(
             f"no {kind} named {name!r}; installed: {installed} — install one with {hint}, "
