@@ -109,16 +109,26 @@ def describe_model(model: str | Path) -> dict:
     except LazarusError as exc:
         raise LazarusError(f"{path / 'config.json'}: {exc}") from None
     files = weight_files(path)
+    quant = config.get("quantization") if isinstance(config.get("quantization"), dict) else None
+    headers = {key: entry for f in files for key, entry in read_safetensors_header(f).items()}
     parameters, dtypes = 0, Counter()
-    for f in files:
-        for key, entry in read_safetensors_header(f).items():
-            if key.endswith("rotary_emb.inv_freq") or (key == "lm_head.weight" and args.tie_word_embeddings):
-                continue
-            n = 1
-            for dim in entry["shape"]:
-                n *= dim
-            parameters += n
+    for key, entry in headers.items():
+        if key.endswith("rotary_emb.inv_freq") or (key == "lm_head.weight" and args.tie_word_embeddings):
+            continue
+        n = 1
+        for dim in entry["shape"]:
+            n *= dim
+        module, _, leaf = key.rpartition(".")
+        packed = quant is not None and f"{module}.scales" in headers
+        if packed and leaf in ("scales", "biases"):
+            continue  # the quantization's own numbers, not parameters of the model
+        if packed and leaf == "weight" and entry["dtype"] == "U32":
+            bits = _layer_bits(quant, module)
+            n = n * 32 // bits  # each uint32 word packs 32 / bits weights
+            dtypes[f"{bits}-bit"] += n
+        else:
             dtypes[entry["dtype"]] += n
+        parameters += n
     names = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
     windows = sorted({w for i in range(args.num_hidden_layers) if (w := args.window_for_layer(i))})
     record = provenance.read(path) or {}
@@ -131,7 +141,7 @@ def describe_model(model: str | Path) -> dict:
         # mlx-lm's layout: the defaults (per-layer overrides are counted, not listed)
         "quantization": ({**{k: v for k, v in quant.items() if not isinstance(v, (dict, bool))},
                           "overridden_layers": sum(isinstance(v, (dict, bool)) for v in quant.values())}
-                         if isinstance(quant := config.get("quantization"), dict) else None),
+                         if quant is not None else None),
         "layers": args.num_hidden_layers,
         "hidden_size": args.hidden_size,
         "intermediate_size": args.intermediate_size,
@@ -146,5 +156,25 @@ def describe_model(model: str | Path) -> dict:
         "max_position_embeddings": args.max_position_embeddings,
         "weight_files": [f.name for f in files],
         "size_bytes": sum(f.stat().st_size for f in files),
-        "created_by": record.get("created_by"),
+        "created_by": _created_by(record),
     }
+
+
+def _layer_bits(quant: dict, module: str) -> int:
+    """Bits of a quantized layer: its per-layer override in mlx-lm's config, else the default."""
+    override = quant.get(module) or quant.get(module.removeprefix("model."))
+    if isinstance(override, dict) and override.get("bits"):
+        return int(override["bits"])
+    return int(quant.get("bits", 4))
+
+
+def _created_by(record: dict) -> str | None:
+    """Who wrote the checkpoint: ``created_by`` of its lazarus.json, else the command that wrote it
+    and the model it came from (``lazarus quantize from lazarus:tiny-math``)."""
+    if record.get("created_by"):
+        return record["created_by"]
+    command = record.get("command")
+    if not command:
+        return None
+    source = record.get("source_model") if isinstance(record.get("source_model"), dict) else {}
+    return command + (f" from {source['model']}" if source.get("model") else "")
