@@ -25,7 +25,18 @@ def _pip(*args: str) -> None:
     if importlib.util.find_spec("pip") is None:
         raise LazarusError(f"pip is not installed in the environment that runs lazarus ({sys.executable}); "
                            f"add it with `{sys.executable} -m ensurepip`")
-    returncode = subprocess.call([sys.executable, "-m", "pip", *args])
+    # pip's own output, less its "Requirement already satisfied" line for every installed dependency
+    process = subprocess.Popen([sys.executable, "-m", "pip", *args], stdout=subprocess.PIPE, text=True,
+                               bufsize=1)
+    satisfied = 0
+    for line in process.stdout:
+        if line.startswith("Requirement already satisfied"):
+            satisfied += 1
+        else:
+            click.echo(line, nl=False)
+    returncode = process.wait()
+    if satisfied:
+        click.echo(f"({satisfied} requirement{'s' if satisfied > 1 else ''} already satisfied)")
     if returncode != 0:
         raise LazarusError(f"pip {args[0]} failed (exit code {returncode}); see pip's message above")
 
