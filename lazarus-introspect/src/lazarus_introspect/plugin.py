@@ -87,8 +87,48 @@ class IntrospectGroup(click.Group):
                 formatter.write_dl(rows)
 
 
+#: ``lazarus sae NAME`` -> module:command (imported only when that command runs)
+SAE_COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("lazarus_introspect.sae_train:train_command",
+              "Train a sparse autoencoder (topk or ReLU+L1) on a model's activations at a hook."),
+    "features": ("lazarus_introspect.sae:features_command",
+                 "Top SAE features per token of a prompt, and their top contexts in a dataset."),
+    "steer": ("lazarus_introspect.sae:steer_command",
+              "Generate with a feature's decoder direction added at the SAE's hook."),
+    "ablate": ("lazarus_introspect.sae:ablate_command",
+               "Generate with a feature removed at the SAE's hook."),
+}
+
+
+class SAEGroup(click.Group):
+    """``lazarus sae NAME``: the commands of :data:`SAE_COMMANDS`, each imported on use."""
+
+    def list_commands(self, ctx):
+        return sorted(SAE_COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in SAE_COMMANDS:
+            return None
+        import importlib
+
+        module, attribute = SAE_COMMANDS[name][0].split(":")
+        return getattr(importlib.import_module(module), attribute)
+
+    def format_commands(self, ctx, formatter):
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, help_text) for name, (_, help_text) in sorted(SAE_COMMANDS.items())])
+
+
 @lazarus.hookimpl
 def register_commands(cli):
+    @cli.group(name="sae", cls=SAEGroup)
+    def sae():
+        """Sparse autoencoders in SAELens's format: train, read features, steer and ablate them.
+
+        SAE folders hold cfg.json + sae_weights.safetensors (SAELens layout), so SAEs move
+        between SAELens and Lazarus.
+        """
+
     @cli.group(name="introspect", cls=IntrospectGroup)
     def introspect():
         """Look inside a model: `lazarus introspect NAME --model M [--adapter DIR] ...`.

@@ -1,0 +1,467 @@
+"""Sparse autoencoders in SAELens's on-disk format: load, save, encode, decode, read features, steer.
+
+A folder holds ``cfg.json`` and ``sae_weights.safetensors`` with ``W_enc`` (d_in, d_sae), ``W_dec``
+(d_sae, d_in), ``b_enc`` (d_sae,), ``b_dec`` (d_in,) and, for JumpReLU, ``threshold`` (d_sae,).
+``cfg.json`` names the ``architecture`` (``standard``, ``topk`` with ``k``, ``jumprelu``) and the
+``hook_name`` in TransformerLens naming (Lazarus's hook names), at the top level (SAELens 5) or
+under ``meta`` (SAELens 6); :func:`save_sae` writes both, so either SAELens version reads it::
+
+    pre = (x - b_dec * apply_b_dec_to_input) @ W_enc + b_enc
+    standard: f = relu(pre)          topk: the k largest of pre, relu'd, others 0
+    jumprelu: f = relu(pre) * (pre > threshold)
+    decode:   x_hat = f @ W_dec + b_dec
+
+Commands: ``lazarus sae features`` (top features per token, and their top contexts in a dataset),
+``lazarus sae steer`` / ``lazarus sae ablate`` (add a feature's decoder direction, or remove the
+feature, at its hook during generation, through the model's hooks like ``introspect steer``) and
+``lazarus sae train`` (:mod:`lazarus_introspect.sae_train`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+import mlx.core as mx
+import mlx.nn as nn
+
+from lazarus.errors import LazarusError
+from lazarus_introspect.cli_common import (
+    emit,
+    encode,
+    generate_text,
+    load,
+    probe_options,
+    run_meta,
+    token_strings,
+)
+
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+ARCHITECTURES = ("standard", "topk", "jumprelu")
+#: the files an SAE folder owns (others in the folder, like checkpoints/, are kept on save)
+SAE_FILES = (CFG_FILE, WEIGHTS_FILE, "lazarus.json")
+
+
+class SAE(nn.Module):
+    """A sparse autoencoder: ``encode(x)`` (..., d_in) -> (..., d_sae), ``decode(f)`` back, ``hook``, ``cfg``.
+
+    ``cfg`` is the ``cfg.json`` dict (SAELens keys); the weights are parameters, so the module
+    trains with mlx optimizers.
+    """
+
+    def __init__(self, W_enc, W_dec, b_enc, b_dec, cfg: dict, threshold=None):  # noqa: N803 - SAELens names
+        super().__init__()
+        self.W_enc, self.W_dec, self.b_enc, self.b_dec = W_enc, W_dec, b_enc, b_dec
+        if threshold is not None:
+            self.threshold = threshold
+        self.__dict__["cfg"] = dict(cfg)  # a plain attribute, outside the parameter tree
+
+    # -- what the config says ------------------------------------------------------------------
+    @property
+    def architecture(self) -> str:
+        return self.cfg["architecture"]
+
+    @property
+    def hook(self) -> str:
+        """The hook point the SAE reads (TransformerLens naming, e.g. ``blocks.3.hook_resid_post``)."""
+        return self.cfg.get("hook_name") or (self.cfg.get("meta") or {}).get("hook_name")
+
+    @property
+    def k(self) -> int | None:
+        return _k_of(self.cfg)
+
+    @property
+    def d_in(self) -> int:
+        return int(self.W_enc.shape[0])
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.W_enc.shape[1])
+
+    # -- the computation -----------------------------------------------------------------------
+    def pre_activation(self, x):
+        """``(x - b_dec) @ W_enc + b_enc`` (b_dec subtracted when ``apply_b_dec_to_input``)."""
+        x = x.astype(self.W_enc.dtype)
+        if self.cfg.get("apply_b_dec_to_input", True):
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
+
+    def activate(self, pre):
+        """The architecture's activation of pre-activations (..., d_sae)."""
+        if self.architecture == "topk":
+            k = min(self.k, pre.shape[-1])
+            index = mx.stop_gradient(mx.argpartition(-pre, kth=k - 1, axis=-1)[..., :k])
+            values = mx.maximum(mx.take_along_axis(pre, index, axis=-1), 0)
+            return mx.put_along_axis(mx.zeros_like(pre), index, values, axis=-1)
+        if self.architecture == "jumprelu":
+            return mx.maximum(pre, 0) * (pre > self.threshold)
+        return mx.maximum(pre, 0)
+
+    def encode(self, x):
+        """Feature activations (..., d_sae) of activations ``x`` (..., d_in)."""
+        return self.activate(self.pre_activation(x))
+
+    def decode(self, features):
+        """Reconstructed activations (..., d_in): ``features @ W_dec + b_dec``."""
+        return features @ self.W_dec + self.b_dec
+
+    def __call__(self, x):
+        return self.decode(self.encode(x))
+
+
+def _k_of(cfg: dict) -> int | None:
+    k = cfg.get("k", (cfg.get("activation_fn_kwargs") or {}).get("k"))
+    return None if k is None else int(k)
+
+
+def sae_config(*, architecture: str, d_in: int, d_sae: int, hook_name: str, k: int | None = None,
+               model_name: str | None = None, **extra) -> dict:
+    """A ``cfg.json`` dict both SAELens 5 (top-level keys) and SAELens 6 (``meta``) read."""
+    if architecture not in ARCHITECTURES:
+        raise LazarusError(f"architecture {architecture!r}: use one of {', '.join(ARCHITECTURES)}")
+    if architecture == "topk" and not k:
+        raise LazarusError("a topk SAE needs k (the number of features active per token)")
+    layer = _layer_of(hook_name)
+    cfg = {
+        "architecture": architecture, "d_in": int(d_in), "d_sae": int(d_sae), "dtype": "float32",
+        "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none",
+        "reshape_activations": "none",
+        "activation_fn_str": "topk" if architecture == "topk" else "relu",
+        "activation_fn_kwargs": {"k": int(k)} if architecture == "topk" else {},
+        "model_name": model_name, "hook_name": hook_name, "hook_layer": layer, "hook_head_index": None,
+        "meta": {"model_name": model_name, "hook_name": hook_name, "hook_layer": layer, "hook_head_index": None,
+                 "prepend_bos": True, "context_size": extra.pop("context_size", None),
+                 "dataset_path": extra.pop("dataset_path", None)},
+    }
+    if architecture == "topk":
+        cfg["k"] = int(k)
+    cfg.update(extra)
+    return cfg
+
+
+def _layer_of(hook_name: str) -> int | None:
+    parts = hook_name.split(".")
+    return int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else None
+
+
+# -- on disk --------------------------------------------------------------------------------------
+def load_sae(path: str | Path) -> SAE:
+    """Read an SAE folder in SAELens's layout (``cfg.json`` + ``sae_weights.safetensors``).
+
+    Weights are read as float32. Errors name the file and key: a missing file, an unsupported
+    architecture or activation normalisation, a missing or mis-shaped weight.
+    """
+    path = Path(path)
+    cfg_path, weights_path = path / CFG_FILE, path / WEIGHTS_FILE
+    for needed in (cfg_path, weights_path):
+        if not needed.is_file():
+            raise LazarusError(f"{needed} not found; an SAE folder (SAELens layout) holds {CFG_FILE} and "
+                               f"{WEIGHTS_FILE} (train one with `lazarus sae train`)")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise LazarusError(f"{cfg_path}: not valid JSON (line {exc.lineno}): {exc.msg}") from None
+    if not isinstance(cfg, dict):
+        raise LazarusError(f"{cfg_path}: must hold a JSON object")
+    architecture = cfg.get("architecture", "standard")
+    if architecture not in ARCHITECTURES:
+        raise LazarusError(f"{cfg_path}: architecture {architecture!r} is not supported; Lazarus reads "
+                           f"{', '.join(ARCHITECTURES)}")
+    cfg["architecture"] = architecture
+    norm = cfg.get("normalize_activations") or "none"
+    if norm != "none":
+        raise LazarusError(f"{cfg_path}: normalize_activations {norm!r} is not supported; fold the scaling "
+                           "into the weights in SAELens (sae.fold_activation_norm_scaling_factor) and save again")
+    if (cfg.get("reshape_activations") or "none") != "none":
+        raise LazarusError(f"{cfg_path}: reshape_activations {cfg['reshape_activations']!r} (hook_z SAEs) "
+                           "is not supported")
+    if architecture == "topk" and not _k_of(cfg):
+        raise LazarusError(f"{cfg_path}: a topk SAE needs 'k' (or activation_fn_kwargs.k)")
+    hook = cfg.get("hook_name") or (cfg.get("meta") or {}).get("hook_name")
+    if not hook:
+        raise LazarusError(f"{cfg_path}: no 'hook_name' (nor meta.hook_name); it names the hook point "
+                           "the SAE reads, e.g. blocks.3.hook_resid_post")
+    try:
+        weights = mx.load(str(weights_path))
+    except Exception as exc:  # mlx raises plain exceptions for corrupt files
+        raise LazarusError(f"{weights_path}: cannot read safetensors ({exc})") from None
+    if "threshold" not in weights and "log_threshold" in weights:
+        weights["threshold"] = mx.exp(weights["log_threshold"])
+    needed = ["W_enc", "W_dec", "b_enc", "b_dec"] + (["threshold"] if architecture == "jumprelu" else [])
+    for key in needed:
+        if key not in weights:
+            raise LazarusError(f"{weights_path}: no {key!r}; a {architecture} SAE has {', '.join(needed)}")
+    w = {k: weights[k].astype(mx.float32) for k in needed}
+    d_in, d_sae = w["W_enc"].shape if w["W_enc"].ndim == 2 else (None, None)
+    shapes = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,),
+              "threshold": (d_sae,)}
+    for key in needed:
+        if d_in is None or tuple(w[key].shape) != shapes[key]:
+            raise LazarusError(f"{weights_path}: {key} has shape {tuple(w[key].shape)}, expected {shapes[key]} "
+                               "(W_enc is (d_in, d_sae))")
+    for key, value in (("d_in", d_in), ("d_sae", d_sae)):
+        if cfg.get(key) is not None and int(cfg[key]) != value:
+            raise LazarusError(f"{cfg_path}: {key} is {cfg[key]} but the weights have {value}")
+    cfg.update(d_in=d_in, d_sae=d_sae)
+    return SAE(w["W_enc"], w["W_dec"], w["b_enc"], w["b_dec"], cfg, w.get("threshold"))
+
+
+def save_sae(sae: SAE, path: str | Path, provenance: dict | None = None) -> Path:
+    """Write ``sae`` to the folder ``path`` in SAELens's layout (and ``lazarus.json`` when given).
+
+    The folder is written whole to a temporary sibling and renamed into place; other files in an
+    existing folder (a training run's checkpoints and metrics) are kept.
+    """
+    from lazarus.checkpoints.atomic import atomic_directory
+
+    weights = {"W_enc": sae.W_enc, "W_dec": sae.W_dec, "b_enc": sae.b_enc, "b_dec": sae.b_dec}
+    if sae.architecture == "jumprelu":
+        weights["threshold"] = sae.threshold
+    weights = {k: v.astype(mx.float32) for k, v in weights.items()}
+    mx.eval(weights)
+    cfg = dict(sae.cfg, d_in=sae.d_in, d_sae=sae.d_sae, dtype="float32")
+    with atomic_directory(path, owned=lambda name: name in SAE_FILES) as tmp:
+        mx.save_safetensors(str(tmp / WEIGHTS_FILE), weights, metadata={"format": "pt"})
+        (tmp / CFG_FILE).write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+        if provenance is not None:
+            (tmp / "lazarus.json").write_text(json.dumps(provenance, indent=2, default=str) + "\n")
+    return Path(path)
+
+
+# -- reading and changing features in a model -----------------------------------------------------
+def check_fits(model, sae: SAE) -> None:
+    """A LazarusError unless the model fires the SAE's hook (its width is checked on first use)."""
+    if sae.hook not in set(model.hook_names()):
+        raise LazarusError(f"the SAE reads {sae.hook!r}, which this {len(model.blocks)}-layer "
+                           f"{getattr(model, 'family', '')} model does not fire; was it trained on another model?")
+
+
+def feature_activations(model, sae: SAE, ids):
+    """``(features (B, T, d_sae), activation (B, T, d_in))`` of ``ids`` at the SAE's hook."""
+    from lazarus_introspect import activations
+
+    check_fits(model, sae)
+    _, cache = activations.run_with_cache(model, ids, [sae.hook])
+    acts = cache[sae.hook]
+    if acts.shape[-1] != sae.d_in:
+        raise LazarusError(f"{sae.hook} has width {acts.shape[-1]} in this model but the SAE reads d_in = "
+                           f"{sae.d_in}; use the SAE with the model it was trained on")
+    return sae.encode(acts.astype(mx.float32)), acts
+
+
+def reconstruction_stats(sae: SAE, x) -> dict:
+    """``{"mse", "explained_variance", "l0"}`` of the SAE on activations ``x`` (N, d_in)."""
+    x = x.astype(mx.float32)
+    features = sae.encode(x)
+    error = x - sae.decode(features)
+    total = ((x - x.mean(axis=0)) ** 2).sum()
+    return {"mse": float((error ** 2).sum(axis=-1).mean().item()),
+            "explained_variance": float((1 - (error ** 2).sum() / total).item()),
+            "l0": float((features > 0).sum(axis=-1).astype(mx.float32).mean().item())}
+
+
+def feature_steering_hook(sae: SAE, feature: int, coefficient: float):
+    """A hook adding ``coefficient`` x the feature's decoder direction (``W_dec[feature]``) at every position."""
+    from lazarus_introspect.steering import steering_hook
+
+    return steering_hook(sae.W_dec[feature], coefficient)
+
+
+def feature_ablation_hook(sae: SAE, feature: int):
+    """A hook removing the feature from the activation: ``x - f(x)[feature] * W_dec[feature]``."""
+    def hook(activation, _name=None):
+        amount = sae.encode(activation.astype(mx.float32))[..., feature:feature + 1]
+        return (activation.astype(mx.float32) - amount * sae.W_dec[feature]).astype(activation.dtype)
+
+    return hook
+
+
+def top_contexts(model, tokenizer, sae: SAE, features: Sequence[int], texts, *, per_feature: int = 5,
+                 width: int = 8, max_length: int = 256) -> dict:
+    """For each of ``features``, the ``per_feature`` tokens in ``texts`` (an iterable of strings,
+    read one at a time) where it fires most: ``{feature: [{"activation", "text", "token",
+    "context"}]}``, ``context`` being up to ``width`` tokens before and the token itself."""
+    heaps: dict[int, list] = {f: [] for f in features}
+    index = mx.array(list(features), dtype=mx.int32)
+    counter = 0
+    for text in texts:
+        ids = tokenizer.encode(text)[:max_length]
+        if not ids:
+            continue
+        acts, _ = feature_activations(model, sae, mx.array([ids], dtype=mx.int32))
+        chosen = acts[0][:, index].tolist()  # (T, F)
+        for position, row in enumerate(chosen):
+            for column, feature in enumerate(features):
+                value = row[column]
+                if value <= 0:
+                    continue
+                counter += 1
+                item = (value, counter, text, ids, position)
+                if len(heaps[feature]) < per_feature:
+                    heapq.heappush(heaps[feature], item)
+                elif value > heaps[feature][0][0]:
+                    heapq.heapreplace(heaps[feature], item)
+    out = {}
+    for feature, heap in heaps.items():
+        rows = []
+        for value, _, text, ids, position in sorted(heap, reverse=True):
+            start = max(0, position - width)
+            rows.append({"activation": value, "text": text, "position": position,
+                         "token": tokenizer.decode([ids[position]]),
+                         "context": tokenizer.decode(ids[start:position]) + "[[" + tokenizer.decode([ids[position]]) + "]]"})
+        out[feature] = rows
+    return out
+
+
+def sae_features(model, tokenizer, sae: SAE, prompt: str, *, top_k: int = 5) -> dict:
+    """The ``top_k`` most active features at every token of ``prompt`` and the reconstruction stats:
+    ``{"tokens", "per_token": [{"position", "token", "features": [{"feature", "activation"}]}],
+    "stats": {...}}``."""
+    ids = encode(tokenizer, prompt)
+    features, acts = feature_activations(model, sae, ids)
+    tokens = token_strings(tokenizer, ids[0].tolist())
+    order = mx.argsort(-features[0], axis=-1)[:, :top_k].tolist()
+    values = features[0].tolist()
+    per_token = []
+    for position, token in enumerate(tokens):
+        top = [{"feature": int(f), "activation": values[position][f]} for f in order[position] if values[position][f] > 0]
+        per_token.append({"position": position, "token": token, "features": top})
+    return {"tokens": tokens, "per_token": per_token, "stats": reconstruction_stats(sae, acts[0])}
+
+
+# -- commands -------------------------------------------------------------------------------------
+def sae_option(command):
+    return click.option("--sae", "sae_dir", required=True, type=click.Path(exists=True, file_okay=False),
+                        metavar="DIR", help="SAE folder in SAELens layout (cfg.json + sae_weights.safetensors).")(command)
+
+
+def _load_both(model_path, adapter_path, sae_dir):
+    model, tokenizer, _ = load(model_path, adapter_path)
+    sae = load_sae(sae_dir)
+    check_fits(model, sae)
+    return model, tokenizer, sae
+
+
+def _check_feature(sae: SAE, feature: int) -> None:
+    if not 0 <= feature < sae.d_sae:
+        raise LazarusError(f"--feature {feature} is out of range; the SAE has {sae.d_sae} features (0..{sae.d_sae - 1})")
+
+
+@click.command("features")
+@probe_options
+@sae_option
+@click.option("--prompt", "-p", required=True, help="The prompt to read.")
+@click.option("--top-k", type=click.IntRange(1, 100), default=5, show_default=True, help="Features to show per token.")
+@click.option("--data", type=click.Path(exists=True), default=None, metavar="FILE",
+              help="Text or JSONL dataset: also show where each listed feature fires most in it.")
+@click.option("--max-records", type=click.IntRange(1), default=500, show_default=True,
+              help="With --data: read at most this many records.")
+@click.option("--contexts", type=click.IntRange(1, 50), default=3, show_default=True,
+              help="With --data: top activating contexts per feature.")
+def features_command(model_path, adapter_path, json_path, report_dir, sae_dir, prompt, top_k, data, max_records,
+                     contexts):
+    """Top SAE features per token of a prompt (and their top activating contexts in --data)."""
+    from itertools import islice
+
+    from lazarus_introspect.report import Report, heatmap
+
+    model, tokenizer, sae = _load_both(model_path, adapter_path, sae_dir)
+    result = run_meta("sae-features", model_path, adapter_path, model)
+    result.update({"sae": str(sae_dir), "hook": sae.hook, "architecture": sae.architecture, "d_sae": sae.d_sae,
+                   "prompt": prompt})
+    result.update(sae_features(model, tokenizer, sae, prompt, top_k=top_k))
+    listed = sorted({f["feature"] for t in result["per_token"] for f in t["features"]})
+    if data is not None:
+        from lazarus_introspect.sae_train import read_texts
+
+        found = top_contexts(model, tokenizer, sae, listed, islice(read_texts(data), max_records),
+                             per_feature=contexts)
+        result["top_contexts"] = {str(f): rows for f, rows in found.items()}
+        result["data"] = str(data)
+
+    report = Report(probe="sae-features", title=f"SAE features — {sae.hook} — {model_path}", data=result)
+    stats = result["stats"]
+    report.notes.append(f"{sae.architecture} SAE, {sae.d_sae} features at {sae.hook}; on this prompt: explained "
+                        f"variance {stats['explained_variance']:.3f}, L0 {stats['l0']:.1f}")
+    table = report.table(f"top {top_k} features per token", ["position", "token", "features (activation)"])
+    for entry in result["per_token"]:
+        table.add_row(entry["position"], entry["token"],
+                      ", ".join(f"#{f['feature']} {f['activation']:.3g}" for f in entry["features"]) or "-")
+    if data is not None:
+        ctx_table = report.table(f"where the listed features fire most in {data}",
+                                 ["feature", "activation", "context ([[token]])"])
+        for feature in listed:
+            for row in result["top_contexts"][str(feature)]:
+                ctx_table.add_row(f"#{feature}", row["activation"], row["context"])
+    if listed:
+        acts, _ = feature_activations(model, sae, encode(tokenizer, prompt))
+        matrix = acts[0][:, mx.array(listed, dtype=mx.int32)].T.tolist()
+        report.add_figure("sae_features", lambda: heatmap(
+            matrix, title=f"feature activations at {sae.hook}", xlabel="token", ylabel="feature",
+            xticklabels=[f"{i}:{t}" for i, t in enumerate(result["tokens"])],
+            yticklabels=[f"#{f}" for f in listed], colorbar="activation"),
+            "Activation of every listed feature at every token")
+    emit(report, json_path, report_dir)
+
+
+def _generation_runs(model, tokenizer, prompts, max_tokens, variants) -> list[dict]:
+    runs = []
+    for prompt in prompts:
+        plain = generate_text(model, tokenizer, prompt, max_tokens)
+        for label, hooks in variants:
+            changed = generate_text(model, tokenizer, prompt, max_tokens, hooks)
+            runs.append({"prompt": prompt, "setting": label, "unsteered": plain["text"], "steered": changed["text"],
+                         "changed": plain["token_ids"] != changed["token_ids"]})
+    return runs
+
+
+def _generation_report(result, title, runs, json_path, report_dir):
+    from lazarus_introspect.report import Report
+
+    report = Report(probe=result["probe"], title=title, data=result)
+    table = report.table(f"feature #{result['feature']} at {result['hook']}",
+                         ["prompt", "setting", "plain", "with the feature changed", "changed"])
+    for run in runs:
+        table.add_row(run["prompt"], run["setting"], run["unsteered"], run["steered"], "yes" if run["changed"] else "")
+    emit(report, json_path, report_dir)
+
+
+@click.command("steer")
+@probe_options
+@sae_option
+@click.option("--prompt", "-p", "prompts", multiple=True, required=True, help="Prompt(s); repeatable.")
+@click.option("--feature", type=int, required=True, help="The feature whose decoder direction is added.")
+@click.option("--coef", "coefficients", type=float, multiple=True, default=(4.0,), show_default=True,
+              help="Coefficient(s) multiplying the direction (activation units); repeatable.")
+@click.option("--max-tokens", type=click.IntRange(1), default=32, show_default=True, help="Tokens to generate.")
+def steer_command(model_path, adapter_path, json_path, report_dir, sae_dir, prompts, feature, coefficients, max_tokens):
+    """Generate with coef x a feature's decoder direction added at the SAE's hook (every position)."""
+    model, tokenizer, sae = _load_both(model_path, adapter_path, sae_dir)
+    _check_feature(sae, feature)
+    variants = [(f"coef {c:g}", [(sae.hook, feature_steering_hook(sae, feature, c))]) for c in coefficients]
+    runs = _generation_runs(model, tokenizer, prompts, max_tokens, variants)
+    result = run_meta("sae-steer", model_path, adapter_path, model)
+    result.update({"sae": str(sae_dir), "hook": sae.hook, "feature": feature, "coefficients": list(coefficients),
+                   "max_tokens": max_tokens, "runs": runs})
+    _generation_report(result, f"SAE steering — {model_path}", runs, json_path, report_dir)
+
+
+@click.command("ablate")
+@probe_options
+@sae_option
+@click.option("--prompt", "-p", "prompts", multiple=True, required=True, help="Prompt(s); repeatable.")
+@click.option("--feature", type=int, required=True, help="The feature to remove.")
+@click.option("--max-tokens", type=click.IntRange(1), default=32, show_default=True, help="Tokens to generate.")
+def ablate_command(model_path, adapter_path, json_path, report_dir, sae_dir, prompts, feature, max_tokens):
+    """Generate with a feature removed at the SAE's hook: x - f(x)[feature] x W_dec[feature]."""
+    model, tokenizer, sae = _load_both(model_path, adapter_path, sae_dir)
+    _check_feature(sae, feature)
+    runs = _generation_runs(model, tokenizer, prompts, max_tokens,
+                            [("ablated", [(sae.hook, feature_ablation_hook(sae, feature))])])
+    result = run_meta("sae-ablate", model_path, adapter_path, model)
+    result.update({"sae": str(sae_dir), "hook": sae.hook, "feature": feature, "max_tokens": max_tokens, "runs": runs})
+    _generation_report(result, f"SAE feature ablation — {model_path}", runs, json_path, report_dir)
