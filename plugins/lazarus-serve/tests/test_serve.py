@@ -22,14 +22,14 @@ KEY = "test-key"
 CONTEXT = 512
 
 
-def make_adapter(model, path, seed: int, rank: int, keys: list[str]) -> None:
+def make_adapter(model, path, seed: int, rank: int, keys: list[str], kind: str = "lora") -> None:
     """A random LoRA adapter that visibly changes the model's answers."""
     import mlx.core as mx
 
     from lazarus.adapters import AdapterConfig, apply_adapter, remove_adapter, save_adapter
     from lazarus.adapters.lora import LoRALinear
 
-    config = AdapterConfig.from_dict({"fine_tune_type": "lora", "num_layers": -1,
+    config = AdapterConfig.from_dict({"fine_tune_type": kind, "num_layers": -1,
                                       "lora_parameters": {"rank": rank, "scale": 20.0, "dropout": 0.0, "keys": keys}})
     apply_adapter(model, config)
     mx.random.seed(seed)
@@ -55,7 +55,9 @@ def files(tiny_checkpoint, tmp_path_factory):
     model, tokenizer, _ = load_model(model_dir)
     make_adapter(model, root / "alpha", 1, 4, ["self_attn.q_proj", "self_attn.v_proj"])
     make_adapter(model, root / "beta", 2, 8, ["mlp.down_proj"])  # another rank and other layers
-    return {"model": model_dir, "alpha": root / "alpha", "beta": root / "beta", "loaded": (model, tokenizer)}
+    make_adapter(model, root / "dora", 3, 4, ["self_attn.q_proj"], kind="dora")
+    return {"model": model_dir, "alpha": root / "alpha", "beta": root / "beta", "dora": root / "dora",
+            "loaded": (model, tokenizer)}
 
 
 @pytest.fixture(scope="module")
@@ -332,8 +334,10 @@ def test_check_loads_everything_and_exits(lazarus_cli, files):
     (["--adapter", "alpha"], "NAME=DIR"),
     (["--adapter", "alpha=/does/not/exist"], "does not exist"),
     (["--api-key", " "], "--api-key is empty"),
+    (["--adapter", "a=DORA"], "cannot share a batch"),
 ])
 def test_bad_options_are_one_line_errors(lazarus_cli, files, args, message):
+    args = [a.replace("DORA", str(files["dora"])) for a in args]
     result = lazarus_cli("serve", "--model", files["model"], *args, "--check")
     assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.output
 

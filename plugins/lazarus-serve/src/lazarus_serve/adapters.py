@@ -96,7 +96,7 @@ def load_adapters(model, adapters: dict[str, str]) -> AdapterSet:
         if config.fine_tune_type != "lora":
             raise LazarusError(
                 f"--adapter {name}={path}: a {config.fine_tune_type} adapter changes the base weights, so it "
-                "cannot share a batch with other adapters; fuse it (lazarus export --adapter ...) and serve "
+                "cannot share a batch with other adapters; fuse it (lazarus adapters fuse ...) and serve "
                 "the fused model with its own `lazarus serve`")
         per_adapter.append(layers)
     model.freeze()
