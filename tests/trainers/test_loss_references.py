@@ -84,12 +84,21 @@ def ref_values(model: ToyPolicy, ids: np.ndarray) -> np.ndarray:
 
 def accumulate(trainer, model, batches, training=True):
     """What the trainer base does over one step: sum totals, counts and metrics of the
-    micro-batches, then divide (``metric_means``)."""
+    micro-batches, then divide (``metric_means``). Each micro-batch also goes through the
+    compiled step the trainer trains with (``mx.compile``), which must agree."""
+    import mlx.optimizers as optim
+
     from lazarus.training.trainer import metric_means
 
+    trainer.model, trainer.optimizer = model, optim.Adam(learning_rate=1e-3)
+    micro_step, _, eval_step = trainer._build_steps()
     total, count, aux = 0.0, 0.0, {}
     for batch in batches:
-        t, c, m = trainer.loss(model, *trainer.batch_arrays(batch, training=training))
+        arrays = trainer.batch_arrays(batch, training=training)
+        t, c, m = trainer.loss(model, *arrays)
+        compiled = micro_step(*arrays) if training else eval_step(*arrays)
+        np.testing.assert_allclose([compiled[0].item(), compiled[1].item()], [t.item(), c.item()], rtol=1e-5)
+        assert set(compiled[2]) == set(m)
         total, count = total + float(t.item()), count + float(c.item())
         for k, v in m.items():
             aux[k] = aux.get(k, 0.0) + v

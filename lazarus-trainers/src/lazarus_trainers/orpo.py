@@ -110,11 +110,10 @@ class ORPOTrainer(PreferenceTrainer):
         half = ids.shape[0] // 2
         chosen, rejected = means[:half], means[half:]
         ratio, difference = odds_ratio_terms(chosen, rejected)
-        nll_sum = -(sums[:half] * weight).sum()  # filler rows have empty masks and weight 0
-        total = nll_scale * nll_sum - beta * (ratio * weight).sum()
+        total = ((-nll_scale * sums[:half] - beta * ratio) * weight).sum()  # filler rows: weight 0
         c, r = mx.stop_gradient(chosen), mx.stop_gradient(rejected)
         metrics = pair_metrics(beta * c, beta * r, c, r, weight)
-        metrics["nll_loss"] = mx.stop_gradient(nll_sum)
+        metrics["nll_loss"] = -(mx.stop_gradient(sums[:half]) * weight).sum()
         metrics["nll_loss:count"] = (counts[:half] * weight).sum()
         metrics["log_odds_ratio"] = (mx.stop_gradient(ratio) * weight).sum()
         metrics["log_odds_chosen"] = (mx.stop_gradient(difference) * weight).sum()

@@ -394,9 +394,19 @@ class Trainer:
         model, optimizer, world, config = self.model, self.optimizer, self.world, self.config
         loss_and_grad = nn.value_and_grad(model, self._loss_parts)
 
-        def micro_step(*arrays):
+        names: list[str] = []  # the metric names, read while tracing
+
+        def packed_step(*arrays):
             (total, count, aux), grads = loss_and_grad(model, *arrays)
-            return total, count, aux, grads
+            # count and metrics leave as one stacked array: mx.compile (mlx 0.32) fails on a
+            # value_and_grad step whose outputs repeat an array, or hold a node of the loss
+            # (e.g. a loss's count that is also part of its total: "IndexError: _Map_base::at")
+            names[:] = list(aux)
+            return total, mx.stack([count.astype(mx.float32), *(aux[k].astype(mx.float32) for k in names)]), grads
+
+        def micro_step(*arrays):
+            total, scalars, grads = step(*arrays)
+            return total, scalars[0], {k: scalars[i + 1] for i, k in enumerate(names)}, grads
 
         def apply_step(grads, count):
             # grads are sums over this rank's items: sum over ranks, divide by the global count
@@ -413,8 +423,11 @@ class Trainer:
         if config.compile:
             # value_and_grad swaps the parameters in and out of the model, so the model's state is
             # an output too; the random state carries dropout noise from step to step
-            micro_step = mx.compile(micro_step, inputs=[model.state, mx.random.state],
-                                    outputs=[model.state, mx.random.state])
+            step = mx.compile(packed_step, inputs=[model.state, mx.random.state],
+                              outputs=[model.state, mx.random.state])
+        else:
+            step = packed_step
+        if config.compile:
             apply_step = mx.compile(apply_step, inputs=[model.state, optimizer.state],
                                     outputs=[model.state, optimizer.state])
             eval_step = mx.compile(eval_step, inputs=[model.state])
