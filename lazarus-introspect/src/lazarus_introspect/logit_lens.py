@@ -151,9 +151,19 @@ def logit_lens(model, tokenizer, prompt: str, *, positions: Sequence[int] = (-1,
     result["top_k"] = top_k
     result["track"] = None if track_ids is None else track_info(tokenizer, track, track_ids)
     if note:
-        result["notes"] = [f"{note}: rank and prob are its first token's; log p sums over all of them "
-                           "(at the last position)"]
+        result["notes"] = [f"{note}: log p is the whole target's, at the last position (the JSON's "
+                           "track_rank and track_prob are its first token's)"]
     return result
+
+
+def _rank_prob(rank: int, p: float) -> str:
+    """``#1 0.854``: a rank and its probability in one cell."""
+    return f"#{rank} {p:.3g}"
+
+
+def _short_prob(p: float) -> str:
+    """``.85``, ``.07``, ``1``: a probability in three characters, for the top-tokens column."""
+    return "1" if p >= 0.995 else f"{p:.2f}"[1:]
 
 
 def build_report(result: dict, probe: str, title: str):
@@ -166,21 +176,25 @@ def build_report(result: dict, probe: str, title: str):
     report.notes.extend(result.get("notes", []))
     track = result.get("track")
     tokens = track.get("tokens", [track["token"]]) if track else []
+    multi = len(tokens) > 1
+    # short column heads, so that a layer is one line at 80 columns; what they hold is said once
+    report.notes.append("final: rank (#) and probability of the final prediction at each layer"
+                        + ("; track: the tracked token's" if track and not multi else ""))
     for entry in result["positions"]:
-        columns = ["layer", "top tokens (prob)", "final pred rank", "final pred prob"]
-        has_logprob = bool(track) and "track_logprob" in entry["layers"][0]
+        columns = ["layer", "top tokens", "final"]
+        # a multi-token target: its whole log p (where known), not its first token's rank (often a space)
+        has_logprob = multi and "track_logprob" in entry["layers"][0]
         if track:
-            first = f"track {track['token']!r}" if len(tokens) == 1 else f"track {tokens} 1st token"
-            columns += [f"{first} rank", "track prob"] + [f"log p(track {tokens})"] * has_logprob
+            columns += ["log p"] if has_logprob else ["track"]
         table = report.table(
             f"position {entry['position']} ({entry['input_token']!r}) -> final prediction "
             f"{entry['final_prediction']['token']!r}, emerges at layer {entry['emergence_layer']}",
             columns)
         for layer in entry["layers"]:
-            top = ", ".join(f"{t['token']!r} {t['prob']:.3f}" for t in layer["top"])
-            cells = [layer["layer"], top, layer["final_prediction_rank"], layer["final_prediction_prob"]]
+            top = " ".join(f"{t['token']!r}{_short_prob(t['prob'])}" for t in layer["top"])
+            cells = [layer["layer"], top, _rank_prob(layer["final_prediction_rank"], layer["final_prediction_prob"])]
             if track:
-                cells += [layer["track_rank"], layer["track_prob"]] + [layer.get("track_logprob")] * has_logprob
+                cells += [layer["track_logprob"]] if has_logprob else [_rank_prob(layer["track_rank"], layer["track_prob"])]
             table.add_row(*cells)
     # heatmap: layers x positions, coloured by the top-1 probability, labelled with the token
     layers = len(result["positions"][0]["layers"]) if result["positions"] else 0
@@ -204,11 +218,18 @@ def build_report(result: dict, probe: str, title: str):
         series = {f"final pred @ {e['position']}": [layer["final_prediction_prob"] for layer in e["layers"]]
                   for e in result["positions"]}
         if track:
-            series.update({f"track {track['token']!r} @ {e['position']}": [layer["track_prob"] for layer in e["layers"]]
-                           for e in result["positions"]})
+            for e in result["positions"]:
+                if multi and "track_logprob" in e["layers"][0]:  # the whole target, not its first token
+                    import math
+
+                    series[f"p({track['text']!r}) @ {e['position']}"] = [math.exp(layer["track_logprob"])
+                                                                         for layer in e["layers"]]
+                else:
+                    first = f"{track['text']!r}" if not multi else f"{track['text']!r} 1st token {tokens[0]!r}"
+                    series[f"track {first} @ {e['position']}"] = [layer["track_prob"] for layer in e["layers"]]
         report.add_figure("probabilities", lambda: line_plot(series, title="probability across layers", xlabel="layer",
                                                      ylabel="probability"),
-                          "Probability of the final prediction (and the tracked token) at each layer")
+                          "Probability of the final prediction (and the tracked target) at each layer")
     return report
 
 

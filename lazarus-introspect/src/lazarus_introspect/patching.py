@@ -30,6 +30,10 @@ from lazarus_introspect.cli_common import (
 )
 
 COMPONENTS = {"resid": "resid_pre", "attn_out": "attn_out", "mlp_out": "mlp_out"}
+#: clean and corrupted differences closer than this (nats) make normalised scores noise
+NEAR_EQUAL = 0.1
+#: a normalised score beyond this means the denominator is too small to divide by
+BLOWN_UP = 3.0
 
 
 def logit_diff(logits, answer_id: int, wrong_id: int):
@@ -119,8 +123,11 @@ def patch_scan(model, clean_ids, corrupted_ids, answer_id: int | Sequence[int], 
             values = row.tolist()
             diffs[component].append(values)
             scores[component].append([(v - corrupted_diff) / denominator for v in values])
+    largest = max((abs(v) for rows in scores.values() for row in rows for v in row), default=0.0)
     return {"layers": layers, "clean_logit_diff": clean_diff, "corrupted_logit_diff": corrupted_diff,
-            "scores": scores, "logit_diffs": diffs}
+            "scores": scores, "logit_diffs": diffs,
+            # normalising by a near-zero clean - corrupted gap turns noise into huge scores
+            "nearly_equal": abs(denominator) < NEAR_EQUAL or largest > BLOWN_UP}
 
 
 @click.command("patch")
@@ -157,15 +164,28 @@ def patch_command(model_path, adapter_path, json_path, report_dir, clean, corrup
                         f"{result['wrong']['tokens']}; the difference is log p(answer) - log p(wrong)"
                         + (" summed over each one's tokens" if answer_note or wrong_note else ""))
     report.notes.append(f"clean logit diff {scan['clean_logit_diff']:.4g}, corrupted {scan['corrupted_logit_diff']:.4g}")
+    raw = scan["nearly_equal"]
+    if raw:
+        warning = (f"Warning: the clean and corrupted logit differences are nearly equal "
+                   f"({scan['clean_logit_diff']:.4g} and {scan['corrupted_logit_diff']:.4g}), so restored fractions "
+                   "divide by almost nothing; showing the raw differences log p(answer) - log p(wrong) instead "
+                   "(choose prompts whose answers the model tells apart for fractions)")
+        click.echo(warning, err=True)
+        report.notes.append(warning)
+    values = scan["logit_diffs"] if raw else scan["scores"]
     labels = [f"{i}:{c}" if c == k else f"{i}:{c}/{k}" for i, (c, k) in enumerate(zip(clean_tokens, corrupted_tokens, strict=True))]
     for component in components:
-        table = report.table(f"{component}: restored fraction of the clean difference", ["layer", *labels])
-        for layer, row in zip(scan["layers"], scan["scores"][component], strict=True):
+        title = (f"{component}: patched difference log p(answer) - log p(wrong)" if raw
+                 else f"{component}: restored fraction of the clean difference")
+        table = report.table(title, ["layer", *labels])
+        for layer, row in zip(scan["layers"], values[component], strict=True):
             table.add_row(layer, *[f"{v:.2f}" for v in row])
         report.add_figure(f"patch_{component}", lambda component=component: heatmap(
-            scan["scores"][component], title=f"patching {component} (1 = clean, 0 = corrupted)",
+            values[component], title=(f"patching {component}: raw difference" if raw
+                                      else f"patching {component} (1 = clean, 0 = corrupted)"),
             xlabel="position (clean/corrupted token)", ylabel="layer", xticklabels=labels,
-            yticklabels=scan["layers"], colorbar="restored fraction", center_zero=True),
+            yticklabels=scan["layers"], colorbar="log p(answer) - log p(wrong)" if raw else "restored fraction",
+            center_zero=True),
             f"Patching {component} from the clean run, one layer and position at a time")
     emit(report, json_path, report_dir)
 

@@ -140,14 +140,17 @@ class Report:
     # -- output ---------------------------------------------------------------------------------
     def print(self, console=None) -> None:
         """Print the notes and tables with rich."""
+        from rich import box
         from rich.console import Console
         from rich.table import Table as RichTable
 
         console = console or Console()
         for table in self.tables:
-            rich_table = RichTable(title=table.title)
-            for column in table.columns:
-                rich_table.add_column(column, overflow="fold")
+            rich_table = RichTable(title=table.title, box=box.SIMPLE_HEAD)
+            for index, column in enumerate(table.columns):
+                # short columns (numbers, ranks) keep one line; the long ones fold into what is left
+                width = max([len(column)] + [len(row[index]) for row in table.rows if index < len(row)])
+                rich_table.add_column(column, overflow="fold", no_wrap=width <= 12, min_width=min(width, 12))
             for row in table.rows:
                 rich_table.add_row(*[rich_escape(cell) for cell in row])
             console.print(rich_table)
@@ -287,9 +290,13 @@ def line_plot(series: dict[str, list[float]], *, title: str, xlabel: str, ylabel
     """A matplotlib figure with one line per entry of ``series``."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
+    from matplotlib.ticker import MaxNLocator
+
     for label, values in series.items():
         xs = x if x is not None else list(range(len(values)))
         ax.plot(xs, [float("nan") if v is None else v for v in values], marker="o", label=plot_text(label))
+    if x is None or all(isinstance(v, int) for v in x):  # layers, steps: no 2.5
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
