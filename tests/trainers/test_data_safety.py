@@ -103,3 +103,133 @@ def test_eval_rise_rule_can_be_turned_off(tmp_path, tiny_llama, math_sft_data, l
         trainer._guard_eval(0, float("nan"), None, None)
     trainer.config.max_eval_loss_rise = 0.0
     trainer._guard_eval(3, 100.0, 0.377, None)  # the rise check is off; non-finite still stops
+
+
+# -- item 1: a resumed run writes where it is resumed ----------------------------------------------
+def test_resume_writes_into_the_resumed_copy(trained, tmp_path, lazarus_cli, monkeypatch):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    before = tree_hashes(trained)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # stored paths must not depend on the shell's working directory
+    result = lazarus_cli("train", "sft", "--resume", copy, "--max-steps", 6)
+    assert result.exit_code == 0, result.output
+    assert str(copy) in result.stderr  # "weights in COPY"
+    assert tree_hashes(trained) == before  # the original run is untouched
+    assert (copy / "checkpoints" / "step-00000006").is_dir()
+    assert (copy / "checkpoints" / "latest").read_text().strip() == "step-00000006"
+    state = json.loads((copy / "checkpoints" / "step-00000006" / "trainer_state.json").read_text())
+    assert state["config"]["output"] == str(copy)
+    assert all(Path(state["config"][k]).is_absolute() for k in ("model", "data"))
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_resume_of_a_loose_checkpoint_needs_output(trained, tmp_path, lazarus_cli):
+    import shutil
+
+    loose = tmp_path / "loose"
+    shutil.copytree(trained / "checkpoints" / "step-00000002", loose)
+    before = tree_hashes(trained)
+    result = lazarus_cli("train", "sft", "--resume", loose, "--max-steps", 4)
+    assert result.exit_code == 2 and "pass --output DIR" in result.stderr
+    result = lazarus_cli("train", "sft", "--resume", loose, "--max-steps", 3, "--output", tmp_path / "new")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "new" / "adapters.safetensors").is_file()
+    assert tree_hashes(trained) == before
+
+
+# -- item 3: one live run per output directory -------------------------------------------------------
+def _hold_lock(directory: Path):
+    """A process that holds ``directory``'s run lock, as a live training run does."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from lazarus.paths import OutputLock; OutputLock(sys.argv[1]).acquire(); "
+            "print('ready', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(directory)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "ready"
+    return holder
+
+
+def test_second_run_into_a_live_run_is_refused(trained, tiny_llama, math_sft_data, lazarus_cli):
+    holder = _hold_lock(trained)
+    try:
+        before = tree_hashes(trained, skip=(".lazarus.lock",))
+        for extra in ((), ("--overwrite",)):
+            result = lazarus_cli("train", "sft", "--model", tiny_llama, "--data", math_sft_data, "--output",
+                                 trained, "--max-steps", 2, *extra, *TRAIN)
+            assert result.exit_code == 2, result.output
+            assert "another run is writing there" in result.stderr and f"pid {holder.pid}" in result.stderr
+        result = lazarus_cli("train", "sft", "--resume", trained, "--max-steps", 6)
+        assert result.exit_code == 2 and "another run is writing there" in result.stderr
+        # --overwrite did not delete the live run's checkpoints
+        assert tree_hashes(trained, skip=(".lazarus.lock",)) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died without releasing: the next run takes the lock over, with a note
+    result = lazarus_cli("train", "sft", "--resume", trained, "--max-steps", 5)
+    assert result.exit_code == 0, result.output
+    assert "took over" in result.stderr and f"pid {holder.pid}" in result.stderr
+
+
+# -- item 4: a kill during the final save ------------------------------------------------------------
+def _killed_between_renames(out: Path) -> tuple[Path, Path]:
+    """The state a save into ``out`` killed between its two renames leaves: ``out`` moved aside to
+    ``.out.old-PID-*``, the new copy complete in ``.out.tmp-PID-*``, ``out`` itself missing."""
+    import shutil
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    new = out.parent / f".{out.name}.tmp-{dead.pid}-x1y2z3"
+    shutil.copytree(out, new)
+    old = out.parent / f".{out.name}.old-{dead.pid}-abcd1234"
+    out.rename(old)
+    return old, new
+
+
+@pytest.mark.parametrize("reader", ["resume", "adapter", "generate", "next-run"])
+def test_readers_recover_an_output_hidden_by_a_killed_save(reader, trained, tiny_llama, math_sft_data,
+                                                           lazarus_cli):
+    before = tree_hashes(trained)
+    _killed_between_renames(trained)
+    assert not trained.exists()
+    if reader == "resume":
+        result = lazarus_cli("train", "sft", "--resume", trained, "--max-steps", 5)
+        assert result.exit_code == 0, result.output
+    elif reader == "adapter":
+        result = lazarus_cli("train", "sft", "--model", tiny_llama, "--data", math_sft_data, "--adapter", trained,
+                             "--output", trained.parent / "next", "--max-steps", 1, *TRAIN)
+        assert result.exit_code == 0, result.output
+    elif reader == "generate":
+        result = lazarus_cli("generate", "--model", tiny_llama, "--adapter", trained, "--prompt", "1 + 1 =",
+                             "--max-tokens", 2)
+        assert result.exit_code == 0, result.output
+        assert tree_hashes(trained) == before
+    else:  # a new run into the same place finds the earlier run instead of deleting it later
+        result = lazarus_cli("train", "sft", "--model", tiny_llama, "--data", math_sft_data, "--output", trained,
+                             "--max-steps", 1, *TRAIN)
+        assert result.exit_code == 2 and "already holds a training run" in result.stderr
+        assert tree_hashes(trained) == before
+    assert "restored it from" in result.stderr
+    assert not [p for p in trained.parent.iterdir() if p.name.startswith(f".{trained.name}.")]
+    assert (trained / "checkpoints" / "step-00000004" / "trainer_state.json").is_file()
+
+
+def test_a_set_aside_copy_with_newer_checkpoints_is_kept(trained, tiny_llama, math_sft_data, lazarus_cli):
+    old, new = _killed_between_renames(trained)
+    import shutil
+
+    shutil.rmtree(new)  # only the set-aside copy is left: it is moved back ...
+    trained.mkdir()  # ... unless something made a new, empty output there meanwhile
+    result = lazarus_cli("train", "sft", "--model", tiny_llama, "--data", math_sft_data, "--output", trained,
+                         "--max-steps", 1, *TRAIN)
+    assert result.exit_code == 0, result.output
+    kept = trained.parent / f"{trained.name}.recovered-{old.name.split('-')[1]}"
+    assert (kept / "checkpoints" / "step-00000004" / "trainer_state.json").is_file()
+    assert f"kept {kept}" in result.stderr

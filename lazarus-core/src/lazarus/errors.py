@@ -31,3 +31,11 @@ class TrainingDiverged(LazarusError):
         super().__init__(message)
         self.step = step
         self.checkpoint = checkpoint
+
+
+class LazarusWarning(UserWarning):
+    """Something a user should know that does not stop the work (the CLI prints one ``Warning:`` line)."""
+
+
+class AdapterBaseWarning(LazarusWarning):
+    """An adapter is applied to another base model than the one its ``lazarus.json`` names."""

@@ -84,7 +84,22 @@ def load_model(model: str | os.PathLike, adapter_path: str | os.PathLike | None 
     tokenizer = load_tokenizer(path)
     if adapter_path is not None:
         apply_adapter(net, adapter_path)
+        warn_if_other_base(adapter_path, net.source)
     return net, tokenizer, config
+
+
+def warn_if_other_base(adapter_path: str | os.PathLike, source) -> None:
+    """Warn (:class:`lazarus.errors.AdapterBaseWarning`) when the adapter's ``lazarus.json`` names
+    another base model than ``source``: shapes that happen to fit give silently wrong results."""
+    import warnings
+
+    from lazarus.errors import AdapterBaseWarning
+    from lazarus.provenance import recorded_base_differs
+
+    other = recorded_base_differs(adapter_path, source)
+    if other is not None:
+        warnings.warn(f"adapter {os.fspath(adapter_path)} was trained on {other}, not on {source.model}; "
+                      "its results on this model may be meaningless", AdapterBaseWarning, stacklevel=3)
 
 
 # -- locating the checkpoint ---------------------------------------------------------------------
@@ -97,6 +112,10 @@ def resolve_model_path(model: str | os.PathLike) -> Path:
 
         return embedded_path(text)
     path = Path(text).expanduser()
+    if not path.exists():
+        from lazarus.checkpoints.atomic import recover_output
+
+        recover_output(path, "--model")  # an output directory an interrupted save left hidden
     if path.is_dir():
         return path
     if path.exists():

@@ -86,3 +86,110 @@ def write_error_message(exc: BaseException) -> str | None:
         return (f"cannot write: {text} (is the disk full?); free some space or write elsewhere "
                 "(the previous output, if any, is unchanged)")
     return None
+
+
+# -- one live run per output directory ----------------------------------------------------------------
+LOCK_FILE = ".lazarus.lock"
+
+
+class OutputLock:
+    """A lock on an output directory that one run holds while it writes there.
+
+    ``OUTPUT/.lazarus.lock`` holds the pid and host of the run and an OS lock (``flock``), which the
+    kernel drops when the process dies, however it dies; so a lock left by a dead run is taken over
+    (:meth:`acquire` returns a note saying so) and a live run's lock is refused. The file stays,
+    emptied, when the run ends. Re-entrant within one process (a recipe running stages in-process).
+    """
+
+    _held: dict[str, OutputLock] = {}
+
+    def __init__(self, directory: str | os.PathLike, option: str = "--output") -> None:
+        self.directory = Path(directory).absolute()
+        self.option = option
+        self._fd: int | None = None
+        self._depth = 0
+
+    @property
+    def path(self) -> Path:
+        return self.directory / LOCK_FILE
+
+    def acquire(self) -> str | None:
+        """Take the lock; raise :class:`LazarusError` naming the holder when a live run holds it.
+        Returns a one-line note when a dead run's lock was taken over, else None."""
+        key = str(self.directory.resolve()) if self.directory.exists() else str(self.directory)
+        held = OutputLock._held.get(key)
+        if held is not None:
+            held._depth += 1
+            self._fd, self._depth, self._shared = None, 0, held
+            return None
+        self._shared = None
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; runs are not protected from each other there
+            return None
+        import json
+        import socket
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            previous = os.read(fd, 4096).decode("utf-8", "replace").strip()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = _holder_text(previous)
+                raise LazarusError(f"{self.option} {self.directory}: another run is writing there ({holder}); "
+                                   "wait for it to end, stop it, or choose another output directory") from None
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "started": int(__import__("time").time())}).encode() + b"\n")
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        OutputLock._held[str(self.directory.resolve())] = self
+        if previous:
+            return (f"took over {self.path} from a run that ended without releasing it "
+                    f"({_holder_text(previous)})")
+        return None
+
+    def release(self) -> None:
+        """Give the lock back (the file is emptied, not deleted: deleting it would race a new run)."""
+        if getattr(self, "_shared", None) is not None:
+            self._shared._depth -= 1
+            self._shared = None
+            return
+        if self._fd is None:
+            return
+        if self._depth > 0:
+            self._depth -= 1
+            return
+        import fcntl
+
+        try:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+            OutputLock._held = {k: v for k, v in OutputLock._held.items() if v is not self}
+
+    def __enter__(self) -> OutputLock:
+        self.note = self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.release()
+        return False
+
+
+def _holder_text(content: str) -> str:
+    import json
+
+    try:
+        holder = json.loads(content)
+        return f"pid {holder['pid']} on {holder['host']}"
+    except (ValueError, KeyError, TypeError):
+        return "pid unknown"

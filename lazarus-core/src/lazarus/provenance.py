@@ -128,7 +128,7 @@ def collect(*, source_model: str | None = None, source_path: str | os.PathLike |
     record.update({
         "source_model": None if source_model is None and not weights else {
             "model": source_model,
-            "path": str(source_path) if source_path is not None else None,
+            "path": str(Path(source_path).absolute()) if source_path is not None else None,
             "family": family,
             "weights_sha256": weights,
         },
@@ -173,3 +173,35 @@ def read(directory: str | os.PathLike) -> dict | None:
     if not path.is_file():
         return None
     return json.loads(path.read_text())
+
+
+def _same_directory(a: str | None, b: str | None) -> bool:
+    try:
+        return bool(a and b) and Path(a).resolve() == Path(b).resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
+def recorded_base_differs(directory: str | os.PathLike, source) -> str | None:
+    """The base model that ``directory``'s ``lazarus.json`` names when it is not the model described
+    by ``source`` (a :class:`lazarus.models.transformer.ModelSource`), else None.
+
+    Same when the recorded model names the same directory or the same hub id, or when the weight
+    files have the same names and hashes (a copy of the base elsewhere); unknown counts as same."""
+    try:
+        record = read(directory)
+    except (OSError, ValueError):
+        return None
+    recorded = (record or {}).get("source_model") if isinstance(record, dict) else None
+    if not isinstance(recorded, dict) or source is None:
+        return None
+    name = recorded.get("model") or recorded.get("path")
+    if name == source.model or _same_directory(recorded.get("path"), source.path):
+        return None
+    hashes = recorded.get("weights_sha256") or {}
+    if not hashes:
+        return None
+    files = {Path(f).name: f for f in source.weight_files}
+    if set(files) == set(hashes) and all(sha256_file(files[n]) == h for n, h in hashes.items()):
+        return None
+    return str(name)

@@ -110,9 +110,10 @@ def load_adapter(model: nn.Module, path: str | Path) -> AdapterConfig:
     restored to its state before the call.
     """
     from lazarus.adapters.base import model_blocks
+    from lazarus.checkpoints.atomic import recover_output
 
     blocks = len(model_blocks(model))
-    checkpoint = read_adapter(path, num_blocks=blocks)
+    checkpoint = read_adapter(recover_output(path, "--adapter"), num_blocks=blocks)
     config = checkpoint.config
     adapter_type = get_adapter_type(config.fine_tune_type)
     source = checkpoint.path

@@ -6,8 +6,10 @@ target (the previous target is moved aside first and deleted only after the new 
 place). If the block raises, or the process dies, the temporary directory is discarded and the
 previous checkpoint is untouched.
 
-A save killed half-way leaves a ``.NAME.tmp-PID-*`` directory next to the target; the next save
-to the same target deletes it (see :func:`recover_interrupted`).
+A save killed half-way leaves a ``.NAME.tmp-PID-*`` directory next to the target (and, killed
+between its two renames, a ``.NAME.old-PID-*`` one with the target missing); the next save to the
+same target, and every reader through :func:`recover_output`, repairs that (see
+:func:`recover_interrupted`).
 
 Files already in the target that the new checkpoint does not write and that the format does not
 own (a training log, a README) are carried over as hard links, so saving a checkpoint into a
@@ -22,10 +24,11 @@ import re
 import shutil
 import tempfile
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from lazarus.errors import LazarusError
+from lazarus.errors import LazarusError, LazarusWarning
 
 
 def _fsync_path(path: Path) -> None:
@@ -79,22 +82,74 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def recover_interrupted(target: Path) -> None:
-    """Clean up after saves to ``target`` whose process died (killed, power loss).
+def _checkpoint_names(directory: Path) -> set[str]:
+    root = directory / "checkpoints"
+    return {p.name for p in root.glob("step-*")} if root.is_dir() else set()
 
-    A dead writer's temporary directory is deleted. If it died between moving the previous
-    checkpoint aside and renaming the new one in, ``target`` is missing and the set-aside previous
-    checkpoint is moved back. Writers still running are left alone (their pid is in the name).
-    """
+
+def _hidden_copies(target: Path) -> list[tuple[Path, str, int]]:
+    """``(path, "tmp" | "old", writer pid)`` of the hidden copies saves to ``target`` leave behind."""
     pattern = re.compile(rf"^\.{re.escape(target.name)}\.(tmp|old)-(\d+)-")
+    found = []
     for entry in sorted(target.parent.iterdir()) if target.parent.is_dir() else ():
         match = pattern.match(entry.name)
-        if not match or _pid_alive(int(match.group(2))):
+        if match and entry.is_dir():
+            found.append((entry, match.group(1), int(match.group(2))))
+    return found
+
+
+def recover_interrupted(target: Path) -> list[str]:
+    """Clean up after saves to ``target`` whose process died (killed, power loss); returns notes
+    (one line each) on what was restored or kept.
+
+    A writer that died between moving the previous ``target`` aside (``.NAME.old-PID-*``) and
+    renaming its new copy in (``.NAME.tmp-PID-*``, complete by then) left ``target`` missing: the new
+    copy is renamed into place (or, when there is none, the previous one is moved back). A dead
+    writer's other temporary directories are deleted. A set-aside copy holding checkpoints that
+    ``target`` lacks is never deleted: it is renamed to the visible ``NAME.recovered-PID``. Writers
+    still running are left alone (their pid is in the name).
+    """
+    target = Path(target)
+    notes: list[str] = []
+    dead = [(path, kind, pid) for path, kind, pid in _hidden_copies(target) if not _pid_alive(pid)]
+    olds = {pid: path for path, kind, pid in dead if kind == "old"}
+    if not target.exists() and olds:
+        pid, old = max(olds.items(), key=lambda item: item[1].stat().st_mtime)
+        complete = next((path for path, kind, p in dead if kind == "tmp" and p == pid), None)
+        os.rename(complete or old, target)
+        notes.append(f"{target} was missing after an interrupted save; restored it from "
+                     f"{(complete or old).name} ({'the new copy' if complete else 'the previous copy'})")
+        dead = [entry for entry in dead if entry[0] != (complete or old)]
+    for path, kind, pid in dead:
+        keep = (kind == "old" or pid in olds) and bool(_checkpoint_names(path) - _checkpoint_names(target))
+        if keep:
+            visible = target.parent / f"{target.name}.recovered-{pid}"
+            if not visible.exists():
+                os.rename(path, visible)
+                notes.append(f"kept {visible}: an interrupted save left checkpoints there that {target} lacks")
             continue
-        if match.group(1) == "old" and not target.exists():
-            os.rename(entry, target)
-        else:
-            shutil.rmtree(entry, ignore_errors=True)
+        shutil.rmtree(path, ignore_errors=True)
+    return notes
+
+
+def recover_output(path: str | os.PathLike, option: str = "") -> Path:
+    """For every reader of an output directory (``--resume``, ``--adapter``, ``generate``, ``eval``,
+    ``run``): restore ``path`` from the hidden copies an interrupted save left (a warning says so)
+    and return it. When ``path`` is missing and only a live writer's copies exist, raise
+    :class:`LazarusError` naming them."""
+    path = Path(path)
+    try:
+        notes = recover_interrupted(path.absolute())
+    except OSError:
+        return path  # a read-only place: nothing to repair, the reader's own error is clearer
+    for note in notes:
+        warnings.warn(note, LazarusWarning, stacklevel=2)
+    if not path.exists():
+        live = [p.name for p, _, _ in _hidden_copies(path.absolute())]
+        if live:
+            raise LazarusError(f"{option + ' ' if option else ''}{path}: missing while a save to it is in "
+                               f"progress (copies: {', '.join(live)}); wait for that run to finish")
+    return path
 
 
 def _umask() -> int:
@@ -117,7 +172,8 @@ def atomic_directory(target: str | Path, owned: Callable[[str], bool] = lambda n
     if target.exists() and not target.is_dir():
         raise LazarusError(f"{target} exists and is not a directory; choose another output path")
     target.parent.mkdir(parents=True, exist_ok=True)
-    recover_interrupted(target)
+    for note in recover_interrupted(target):
+        warnings.warn(note, LazarusWarning, stacklevel=3)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
         yield tmp

@@ -92,12 +92,18 @@ def run_from_cli(trainer_cls, name: str, config_file: str | None, values: dict) 
     if values.get("resume"):
         from lazarus.training import checkpoint as ckpt
 
-        state = ckpt.read_state(ckpt.find_checkpoint(values["resume"]))
+        checkpoint = ckpt.find_checkpoint(values["resume"])
+        state = ckpt.read_state(checkpoint)
         if state["trainer"] != name:
             raise LazarusError(f"--resume {values['resume']}: written by the {state['trainer']!r} trainer; "
                                f"use `lazarus train {state['trainer']}`")
-        saved = state["config"]
+        # a resumed run writes where it is resumed (the run that holds the checkpoint), not into the
+        # --output stored in it: that is another directory when the run was copied or moved
+        saved = {**state["config"], "output": ckpt.run_directory(checkpoint)}
     config = build_config(trainer_cls.config_class, cli_values=values, config_file=config_file, saved=saved)
+    if config.output is None:
+        raise LazarusError(f"--resume {values['resume']}: this checkpoint is not inside a run's checkpoints/ "
+                           "folder; pass --output DIR to say where the resumed run writes")
     for required in ("model", "data"):
         if not getattr(config, required):
             raise LazarusError(f"missing --{required} (or `{required} = ...` in the --config file)")

@@ -116,8 +116,11 @@ def _step_of(path: Path) -> int:
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
-    """The checkpoint directory ``path`` names: itself, or an output directory's latest checkpoint."""
-    path = Path(path)
+    """The checkpoint directory ``path`` names: itself, or an output directory's latest checkpoint
+    (an output directory an interrupted save left hidden is restored first)."""
+    from lazarus.checkpoints.atomic import recover_output
+
+    path = recover_output(path, "--resume")
     if (path / STATE_FILE).is_file():
         return path
     latest = path / CHECKPOINTS_DIR / LATEST_FILE
@@ -131,6 +134,15 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
         raise LazarusError(f"--resume {path}: no such directory")
     raise LazarusError(f"--resume {path}: not a training checkpoint (no {STATE_FILE}) and not an output "
                        f"directory with {CHECKPOINTS_DIR}/{LATEST_FILE}")
+
+
+def run_directory(checkpoint: str | os.PathLike) -> str | None:
+    """The output directory of the run that holds ``checkpoint`` (``RUN/checkpoints/step-N``), as an
+    absolute path; None for a checkpoint directory kept elsewhere."""
+    path = Path(checkpoint).absolute()
+    if path.parent.name == CHECKPOINTS_DIR:
+        return str(path.parent.parent)
+    return None
 
 
 def read_state(checkpoint: str | os.PathLike) -> dict[str, Any]:

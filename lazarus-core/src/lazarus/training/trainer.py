@@ -256,8 +256,9 @@ class Trainer:
         """Load a saved adapter to continue training it; its own settings replace --fine-tune-type,
         --rank, --scale, --num-layers and --lora-targets (a note says so when they disagree)."""
         from lazarus.adapters import load_adapter
+        from lazarus.checkpoints.atomic import recover_output
 
-        if not Path(path).exists():
+        if not recover_output(path, "--adapter").exists():
             raise LazarusError(f"--adapter {path}: no such adapter directory (to choose the adapter *type*, "
                                "use --fine-tune-type lora|dora|full)")
         config = self.config
@@ -271,6 +272,9 @@ class Trainer:
         if differing:
             self.log(f"[yellow]--adapter {path} keeps its own settings; ignoring {', '.join(differing)}[/]")
         config.fine_tune_type = self.adapter_config.fine_tune_type
+        from lazarus.loader import warn_if_other_base
+
+        warn_if_other_base(path, getattr(self.model, "source", None))
         self._count_trainable()
 
     def _count_trainable(self) -> None:
@@ -316,7 +320,8 @@ class Trainer:
 
     def _adapter_config_for_disk(self):
         # mlx-lm keeps its training options in adapter_config.json; we record ours the same way
-        extra = {"trainer": self.name, "model": self.config.model, "data": self.config.data,
+        stored = stored_config(self.config)
+        extra = {"trainer": self.name, "model": stored["model"], "data": stored["data"],
                  "seed": self.config.seed, "learning_rate": self.config.learning_rate,
                  "batch_size": self.config.batch_size}
         return attrs.evolve(self.adapter_config, extra={**self.adapter_config.extra, **extra})
@@ -348,7 +353,7 @@ class Trainer:
             data = Path(self.config.data)
             data_files = [data] if data.is_file() else sorted(
                 p for p in (data / "train.jsonl", data / "valid.jsonl") if p.is_file())
-        return {"trainer": self.name, "step": step, "training": self.config.to_dict(),
+        return {"trainer": self.name, "step": step, "training": stored_config(self.config),
                 "data_files": data_files}
 
     # -- data ----------------------------------------------------------------------------------
@@ -473,6 +478,14 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------
     def train(self) -> TrainResult:
         """Run training to the end (or until Ctrl-C) and return what it produced."""
+        try:
+            return self._train()
+        finally:
+            if getattr(self, "_lock", None) is not None:
+                self._lock.release()
+                self._lock = None
+
+    def _train(self) -> TrainResult:
         config = self.config
         resume_from = ckpt.find_checkpoint(config.resume) if config.resume else None
         state: dict[str, Any] = ckpt.read_state(resume_from) if resume_from else {}
@@ -481,6 +494,8 @@ class Trainer:
                                f"{state['trainer']!r} trainer; resume it with `lazarus train {state['trainer']}`")
 
         self._check_output(resuming=resume_from is not None)
+        if resume_from is not None:
+            self._check_same_base(resume_from)
         if self.model is None:
             self.load()
         self.load_data()
@@ -671,6 +686,37 @@ class Trainer:
         if not bool(finite.item()):
             raise self._diverged(step, "the trained weights are no longer finite", getattr(self, "_result", None))
 
+    def _check_same_base(self, checkpoint: Path) -> None:
+        """Refuse to resume a run on another base model than the one its checkpoint was trained on."""
+        from lazarus.loader import resolve_model_path, weight_files
+        from lazarus.models.transformer import ModelSource
+        from lazarus.provenance import recorded_base_differs
+
+        model = self.config.model
+        if not model:
+            return
+        if self.model is not None:
+            source = getattr(self.model, "source", None)
+        else:
+            path = resolve_model_path(model)
+            source = ModelSource(model=str(model), path=str(path), family="",
+                                 weight_files=tuple(str(f) for f in weight_files(path)))
+        other = recorded_base_differs(checkpoint, source)
+        if other is not None:
+            raise LazarusError(f"--resume {checkpoint}: this run was trained on {other}, not on --model {model}; "
+                               f"resume it on its own base, or start a new run on {model} with --adapter "
+                               f"{checkpoint} (a warning says when its shapes fit another base)")
+
+    def _check_not_model(self, output: Path) -> None:
+        """Refuse an output directory that is a model this run reads (its files would be replaced)."""
+        for option in ("model", "ref_model"):
+            value = getattr(self.config, option, None)
+            if not value or not Path(value).expanduser().is_dir():
+                continue
+            if Path(value).expanduser().resolve() == output.resolve():
+                raise LazarusError(f"--output {output} is the --{option.replace('_', '-')} directory; training "
+                                   "would overwrite that model's files: choose another --output")
+
     def _check_output(self, resuming: bool) -> None:
         """Refuse to mix a fresh run into an earlier run's output (its checkpoints would be pruned
         and its metrics lost) unless ``overwrite`` is set; an output that cannot be written fails here,
@@ -678,6 +724,20 @@ class Trainer:
         from lazarus.paths import check_output_path
 
         check_output_path(self.output, kind="dir", option="--output")
+        self._check_not_model(self.output)
+        from lazarus.checkpoints.atomic import recover_output
+
+        recover_output(self.output, "--output")  # a run an interrupted save left hidden is not lost
+        if self.world.is_main:  # one live run per output directory; a dead run's lock is taken over
+            from rich.markup import escape
+
+            from lazarus.paths import OutputLock
+
+            lock = OutputLock(self.output)
+            note = lock.acquire()
+            self._lock = lock
+            if note:
+                self.log(f"[yellow]Note: {escape(note)}[/]")
         previous = self.output / ckpt.CHECKPOINTS_DIR
         if resuming or not previous.exists():
             return
@@ -733,7 +793,7 @@ class Trainer:
             state = {
                 "step": step,
                 "trainer": self.name,
-                "config": {**self.config.to_dict(), "resume": None, "overwrite": False},
+                "config": {**stored_config(self.config), "resume": None, "overwrite": False},
                 "data_position": self.train_batches.position.as_dict(),
                 "rng": ckpt.rng_state(),
                 "rng_per_rank": rng_per_rank,
@@ -879,6 +939,20 @@ class Trainer:
         parts = [f"{metric_label(k)} {first[k]:.3f} -> {last[k]:.3f}" for k in keys
                  if isinstance(first.get(k), (int, float)) and isinstance(last.get(k), (int, float))]
         return " · ".join(parts) + where if parts else ""
+
+
+def stored_config(config: TrainingConfig) -> dict:
+    """The config as a checkpoint and ``lazarus.json`` keep it: paths that exist (``--model``,
+    ``--data``, ``--output`` ... fields shown as PATH/DIR/FILE) made absolute, so a resumed run finds
+    them from any working directory."""
+    values = config.to_dict()
+    for field in attrs.fields(type(config)):
+        value = values.get(field.name)
+        if field.metadata.get("metavar") not in ("PATH", "DIR", "FILE") or not isinstance(value, str):
+            continue
+        if value and not value.startswith("lazarus:") and Path(value).expanduser().exists():
+            values[field.name] = str(Path(value).expanduser().absolute())
+    return values
 
 
 def _new_window() -> dict:
