@@ -311,8 +311,8 @@ def top_contexts(model, tokenizer, sae: SAE, features: Sequence[int], texts, *, 
         for value, _, text, ids, position in sorted(heap, reverse=True):
             start = max(0, position - width)
             rows.append({"activation": value, "text": text, "position": position,
-                         "token": tokenizer.decode([ids[position]]),
-                         "context": tokenizer.decode(ids[start:position]) + "[[" + tokenizer.decode([ids[position]]) + "]]"})
+                         "token": token_strings(tokenizer, [ids[position]])[0],
+                         "context": tokenizer.decode(ids[start:position]) + "[[" + token_strings(tokenizer, [ids[position]])[0] + "]]"})
         out[feature] = rows
     return out
 
