@@ -129,3 +129,13 @@ def test_not_a_lazarus_model_is_refused(loaded):
     _, tokenizer = loaded
     with pytest.raises(LazarusError, match="Lazarus family model"):
         BatchGenerator(object(), tokenizer)
+
+
+def test_repetition_penalty_rows_match_generate(loaded):
+    model, tokenizer = loaded
+    penalised = SamplingConfig(repetition_penalty=1.5, repetition_context_size=8)
+    alone = generate(model, tokenizer, PROMPTS[1], max_tokens=12, sampling=penalised).token_ids
+    got = run(BatchGenerator(model, tokenizer), {
+        0: [("plain", PROMPTS[0], {"max_tokens": 12})],
+        1: [("penalised", PROMPTS[1], {"max_tokens": 12, "sampling": penalised})]})
+    assert got["penalised"] == alone

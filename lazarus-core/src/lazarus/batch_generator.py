@@ -113,7 +113,10 @@ class BatchGenerator:
         self._waiting: list[_Row] = []
         self._rows: list[_Row] = []  # rows in the batch, in cache order
         self._cache: list | None = None
-        self._last: mx.array | None = None  # (B,) each row's latest token, the next decode input
+        # (B,) each row's sampled token not yet returned (the next forward's input) and its logits
+        self._pending: mx.array | None = None
+        self._pending_logits: mx.array | None = None
+        self._steps = 0
         self._samplers: dict = {}
 
     # -- public ---------------------------------------------------------------------------------
@@ -154,18 +157,38 @@ class BatchGenerator:
         return len(self._rows)
 
     def step(self) -> list[RowStep]:
-        """Decode one token for every running row, then prefill the waiting rows that fit (their
-        first token comes from the prefill); returns one :class:`RowStep` per row that advanced.
-        Finished rows leave the batch before this returns."""
-        out: list[RowStep] = []
-        if self._rows:
-            self._forward(self._rows, self._last[:, None])
-            out.extend(self._sample(self._rows, self._logits))
+        """Advance every row by one token; returns one :class:`RowStep` per running row.
+
+        Waiting rows that fit join first (prefilled; their first token is sampled from the
+        prefill). The forward pass for the following step is queued on the device before this
+        step's tokens are read back, so the device never waits for the host's text work. Finished
+        rows leave the batch before this returns."""
         free = self.max_batch - len(self._rows)
         if free > 0 and self._waiting:
             joining, self._waiting = self._waiting[:free], self._waiting[free:]
-            logits = self._prefill(joining)
-            out.extend(self._sample(joining, logits, joined=True))
+            logits = self._prefill(joining).astype(mx.float32)
+            tokens = self._pick(joining, logits)
+            if len(self._rows) == len(joining):
+                self._pending, self._pending_logits = tokens, logits
+            else:
+                self._pending = mx.concatenate([self._pending, tokens])
+                self._pending_logits = mx.concatenate([self._pending_logits, logits])
+        if not self._rows:
+            return []
+        tokens, logits = self._pending, self._pending_logits
+        rows = list(self._rows)
+        if any(row.history is not None for row in rows):  # the penalty needs these tokens' values
+            for row, token in zip(rows, tokens.tolist(), strict=True):
+                if row.history is not None:
+                    row.history = (row.history + [token])[-row.sampling.repetition_context_size:]
+        self._forward(rows, tokens[:, None])
+        self._pending_logits = self._logits.astype(mx.float32)
+        self._pending = self._pick(rows, self._pending_logits)
+        mx.async_eval(self._pending)
+        out = self._emit(rows, tokens, logits)
+        self._steps += 1
+        if self._steps % 256 == 0:
+            mx.clear_cache()
         finished = {s.row for s in out if s.finish_reason is not None}
         if finished:
             self._keep([i for i, row in enumerate(self._rows) if row.id not in finished])
@@ -251,14 +274,14 @@ class BatchGenerator:
             return
         self._rows = [self._rows[i] for i in keep]
         if not keep:
-            self._cache, self._last = None, None
+            self._cache = self._pending = self._pending_logits = None
             return
         rows = mx.array(keep, dtype=mx.int32)
         for layer in self._cache:
             layer.keys, layer.values = layer.keys[rows], layer.values[rows]
             if layer.key_mask is not None:
                 layer.key_mask = layer.key_mask[rows]
-        self._last = self._last[rows]
+        self._pending, self._pending_logits = self._pending[rows], self._pending_logits[rows]
         key_mask = self._cache[0].key_mask
         if key_mask is not None:  # drop front slots no live row uses any more
             unused = int(mx.argmax(key_mask.any(axis=0)).item())
@@ -266,9 +289,9 @@ class BatchGenerator:
                 self._shift(-unused)
 
     # -- sampling -------------------------------------------------------------------------------
-    def _sample(self, rows: list[_Row], logits: mx.array, joined: bool = False) -> list[RowStep]:
-        logits = logits.astype(mx.float32)
-        tokens = self._pick(rows, logits)
+    def _emit(self, rows: list[_Row], tokens: mx.array, logits: mx.array) -> list[RowStep]:
+        """Read back one step's tokens; text, stop checks and log-probabilities per row."""
+        token_list = tokens.tolist()
         want = [i for i, r in enumerate(rows) if r.logprobs is not None]
         chosen, tops = {}, {}
         if want:
@@ -284,16 +307,8 @@ class BatchGenerator:
                 chosen[i] = picked[j]
                 if rows[i].logprobs:
                     tops[i] = list(zip(order[j][:rows[i].logprobs], values[j][:rows[i].logprobs], strict=True))
-        token_list = tokens.tolist()
-        if joined:
-            self._last = tokens if self._last is None or len(self._rows) == len(rows) else \
-                mx.concatenate([self._last, tokens])
-        else:
-            self._last = tokens
         out = []
         for i, (row, token) in enumerate(zip(rows, token_list, strict=True)):
-            if row.history is not None:
-                row.history = (row.history + [token])[-row.sampling.repetition_context_size:]
             text = row.text.add(token)
             out.append(RowStep(row.id, token, text, row.text.finish_reason, chosen.get(i), tops.get(i),
                                len(row.prompt), row.text.count, row.tag))
