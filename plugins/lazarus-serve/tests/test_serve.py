@@ -243,6 +243,30 @@ def test_a_client_that_disconnects_does_not_disturb_the_rest(client, server, fil
     assert greedy(client, prompts[0], "tiny", 40) == expected[0]
 
 
+def test_a_slow_client_does_not_stall_the_others(client, server, files):
+    from lazarus.generate import generate
+
+    model, tokenizer = files["loaded"]
+    prompts = [f"Yet another tale {i}" for i in range(4)]
+    expected = [generate(model, tokenizer, p, max_tokens=30).text for p in prompts]
+    slow_expected = generate(model, tokenizer, "A very long story", max_tokens=300).text
+    connection = http.client.HTTPConnection("127.0.0.1", server["port"], timeout=120)
+    body = json.dumps({"model": "tiny", "prompt": "A very long story", "max_tokens": 300, "temperature": 0,
+                       "stream": True})
+    connection.request("POST", "/v1/completions", body=body,
+                       headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    response = connection.getresponse()  # headers only: its tokens are not read while the others run
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda p: greedy(client, p, "tiny", 30), prompts))
+    assert answers == expected
+    text = ""
+    for line in response:  # read late, the slow client still gets its whole answer
+        if line.startswith(b"data: {"):
+            text += json.loads(line[6:])["choices"][0]["text"]
+    connection.close()
+    assert text == slow_expected
+
+
 BAD_REQUESTS = [
     ("POST", "/v1/chat/completions", '{"model": "tiny", "messages": [', 400, "invalid_json"),
     ("POST", "/v1/chat/completions", '["not", "an", "object"]', 400, "invalid_json"),
