@@ -61,7 +61,7 @@ def resolve_eval_batches(config, total_steps: int) -> int:
         return config.eval_batches
     evals = 2 + ((total_steps - 1) // config.eval_interval if config.eval_interval else 0)
     micro_batches = total_steps * config.grad_accumulation
-    return max(1, min(MAX_EVAL_BATCHES, math.ceil(EVAL_SHARE * micro_batches / evals)))
+    return max(1, min(MAX_EVAL_BATCHES, int(EVAL_SHARE * micro_batches / evals)))
 
 
 def resolve_log_interval(config, total_steps: int) -> int:

@@ -96,8 +96,22 @@ def headline_text(row: dict, keys, sep: str = "  ") -> str:
 
 def plot_loss_curve(metrics_path: str | os.PathLike, png_path: str | os.PathLike, title: str = "",
                     loss_label: str = "loss", headline: tuple[str, ...] = ()) -> Path:
-    """Draw train and eval loss against step from ``metrics_path`` into ``png_path``, and below it
-    the ``headline`` metrics other than the loss (train rows solid, eval rows dashed); returns the path.
+    """Draw :func:`loss_figure` of ``metrics_path`` into ``png_path``; returns the path."""
+    import matplotlib.pyplot as plt
+
+    figure = loss_figure(read_metrics(metrics_path), title=title, loss_label=loss_label, headline=headline)
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png_path.with_name(png_path.stem + ".tmp.png")
+    figure.savefig(tmp)
+    plt.close(figure)
+    os.replace(tmp, png_path)
+    return png_path
+
+
+def loss_figure(rows: list[dict], *, title: str = "", loss_label: str = "loss", headline: tuple[str, ...] = ()):
+    """A matplotlib figure: train and eval loss against step (y label ``loss_label``), and below it
+    the ``headline`` metrics other than the loss (train rows solid, eval rows dashed).
 
     Every point has a marker, so a run with one logged step still shows it, and steps are whole numbers.
     """
@@ -107,7 +121,7 @@ def plot_loss_curve(metrics_path: str | os.PathLike, png_path: str | os.PathLike
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    rows = [r for r in read_metrics(metrics_path) if not r.get("diverged")]
+    rows = [r for r in rows if not r.get("diverged")]
 
     def series(split: str, key: str) -> list[tuple[int, float]]:
         return [(r["step"], r[key]) for r in rows if r.get("split") == split and _number(r.get(key))]
@@ -151,13 +165,7 @@ def plot_loss_curve(metrics_path: str | os.PathLike, png_path: str | os.PathLike
             axes.set_xlim(min(steps) - 1, max(steps) + 1)
     axes_list[-1].set_xlabel("optimizer step")
     figure.tight_layout()
-    png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png_path.with_name(png_path.stem + ".tmp.png")
-    figure.savefig(tmp)
-    plt.close(figure)
-    os.replace(tmp, png_path)
-    return png_path
+    return figure
 
 
 def _number(value) -> bool:
