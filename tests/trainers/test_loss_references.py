@@ -235,7 +235,7 @@ def test_grpo_loss_and_metrics_equal_the_reference_over_micro_batches(loss_type,
 
 
 @pytest.mark.parametrize("offset", [0.0, 100.0, 1e4, 1e6])
-@pytest.mark.parametrize("scale_rewards", ["batch", "group"])
+@pytest.mark.parametrize("scale_rewards", ["batch", "group", "none"])
 def test_grpo_advantages_keep_their_precision_with_a_large_reward_offset(offset, scale_rewards, tmp_path):
     from lazarus.rewards import Scores
     from lazarus_trainers.grpo import GRPOConfig, GRPOTrainer
@@ -254,10 +254,12 @@ def test_grpo_advantages_keep_their_precision_with_a_large_reward_offset(offset,
     grouped = rewards.reshape(-1, group)
     centred = grouped - grouped.mean(1, keepdims=True)
     if scale_rewards == "batch":  # the std of the real rows (all ranks), unbiased, as TRL's rewards.std()
-        std = rewards[weights > 0].std(ddof=1)
+        expected = centred / (rewards[weights > 0].std(ddof=1) + 1e-4)
+    elif scale_rewards == "group":
+        expected = centred / (grouped.std(1, ddof=1, keepdims=True) + 1e-4)
     else:
-        std = grouped.std(1, ddof=1, keepdims=True)
-    expected = (centred / (std + 1e-4)).reshape(-1)
+        expected = centred
+    expected = expected.reshape(-1)
     real = weights > 0
     np.testing.assert_allclose(got[real], expected[real], rtol=1e-5, atol=1e-5)
 
