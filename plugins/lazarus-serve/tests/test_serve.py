@@ -19,6 +19,7 @@ import pytest
 openai = pytest.importorskip("openai")
 
 KEY = "test-key"
+ORIGIN = "http://chat-ui.example"
 CONTEXT = 512
 
 
@@ -65,7 +66,7 @@ def server(files):
     port = free_port()
     command = [sys.executable, "-c", "from lazarus.cli import main; main()", "serve", "--model", str(files["model"]),
                "--name", "tiny", "--adapter", f"alpha={files['alpha']}", "--adapter", f"beta={files['beta']}",
-               "--port", str(port), "--api-key", KEY, "--max-tokens", "16"]
+               "--port", str(port), "--api-key", KEY, "--max-tokens", "16", "--allow-origin", ORIGIN]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     base = f"http://127.0.0.1:{port}"
@@ -316,6 +317,18 @@ def test_the_api_key_is_required(server):
         assert status == 401 and answer["error"]["code"] == "invalid_api_key"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=server["url"] + "/v1", api_key="wrong", max_retries=0).models.list()
+
+
+def test_browser_pages_from_the_allowed_origin_may_call(server):
+    connection = http.client.HTTPConnection("127.0.0.1", server["port"], timeout=30)
+    for origin, allowed in ((ORIGIN, True), ("http://elsewhere.example", False)):
+        connection.request("OPTIONS", "/v1/chat/completions", headers={
+            "Origin": origin, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type"})
+        response = connection.getresponse()
+        response.read()
+        assert (response.getheader("access-control-allow-origin") == origin) == allowed
+    connection.close()
 
 
 def test_n_seed_and_logprobs(client):

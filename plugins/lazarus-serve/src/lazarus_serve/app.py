@@ -510,8 +510,9 @@ async def _server_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, f"internal error: {type(exc).__name__}: {exc}", None, None, "server_error")
 
 
-def make_app(server: Server) -> Starlette:
-    """The starlette app serving ``server``; the caller starts and stops ``server.engine``."""
+def make_app(server: Server, allow_origins: tuple[str, ...] = ()) -> Starlette:
+    """The starlette app serving ``server``; the caller starts and stops ``server.engine``.
+    ``allow_origins``: browser origins allowed to call the API (CORS); none by default."""
     routes = [
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),
@@ -519,7 +520,14 @@ def make_app(server: Server) -> Starlette:
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={APIError: _api_error, HTTPException: _http_error,
-                                                       Exception: _server_error})
+    middleware = []
+    if allow_origins:
+        from starlette.middleware import Middleware
+        from starlette.middleware.cors import CORSMiddleware
+
+        middleware.append(Middleware(CORSMiddleware, allow_origins=list(allow_origins), allow_methods=["GET", "POST"],
+                                     allow_headers=["Authorization", "Content-Type"]))
+    app = Starlette(routes=routes, middleware=middleware,
+                    exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _server_error})
     app.state.server = server
     return app

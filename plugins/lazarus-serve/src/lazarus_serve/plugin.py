@@ -27,13 +27,16 @@ def register_commands(cli):
                   help="Tokens generated when a request gives no max_tokens.")
     @click.option("--api-key", envvar="LAZARUS_SERVE_API_KEY", default=None, metavar="KEY",
                   help="Require 'Authorization: Bearer KEY' on every /v1 request (or set LAZARUS_SERVE_API_KEY).")
+    @click.option("--allow-origin", "allow_origins", multiple=True, metavar="ORIGIN",
+                  help="Let browser pages from ORIGIN call the API (CORS; repeatable, '*' for any).")
     @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
                   help="Convert the model's floating weights on load [default: as stored].")
     @click.option("--prefill-step-size", default=2048, show_default=True, type=click.IntRange(min=1),
                   help="Prompt tokens processed per forward pass while prefilling.")
     @click.option("--check", is_flag=True,
                   help="Load the model and adapters, generate one token with each, and exit.")
-    def serve(model, adapters, name, host, port, max_batch, max_tokens, api_key, dtype, prefill_step_size, check):
+    def serve(model, adapters, name, host, port, max_batch, max_tokens, api_key, allow_origins, dtype,
+              prefill_step_size, check):
         """Serve a model and its adapters over an OpenAI-compatible HTTP API.
 
         \b
@@ -48,5 +51,5 @@ def register_commands(cli):
         from lazarus_serve.server import parse_adapters, run
 
         run(model=model, adapters=parse_adapters(adapters), name=name, host=host, port=port,
-            max_batch=max_batch, max_tokens=max_tokens, api_key=api_key, dtype=dtype,
+            max_batch=max_batch, max_tokens=max_tokens, api_key=api_key, allow_origins=allow_origins, dtype=dtype,
             prefill_step_size=prefill_step_size, check=check)

@@ -78,7 +78,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def run(*, model: str, adapters: dict[str, str], name: str | None, host: str, port: int, max_batch: int,
-        max_tokens: int, api_key: str | None, dtype: str | None, prefill_step_size: int, check: bool) -> None:
+        max_tokens: int, api_key: str | None, dtype: str | None, prefill_step_size: int, check: bool,
+        allow_origins: tuple[str, ...] = ()) -> None:
     if api_key is not None and not api_key.strip():
         raise LazarusError("--api-key is empty; give a key or leave the option out")
     name = name or model
@@ -106,7 +107,7 @@ def run(*, model: str, adapters: dict[str, str], name: str | None, host: str, po
     server = Server(name=name, adapters=list(adapters), tokenizer=tokenizer, engine=engine,
                     context=context if isinstance(context, int) else None, default_max_tokens=max_tokens,
                     api_key=api_key)
-    app = make_app(server)
+    app = make_app(server, allow_origins)
     if not _is_loopback(host) and api_key is None:
         click.echo(f"Warning: listening on {host} without --api-key: anyone who can reach this machine "
                    "can use the model", err=True)
