@@ -264,6 +264,29 @@ def test_grpo_advantages_keep_their_precision_with_a_large_reward_offset(offset,
     np.testing.assert_allclose(got[real], expected[real], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("offset", [0.0, 100.0, 1e4])
+def test_grpo_logged_reward_mean_and_std_are_trls_over_the_window(offset, tmp_path):
+    """``reward_mean`` / ``reward_std``: mean and unbiased std of every real reward of the logging
+    window (TRL's ``reward`` / ``reward_std``), precise for rewards with a large offset."""
+    from lazarus.rewards import Scores
+    from lazarus_trainers.grpo import GRPOConfig, GRPOTrainer, RolloutBatch, _new_window
+
+    rng = np.random.default_rng(29)
+    trainer = GRPOTrainer(GRPOConfig(model="toy", data="toy", output=str(tmp_path)))
+    trainer.rewards, trainer._window = [], _new_window()
+    seen = []
+    for _ in range(3):  # three steps in one logging window
+        ro = make_rollout(*random_sequences(rng, 4, 4), 4)
+        rewards = offset + 0.05 * rng.normal(0, 1, 16)
+        weights = np.ones(16, dtype=np.float32)
+        weights[-4:] = 0
+        trainer._account_rewards(RolloutBatch(ro, {}, weights, (), Scores(total=list(rewards), by_reward={})))
+        seen.extend(rewards[:12])
+    row = trainer.extra_metrics()
+    np.testing.assert_allclose(row["reward_mean"], np.mean(seen), rtol=1e-12)
+    np.testing.assert_allclose(row["reward_std"], np.std(seen, ddof=1), rtol=1e-6)
+
+
 # -- PPO -------------------------------------------------------------------------------------------------
 def masked_whiten_reference(values, mask, shift_mean=True):
     """TRL's masked_whiten (float64): unbiased variance, rsqrt(var + 1e-8)."""

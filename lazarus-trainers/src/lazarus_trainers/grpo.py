@@ -238,7 +238,7 @@ class RolloutTrainer(Trainer):
         real = batch.weights > 0
         totals = np.asarray(scores.total, dtype=np.float64)[real]
         w["reward_sum"] += float(totals.sum())
-        w["reward_sq"] += float(np.square(totals).sum())
+        w["rewards"].extend(totals.tolist())  # for the two-pass reward_std of the window
         w["rows"] += int(real.sum())
         for name, values in scores.by_reward.items():
             present = [v for v, r in zip(values, real, strict=True) if r and v is not None]
@@ -258,24 +258,25 @@ class RolloutTrainer(Trainer):
     def extra_metrics(self) -> dict:
         w, self._window = self._window, _new_window()
         names = [r.name for r in self.rewards]  # the same vector on every rank
-        local = [w["reward_sum"], w["reward_sq"], w["rows"], w["length_sum"], w["groups"], w["zero_spread"],
+        local = [w["reward_sum"], w["rows"], w["length_sum"], w["groups"], w["zero_spread"],
                  w["generated_tokens"], w["seconds_generation"], w["seconds_scoring"],
                  *[w["by_reward"].get(n, 0.0) for n in names], *[w["by_reward_rows"].get(n, 0) for n in names],
                  *[v for v in w["extra"].values()]]
         summed = np.array(self.world.all_sum(mx.array(local, dtype=mx.float32))).tolist() \
             if self.world.distributed else local
-        (reward_sum, reward_sq, rows, length_sum, groups, zero_spread, generated, gen_s, score_s) = summed[:9]
+        (reward_sum, rows, length_sum, groups, zero_spread, generated, gen_s, score_s) = summed[:8]
         k = len(names)
-        by_sum, by_rows, extra = summed[9:9 + k], summed[9 + k:9 + 2 * k], summed[9 + 2 * k:]
+        by_sum, by_rows, extra = summed[8:8 + k], summed[8 + k:8 + 2 * k], summed[8 + 2 * k:]
         length_max = max(max(v) for v in self.world.all_gather_ints([w["length_max"]]))
         rows = max(rows, 1.0)
         mean = reward_sum / rows
+        reward_std = self._window_reward_std(w["rewards"], mean, rows)
         ranks = self.world.size
         gen_s, score_s = gen_s / ranks, score_s / ranks  # per-rank seconds (ranks run side by side)
         window_seconds = getattr(self, "window_seconds", gen_s + score_s)
         row = {
             "reward_mean": mean,
-            "reward_std": float(np.sqrt(max(reward_sq / rows - mean * mean, 0.0))),
+            "reward_std": reward_std,
             **{f"reward/{n}": s / r for n, s, r in zip(names, by_sum, by_rows, strict=True) if r},
             "completion_length_mean": length_sum / rows,
             "completion_length_max": length_max,
@@ -287,6 +288,18 @@ class RolloutTrainer(Trainer):
         }
         row.update({name: value / rows for name, value in zip(w["extra"], extra, strict=True)})
         return row
+
+    def _window_reward_std(self, rewards: list, mean: float, rows: float) -> float:
+        """Unbiased std of every real reward of the window, all ranks (TRL's ``reward_std``), in
+        two passes: the deviations from the mean are small numbers, so rewards with a large
+        offset (100 ± 0.05) keep their spread through float32 sums over ranks; ``(Σd)²/n``
+        corrects for the rounding of the mean."""
+        d = np.asarray(rewards, dtype=np.float64) - mean
+        sums = [float(d.sum()), float(np.square(d).sum())]
+        if self.world.distributed:
+            sums = np.array(self.world.all_sum(mx.array(sums, dtype=mx.float32))).tolist()
+        sum_d, sum_dd = sums
+        return float(np.sqrt(max(sum_dd - sum_d * sum_d / rows, 0.0) / (rows - 1.0))) if rows > 1 else 0.0
 
     def _log_completions(self, step: int, examples, ro, scores, arrays) -> None:
         g = ro.group_size
@@ -304,7 +317,7 @@ class RolloutTrainer(Trainer):
 
 
 def _new_window() -> dict:
-    return {"reward_sum": 0.0, "reward_sq": 0.0, "rows": 0, "by_reward": {}, "by_reward_rows": {},
+    return {"reward_sum": 0.0, "rewards": [], "rows": 0, "by_reward": {}, "by_reward_rows": {},
             "length_sum": 0.0, "length_max": 0, "groups": 0, "zero_spread": 0, "generated_tokens": 0,
             "seconds_generation": 0.0, "seconds_scoring": 0.0, "extra": {}}
 
