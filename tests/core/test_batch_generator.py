@@ -139,3 +139,16 @@ def test_repetition_penalty_rows_match_generate(loaded):
         0: [("plain", PROMPTS[0], {"max_tokens": 12})],
         1: [("penalised", PROMPTS[1], {"max_tokens": 12, "sampling": penalised})]})
     assert got["penalised"] == alone
+
+
+@pytest.mark.parametrize(("family", "overrides"), [("gemma2", {"sliding_window": 8}), ("qwen3", {}),
+                                                   ("mistral", {"sliding_window": 6})])
+def test_rows_joining_keep_their_tokens_in_other_families(tiny_checkpoint, family, overrides):
+    """Soft-capping, sliding windows (moved with the rows), q/k norms before the rotation."""
+    model, tokenizer, _ = load_model(tiny_checkpoint(family, **overrides))
+    alone = [generate(model, tokenizer, p, max_tokens=12).token_ids for p in PROMPTS]
+    schedule = {0: [(0, PROMPTS[0], {"max_tokens": 12})],
+                3: [(1, PROMPTS[1], {"max_tokens": 12}), (2, PROMPTS[2], {"max_tokens": 12})],
+                5: [(3, PROMPTS[3], {"max_tokens": 12})]}
+    got = run(BatchGenerator(model, tokenizer), schedule)
+    assert [got[i] for i in range(4)] == alone
