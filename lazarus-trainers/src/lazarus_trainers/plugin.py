@@ -63,6 +63,10 @@ def register_reward_functions(register):
         description="1.0 when the final answer ('The answer is N') equals the record's answer/expression, "
                     "else 0.0 (None without those fields)."))
     register(RewardFunctionSpec(
+        name="arithmetic-any", entry="lazarus_trainers.rewards:arithmetic_any",
+        description="1.0 when the final number in any form (the 'The answer is N' sentence, else the last "
+                    "equation's result) equals the record's answer/expression, else 0.0."))
+    register(RewardFunctionSpec(
         name="format", entry="lazarus_trainers.rewards:answer_format",
         description="1.0 when the completion ends with 'The answer is N.', 0.5 when it says so elsewhere, "
                     "else 0.0."))

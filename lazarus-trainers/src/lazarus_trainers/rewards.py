@@ -3,6 +3,10 @@
 - ``arithmetic``: 1.0 when the completion's final answer (``The answer is N``, ``#### N`` or
   ``\\boxed{N}``, read by :func:`lazarus.data.math.extract_answer`) equals the record's ``answer``
   (or the value of its ``expression``), else 0.0; None for records with neither field.
+- ``arithmetic-any``: as ``arithmetic``, but the final number counts in any form the model gives it
+  (the answer sentence, else the last equation's result: ``" 74 * 5 = 370."`` scores 1.0), read by
+  :func:`lazarus.data.math.extract_final_number`. For measuring what a model can compute whatever
+  its answer format; ``format`` scores the format on its own.
 - ``format``: 1.0 when the completion ends with the expected final sentence ``The answer is N.``
   (nothing but whitespace after it), 0.5 when that sentence appears elsewhere, else 0.0.
 - ``length``: 0 up to a budget of completion tokens (the record's ``token_budget``, default
@@ -17,7 +21,7 @@ import operator
 import re
 from fractions import Fraction
 
-from lazarus.data.math import ANSWER_PREFIX, extract_answer
+from lazarus.data.math import ANSWER_PREFIX, extract_answer, extract_final_number
 
 DEFAULT_TOKEN_BUDGET = 128
 
@@ -58,17 +62,27 @@ def _expected(record: dict) -> Fraction | None:
     return None
 
 
-def arithmetic(prompts: list, completions: list[str], records: list[dict]) -> list[float | None]:
-    """1.0 for the exact numeric answer, 0.0 otherwise, None where the record has no answer."""
+def _score(completions: list[str], records: list[dict], extract) -> list[float | None]:
     out: list[float | None] = []
     for completion, record in zip(completions, records, strict=True):
         expected = _expected(record)
         if expected is None:
             out.append(None)
             continue
-        got = extract_answer(completion)
+        got = extract(completion)
         out.append(1.0 if got is not None and Fraction(got) == expected else 0.0)
     return out
+
+
+def arithmetic(prompts: list, completions: list[str], records: list[dict]) -> list[float | None]:
+    """1.0 for the exact numeric answer, 0.0 otherwise, None where the record has no answer."""
+    return _score(completions, records, extract_answer)
+
+
+def arithmetic_any(prompts: list, completions: list[str], records: list[dict]) -> list[float | None]:
+    """1.0 when the final number in any form (answer sentence, else the last equation's result) is
+    the exact answer, 0.0 otherwise, None where the record has no answer."""
+    return _score(completions, records, extract_final_number)
 
 
 def answer_format(prompts: list, completions: list[str], records: list[dict]) -> list[float]:

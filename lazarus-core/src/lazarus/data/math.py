@@ -7,8 +7,10 @@ its ``answer`` (division is always exact), a worked ``completion`` ending in
 ``"The answer is N."``, and a plausible wrong completion for preference data. Completions start
 with a space so that ``prompt + completion`` reads as one text ("What is 2 + 3? 2 + 3 = 5. ...").
 
-:func:`write_math_data` writes ``sft/``, ``preference/`` and ``prompts/`` directories of
-``train/valid/test.jsonl``; :func:`extract_answer` reads the final number back from a model's text.
+:func:`write_math_data` writes ``sft/``, ``preference/``, ``prompts/`` and ``dual-reward/`` directories
+of ``train/valid/test.jsonl``; :func:`extract_answer` reads the final "The answer is N" back from a
+model's text, :func:`extract_final_number` the final number in any form (the answer sentence or the
+last equation's result).
 """
 
 from __future__ import annotations
@@ -83,6 +85,30 @@ def extract_answer(text: str) -> int | float | None:
     return None
 
 
+_EQUATION_RESULT = re.compile(r"=\s*" + _NUMBER)
+
+
+def extract_final_number(text: str) -> int | float | None:
+    """The model's final answer in any form it gives one: the last ``The answer is N`` (or ``#### N``,
+    ``\\boxed{N}``: :func:`extract_answer`) when there is one, else the result of the last equation
+    (the number after the last ``=``), else None.
+
+    ``" 74 * 5 = 370."`` -> 370 and ``" 74 * 5 = 370. The answer is 370."`` -> 370; text that asks
+    another question (``" What is 3 + 4?"``) or states ``= ?`` gives None.
+    """
+    answer = extract_answer(text)
+    if answer is not None or not isinstance(text, str):
+        return answer
+    matches = _EQUATION_RESULT.findall(text)
+    if not matches:
+        return None
+    try:
+        value = Fraction(matches[-1].replace(",", ""))
+    except (ValueError, ZeroDivisionError):
+        return None
+    return int(value) if value.denominator == 1 else float(value)
+
+
 def format_answer(value: int) -> str:
     """The fixed final sentence of every completion: ``"The answer is 42."``."""
     return f"{ANSWER_PREFIX} {value}."
@@ -108,19 +134,23 @@ _ASK = ("What is {q}?", "Compute {q}.", "Calculate {q}.", "Find the value of {q}
 
 
 def _binary(rng: random.Random, kind: str) -> tuple[str, str, int, str, int]:
+    """Two-digit sums and differences, a one-digit factor times a one- or two-digit number, and
+    exact divisions by one digit: ranges a small model can learn to compute exactly."""
     if kind == "add":
-        a, b = rng.randint(0, 999), rng.randint(0, 999)
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
         op, answer, slips = "+", a + b, [a - b, a + b + 1]
     elif kind == "sub":
-        a, b = rng.randint(0, 999), rng.randint(0, 999)
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
         if a < b and rng.random() < 0.8:  # mostly non-negative results, sometimes negative
             a, b = b, a
         op, answer, slips = "-", a - b, [a + b, b - a]
     elif kind == "mul":
-        a, b = rng.randint(2, 99), rng.randint(2, 99)
+        a, b = rng.randint(2, 9), rng.randint(2, 99)
+        if rng.random() < 0.5:
+            a, b = b, a
         op, answer, slips = "*", a * b, [a * (b - 1), a * (b + 1), a + b]
     else:  # div: choose the quotient so that the division is exact
-        b, answer = rng.randint(2, 99), rng.randint(2, 99)
+        b, answer = rng.randint(2, 9), rng.randint(2, 99)
         a = b * answer
         op, slips = "/", [answer + 1, answer - 1, a // (b + 1)]
     expression = f"{a} {op} {b}"
@@ -133,27 +163,27 @@ def _multi(rng: random.Random) -> tuple[str, str, int, list[str], list[str], int
     """Two operations; the worked solution shows the intermediate result."""
     shape = rng.randrange(4)
     if shape == 0:  # (a + b) * c
-        a, b, c = rng.randint(1, 50), rng.randint(1, 50), rng.randint(2, 12)
+        a, b, c = rng.randint(1, 45), rng.randint(1, 45), rng.randint(2, 9)
         inner, answer = a + b, (a + b) * c
         expression = f"({a} + {b}) * {c}"
         first, second = f"{a} + {b} = {{}}", f"{{}} * {c} = {{}}"
         slip = a + b * c  # forgetting the brackets
     elif shape == 1:  # a * b - c
-        a, b = rng.randint(2, 30), rng.randint(2, 12)
-        c = rng.randint(1, a * b)
+        a, b = rng.randint(2, 30), rng.randint(2, 9)
+        c = rng.randint(1, min(a * b, 99))
         inner, answer = a * b, a * b - c
         expression = f"{a} * {b} - {c}"
         first, second = f"{a} * {b} = {{}}", f"{{}} - {c} = {{}}"
         slip = a * (b - c)
     elif shape == 2:  # a + b * c
-        a, b, c = rng.randint(1, 200), rng.randint(2, 20), rng.randint(2, 12)
+        a, b, c = rng.randint(1, 99), rng.randint(2, 20), rng.randint(2, 9)
         inner, answer = b * c, a + b * c
         expression = f"{a} + {b} * {c}"
         first, second = f"{b} * {c} = {{}}", f"{a} + {{}} = {{}}"
         slip = (a + b) * c  # left to right instead of multiplication first
     else:  # (a - b) / c, exact
-        c, quotient = rng.randint(2, 12), rng.randint(1, 40)
-        b = rng.randint(0, 100)
+        c, quotient = rng.randint(2, 9), rng.randint(1, 40)
+        b = rng.randint(0, 99)
         a = b + c * quotient
         inner, answer = a - b, quotient
         expression = f"({a} - {b}) / {c}"
@@ -187,7 +217,7 @@ def _word(rng: random.Random) -> tuple[str, str, int, str, int]:
         prompt = f"{name} had {a} {item} and gave {b} of them to {other}. How many {item} does {name} have left?"
         expression, answer, slips = f"{a} - {b}", a - b, [a + b]
     elif template == 2:
-        a, b = rng.randint(2, 12), rng.randint(2, 15)
+        a, b = rng.randint(2, 9), rng.randint(2, 15)
         prompt = f"{name} has {a} boxes with {b} {item} in each box. How many {item} is that in total?"
         expression, answer, slips = f"{a} * {b}", a * b, [a + b]
     else:

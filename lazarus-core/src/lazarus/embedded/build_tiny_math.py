@@ -2,19 +2,26 @@
 
     python -m lazarus.embedded.build_tiny_math --output tiny-math [--work build-tiny-math]
 
-1. Text: arithmetic problems from :mod:`lazarus.data.math` (seed ``DATA_SEED``), minus every question
-   that ``lazarus data generate math --seed 0`` makes for any ``--count`` up to ``HELD_OUT_COUNT``
-   (so the usual evaluation and SFT data stay unseen), written as ``{"text": ...}`` records:
-   worked equations as plain text, question/answer pairs, a little English. Questions phrased
-   "Compute ..." or "Find the value of ..." are answered without the generator's final "The
-   answer is N." sentence (the other phrasings with it): the pretrained model then answers in the
-   generator's format for only part of the prompts, which leaves SFT something visible to teach.
+The model is built to know arithmetic as *equations* ("74 * 5 = 370.") without ever having been
+taught to *answer questions*, so that SFT visibly unlocks what pretraining put in and RL sharpens it.
+
+1. Text (``{"text": ...}`` records, fixed seed): documents of worked equations in the number ranges
+   of :mod:`lazarus.data.math` (every two-digit sum and difference, every one-digit-times-two-digit
+   product and exact division, sampled two-step problems and word-problem stories each followed by
+   its equation), and *exercise sheets*: questions in the generator's phrasings, one after the other,
+   never followed by an answer. The held-out questions (the last fifth of ``lazarus data generate
+   math --seed 0 --count N`` for the counts in ``HELD_OUT_COUNTS``: every valid and test split
+   the quickstart and the docs use) appear in neither. Asked a question, the pretrained model
+   writes another question; given ``74 * 5 =`` it writes the result.
 2. A byte-level BPE tokenizer (``lazarus.tokenizer.train_tokenizer``, digits split) on that text.
 3. A randomly initialised Llama (``lazarus.models.create.random_weights``), pretrained with the
    ``sft`` trainer on the text records with every weight trainable (embeddings and head too).
-4. Weights stored in float16; greedy accuracy on the math generator's test prompts (``--seed 0
-   --count 2000``: 200 prompts) is measured and written to ``lazarus.json`` with the data hash,
-   the training settings and this command.
+   ``--time-budget`` first times a few steps and lowers the step count to fit.
+4. Weights stored in float16. Measured on the quickstart's held-out test questions (``lazarus data
+   generate math --count 2000 --seed 0``, its last 200): question accuracy counting a correct final
+   number in any form (the answer sentence or an equation's result), answer-sentence format, and
+   equation accuracy (the same problems given as ``EXPR =``), all written to ``lazarus.json`` with
+   the data hash, the settings and this command.
 
 Fixed seeds throughout; the same mlx version on the same kind of machine gives the same weights.
 """
@@ -31,12 +38,14 @@ import time
 from pathlib import Path
 
 DATA_SEED = 1234
-HELD_OUT_COUNT = 10_000  # questions of `lazarus data generate math --seed 0 --count N<=10000` are left out
-PROBLEMS = 240_000
-QA_FRACTION = 0.5  # of the problems, asked as question + answer; the rest become plain equation text
-#: questions asked this way are answered without "The answer is N." in pretraining
-NO_ANSWER_SENTENCE = ("Compute ", "Find the value of ")
-EQUATIONS_PER_DOC = 4
+#: the last fifth (valid + test splits) of `lazarus data generate math --seed 0 --count N` is held out
+HELD_OUT_COUNTS = (100, 200, 300, 600, 1000, 2000)
+HELD_OUT_FRACTION = 0.2
+DOCUMENTS = 200_000
+#: share of documents that are exercise sheets (questions only) and plain English
+SHEET_FRACTION = 0.25
+ENGLISH_FRACTION = 0.03
+ITEMS_PER_DOC = (3, 6)
 VOCAB_SIZE = 512
 MAX_SEQ_LENGTH = 128
 STORE_DTYPE = "float16"
@@ -45,11 +54,11 @@ CONFIG = {
     "architectures": ["LlamaForCausalLM"],
     "model_type": "llama",
     "vocab_size": VOCAB_SIZE,
-    "hidden_size": 192,
-    "intermediate_size": 576,
+    "hidden_size": 256,
+    "intermediate_size": 768,
     "num_hidden_layers": 4,
-    "num_attention_heads": 3,
-    "num_key_value_heads": 3,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
     "head_dim": 64,
     "hidden_act": "silu",
     "max_position_embeddings": 256,
@@ -65,20 +74,21 @@ TRAINING = {
     "num_layers": -1,
     "learning_rate": 2e-3,
     "lr_schedule": "cosine",
-    "warmup_steps": 100,
-    "min_learning_rate": 1e-4,
+    "warmup_steps": 200,
+    "min_learning_rate": 5e-5,
     "weight_decay": 0.01,
-    "batch_size": 64,
-    "max_steps": 10_000,
+    "batch_size": 128,
+    "max_steps": 16_000,
     "max_seq_length": MAX_SEQ_LENGTH,
     "mask_prompt": False,
     "seed": 0,
-    "log_interval": 50,
-    "eval_interval": 1000,
+    "log_interval": 100,
+    "eval_interval": 2000,
     "eval_batches": 4,
-    "save_interval": 2000,
+    "save_interval": 0,
     "keep_checkpoints": 1,
 }
+PROBE_STEPS = 60
 
 
 # -- 1. text ---------------------------------------------------------------------------------------
@@ -100,38 +110,95 @@ def plain_text_lines() -> list[str]:
     return [line for line in _SENTENCES.splitlines() if line.strip()]
 
 
-def pretraining_records(seed: int = DATA_SEED, count: int = PROBLEMS) -> list[dict]:
-    """The pretraining corpus as ``{"text": ...}`` records, shuffled; deterministic for a seed."""
+def held_out_keys() -> set[str]:
+    """Question keys (expression, or the whole story) of every held-out problem."""
     from lazarus.data import math
 
-    held_out = {_question_key(p) for p in math.generate(HELD_OUT_COUNT, seed=0)}
-    problems = [p for p in math.generate(count, seed=seed) if _question_key(p) not in held_out]
-    rng = random.Random(seed)
-    records, equations = [], []
-    for problem in problems:
-        if rng.random() < QA_FRACTION:
-            bare = problem.prompt.startswith(NO_ANSWER_SENTENCE)
-            answer = " " + _worked_steps(problem) if bare else problem.completion
-            records.append({"text": problem.prompt + answer})
-            continue
-        # word problems keep their story: a statement followed by its equation
-        line = _worked_steps(problem)
-        if problem.kind == "word":
-            line = problem.prompt.rsplit(". ", 1)[0] + ". " + line
-        equations.append(line)
-        if len(equations) == EQUATIONS_PER_DOC:
-            records.append({"text": " ".join(equations)})
-            equations = []
+    keys = set()
+    for count in HELD_OUT_COUNTS:
+        problems = math.generate(count, seed=0)
+        keys |= {_question_key(p) for p in problems[len(problems) - max(1, round(count * HELD_OUT_FRACTION)):]}
+    return keys
+
+
+def _binary_equations(held_out: set[str]) -> dict[str, list[str]]:
+    """Every two-operand equation of the generator's ranges (held-out ones left out), by kind."""
+    out: dict[str, list[str]] = {"add": [], "sub": [], "mul": [], "div": []}
+    for a in range(100):
+        for b in range(100):
+            out["add"].append((f"{a} + {b}", a + b))
+            out["sub"].append((f"{a} - {b}", a - b))
+    for a in range(2, 10):
+        for b in range(2, 100):
+            out["mul"].append((f"{a} * {b}", a * b))
+            if b > 9:
+                out["mul"].append((f"{b} * {a}", a * b))
+            out["div"].append((f"{a * b} / {a}", b))
+    return {kind: [f"{e} = {v}." for e, v in rows if e not in held_out] for kind, rows in out.items()}
+
+
+def _wide_equation(rng: random.Random) -> str:
+    """Three-digit-by-two-digit sums and differences: the intermediate steps of two-step problems."""
+    a, b = rng.randint(100, 499), rng.randint(0, 99)
+    if rng.random() < 0.5:
+        return f"{a} - {b} = {a - b}."
+    return f"{a} + {b} = {a + b}." if rng.random() < 0.5 else f"{b} + {a} = {a + b}."
+
+
+def _fresh(rng: random.Random, kind: str, held_out: set[str]):
+    from lazarus.data import math
+
+    while True:
+        problem = math._make(rng, kind)
+        if _question_key(problem) not in held_out:
+            return problem
+
+
+def _equation_item(rng: random.Random, binary: dict[str, list[str]], held_out: set[str]) -> str:
+    roll = rng.random()
+    if roll < 0.52:
+        return rng.choice(binary[("add", "sub", "mul", "div")[int(roll / 0.13)]])
+    if roll < 0.62:
+        return _wide_equation(rng)
+    if roll < 0.84:  # two steps: the result directly, or worked
+        problem = _fresh(rng, "multi", held_out)
+        if rng.random() < 0.5:
+            return f"{problem.expression} = {problem.answer}."
+        return f"{problem.expression}: {_worked_steps(problem)}"
+    problem = _fresh(rng, "word", held_out)  # a story as a statement, then its equation
+    return problem.prompt.rsplit(". ", 1)[0] + ". " + _worked_steps(problem)
+
+
+def _question_item(rng: random.Random, held_out: set[str]) -> str:
+    from lazarus.data import math
+
+    return _fresh(rng, rng.choice(math.KINDS), held_out).prompt
+
+
+def pretraining_records(seed: int = DATA_SEED, documents: int = DOCUMENTS) -> list[dict]:
+    """The pretraining corpus as ``{"text": ...}`` records, shuffled; deterministic for a seed."""
+    held_out = held_out_keys()
+    binary = _binary_equations(held_out)
     sentences = plain_text_lines()
-    for _ in range(len(records) // 20):  # about 5% plain English, two sentences per record
-        records.append({"text": " ".join(rng.sample(sentences, 2))})
-    rng.shuffle(records)
+    rng = random.Random(seed)
+    records = []
+    for _ in range(documents):
+        roll = rng.random()
+        if roll < ENGLISH_FRACTION:
+            text = " ".join(rng.sample(sentences, 2))
+        else:
+            n = rng.randint(*ITEMS_PER_DOC)
+            sheet = roll < ENGLISH_FRACTION + SHEET_FRACTION
+            items = [_question_item(rng, held_out) if sheet else _equation_item(rng, binary, held_out)
+                     for _ in range(n)]
+            text = " ".join(items)
+        records.append({"text": text})
     return records
 
 
-def write_corpus(work: Path, problems: int = PROBLEMS) -> tuple[Path, str]:
+def write_corpus(work: Path, documents: int = DOCUMENTS) -> tuple[Path, str]:
     """Write ``work/pretrain/{train,valid}.jsonl``; returns the directory and the data hash."""
-    records = pretraining_records(count=problems)
+    records = pretraining_records(documents=documents)
     valid = records[:500]
     train = records[500:]
     out = work / "pretrain"
@@ -185,12 +252,25 @@ def pretrainer_class():
     return Pretrainer
 
 
-def pretrain(init: Path, corpus: Path, work: Path, settings: dict) -> Path:
+def pretrain(init: Path, corpus: Path, work: Path, settings: dict, name: str = "pretrained") -> Path:
     trainer_cls = pretrainer_class()
-    config = trainer_cls.config_class(model=str(init), data=str(corpus), output=str(work / "pretrained"),
+    config = trainer_cls.config_class(model=str(init), data=str(corpus), output=str(work / name),
                                       overwrite=True, **settings)
     trainer_cls(config).train()
-    return work / "pretrained"
+    return work / name
+
+
+def fit_steps(init: Path, corpus: Path, work: Path, settings: dict, budget: float) -> tuple[int, float]:
+    """Time ``PROBE_STEPS`` steps (after the first logging window, which compiles) and return the
+    step count that fits ``budget`` seconds of training (at most the configured one) and s/step."""
+    probe = {**settings, "max_steps": PROBE_STEPS, "log_interval": PROBE_STEPS // 3, "eval_interval": 0,
+             "warmup_steps": 10}
+    out = pretrain(init, corpus, work, probe, name="probe")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r.get("split") == "train"][1:]
+    seconds = sum(r["seconds"] for r in train) / max(1, PROBE_STEPS - PROBE_STEPS // 3)
+    steps = int(budget / (seconds * 1.08 + 1e-9))  # a little margin for evals and logging
+    return max(PROBE_STEPS, min(settings["max_steps"], steps)), seconds
 
 
 # -- 4. store and measure --------------------------------------------------------------------------
@@ -211,38 +291,69 @@ def store(trained: Path, init: Path, output: Path) -> None:
         shutil.copy(init / name, output / name)
 
 
-def math_eval_data(work: Path) -> Path:
-    """``lazarus data generate math --count 2000 --seed 0`` into ``work/math``."""
+#: the held-out questions measured: the quickstart's test split of `--count 2000 --seed 0`
+EVAL_COUNT, EVAL_PROMPTS = 2000, 200
+
+
+def held_out_problems() -> list:
     from lazarus.data import math
 
-    out = work / "math"
-    math.write_math_data(math.generate(2000, seed=0), out, force=True)
-    return out
+    return math.generate(EVAL_COUNT, seed=0)[-EVAL_PROMPTS:]
 
 
-def greedy_accuracy(model_dir: str | Path, prompts_file: Path, adapter: str | Path | None = None,
-                    batch: int = 50) -> dict:
-    """Exact-answer accuracy of greedy decoding over a prompts JSONL, overall and per kind."""
-    from lazarus.data.math import extract_answer
+def equation_prompt(problem) -> str:
+    """The problem as the start of an equation: ``"74 * 5 ="``, or a story's statement."""
+    if problem.kind == "word":
+        return problem.prompt.rsplit(". ", 1)[0] + "."
+    return f"{problem.expression} ="
+
+
+def _equation_result(text: str, kind: str) -> int | None:
+    import re
+
+    pattern = r"=\s*(-?\d+)" if kind == "word" else r"^\s*(-?\d+)"
+    match = re.search(pattern, text)
+    return int(match.group(1)) if match else None
+
+
+def measure(model_dir: str | Path, problems: list, adapter: str | Path | None = None, batch: int = 50,
+            max_tokens: int = 48) -> dict:
+    """Greedy decoding on held-out problems: question accuracy (a correct final number in any form),
+    the share answered with "The answer is N.", and equation accuracy, overall and per kind."""
+    from lazarus.data.math import extract_answer, extract_final_number
     from lazarus.generate import batch_generate
     from lazarus.loader import load_model
 
     model, tokenizer, _ = load_model(model_dir, adapter_path=adapter)
-    rows = [json.loads(line) for line in Path(prompts_file).read_text().splitlines() if line.strip()]
-    correct, formatted, by_kind = 0, 0, {}
-    for start in range(0, len(rows), batch):
-        chunk = rows[start:start + batch]
-        results = batch_generate(model, tokenizer, [r["prompt"] for r in chunk], max_tokens=48)
-        for row, result in zip(chunk, results, strict=True):
-            answer = extract_answer(result.text)
-            ok = answer is not None and answer == row["answer"]
-            correct += ok
-            formatted += answer is not None
-            kind = by_kind.setdefault(row["kind"], [0, 0])
-            kind[0] += ok
-            kind[1] += 1
-    return {"accuracy": correct / len(rows), "answered": formatted / len(rows), "prompts": len(rows),
-            "by_kind": {k: round(c / n, 3) for k, (c, n) in sorted(by_kind.items())}}
+    tallies: dict[str, dict[str, list[int]]] = {"question": {}, "equation": {}}
+    formatted, samples = 0, []
+
+    def tally(which: str, kind: str, ok: bool) -> None:
+        cell = tallies[which].setdefault(kind, [0, 0])
+        cell[0] += ok
+        cell[1] += 1
+
+    for start in range(0, len(problems), batch):
+        chunk = problems[start:start + batch]
+        asked = batch_generate(model, tokenizer, [p.prompt for p in chunk], max_tokens=max_tokens)
+        stated = batch_generate(model, tokenizer, [equation_prompt(p) for p in chunk], max_tokens=16)
+        for problem, answer, equation in zip(chunk, asked, stated, strict=True):
+            tally("question", problem.kind, extract_final_number(answer.text) == problem.answer)
+            tally("equation", problem.kind, _equation_result(equation.text, problem.kind) == problem.answer)
+            formatted += extract_answer(answer.text) is not None
+            if len(samples) < 6:
+                samples.append({"prompt": problem.prompt, "answer": answer.text,
+                                "equation_prompt": equation_prompt(problem), "equation": equation.text})
+
+    def overall(which: str) -> float:
+        cells = tallies[which].values()
+        return round(sum(c for c, _ in cells) / max(1, sum(n for _, n in cells)), 3)
+
+    return {"accuracy": overall("question"), "answered_with_answer_sentence": round(formatted / len(problems), 3),
+            "equation_accuracy": overall("equation"), "prompts": len(problems),
+            "by_kind": {k: round(c / n, 3) for k, (c, n) in sorted(tallies["question"].items())},
+            "equation_by_kind": {k: round(c / n, 3) for k, (c, n) in sorted(tallies["equation"].items())},
+            "samples": samples}
 
 
 def _machine() -> str:
@@ -261,42 +372,60 @@ def main(argv: list[str] | None = None) -> int:
                         help="scratch directory: data, the random start, training checkpoints")
     parser.add_argument("--max-steps", type=int, default=None,
                         help=f"training steps (default {TRAINING['max_steps']})")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                        help="time a few steps first and train at most this long (fewer steps if needed)")
     parser.add_argument("--no-compile", action="store_true", help="train without mx.compile")
-    parser.add_argument("--problems", type=int, default=PROBLEMS,
-                        help=f"math problems generated for the corpus (default {PROBLEMS})")
+    parser.add_argument("--documents", type=int, default=DOCUMENTS,
+                        help=f"pretraining documents generated (default {DOCUMENTS})")
     args = parser.parse_args(argv)
 
     from lazarus import provenance
 
     started = time.time()
     args.work.mkdir(parents=True, exist_ok=True)
-    corpus, data_hash = write_corpus(args.work, args.problems)
+    corpus, data_hash = write_corpus(args.work, args.documents)
+    print(f"corpus written in {time.time() - started:.0f} s", flush=True)
     init = random_checkpoint(args.work, corpus)
     settings = {**TRAINING, **({"max_steps": args.max_steps} if args.max_steps else {}),
                 **({"compile": False} if args.no_compile else {})}
+    timing = {}
+    if args.time_budget:
+        steps, per_step = fit_steps(init, corpus, args.work, settings, args.time_budget)
+        timing = {"time_budget_seconds": args.time_budget, "seconds_per_step": round(per_step, 5),
+                  "steps_fitted": steps}
+        print(f"probe: {per_step * 1000:.1f} ms/step -> {steps} steps", flush=True)
+        settings["max_steps"] = steps
     trained = pretrain(init, corpus, args.work, settings)
     train_seconds = time.time() - started
     store(trained, init, args.output)
-    math_dir = math_eval_data(args.work)
-    accuracy = greedy_accuracy(args.output, math_dir / "prompts" / "test.jsonl")
-    print(json.dumps(accuracy, indent=2))
+    accuracy = measure(args.output, held_out_problems())
+    print(json.dumps(accuracy, indent=2), flush=True)
     rows = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if r.get("split") == "eval"]
     provenance.write(args.output, provenance.collect(
         config=args.output / "config.json", created_by="lazarus.embedded.build_tiny_math",
         model_family="llama",
         command="python -m lazarus.embedded.build_tiny_math " + " ".join(sys.argv[1:] if argv is None else argv),
-        data={"generator": "lazarus.data.math", "seed": DATA_SEED, "problems": args.problems,
-              "held_out": f"every question of `lazarus data generate math --seed 0 --count {HELD_OUT_COUNT}`",
-              "qa_fraction": QA_FRACTION, "answered_without_answer_sentence": list(NO_ANSWER_SENTENCE),
+        data={"generator": "lazarus.embedded.build_tiny_math (problems of lazarus.data.math)",
+              "seed": DATA_SEED, "documents": args.documents,
+              "equation_documents": "every two-digit sum/difference, one-digit x two-digit product and exact "
+                                    "division; sampled two-step problems (result or worked) and stories "
+                                    "with their equation; three-digit +/- two-digit sums",
+              "question_sheets": f"{SHEET_FRACTION:.0%} of documents: questions only, never answered",
+              "held_out": f"the last {HELD_OUT_FRACTION:.0%} (valid + test) of `lazarus data generate math "
+                          f"--seed 0 --count N` for N in {list(HELD_OUT_COUNTS)}",
               "train_records": sum(1 for _ in (corpus / "train.jsonl").open()),
               "sha256": data_hash},
         training={**settings, "trainer": "sft (every weight trainable)",
-                  "initial_weights": "random_weights(seed=0)"},
+                  "initial_weights": "random_weights(seed=0)", **timing},
         eval_loss={"first": evals[0]["loss"] if evals else None, "last": evals[-1]["loss"] if evals else None},
         build_seconds=round(train_seconds),
         built_on=_machine(),
-        greedy_accuracy={"data": "lazarus data generate math --count 2000 --seed 0: prompts/test.jsonl",
+        greedy_accuracy={"data": f"held-out questions: the last {EVAL_PROMPTS} of `lazarus data generate math "
+                                 f"--count {EVAL_COUNT} --seed 0` (the quickstart's test split)",
+                         "scoring": "accuracy: the final number in any form (the 'The answer is N' sentence, "
+                                    "else the last equation's result) equals the answer; equation_accuracy: "
+                                    "the same problems given as 'EXPR =' (stories: their statement)",
                          "max_tokens": 48, **accuracy},
         files={p.name: provenance.sha256_file(p) for p in sorted(args.output.iterdir()) if p.is_file()},
     ))
