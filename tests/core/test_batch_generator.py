@@ -152,3 +152,32 @@ def test_rows_joining_keep_their_tokens_in_other_families(tiny_checkpoint, famil
                 5: [(3, PROMPTS[3], {"max_tokens": 12})]}
     got = run(BatchGenerator(model, tokenizer), schedule)
     assert [got[i] for i in range(4)] == alone
+
+
+def test_a_cached_prefix_is_reused_and_changes_nothing(loaded):
+    model, tokenizer = loaded
+    generator = BatchGenerator(model, tokenizer, prefix_cache_tokens=4096, min_prefix=4)
+    first_prompt = tokenizer.encode(PROMPTS[3])
+    first = run(generator, {0: [("first", first_prompt, {"max_tokens": 10})]})["first"]
+    # the next turn repeats the first prompt and its answer, then goes on; it joins a running row
+    follow_up = first_prompt + first + tokenizer.encode("and then", add_special_tokens=False)
+    got = run(generator, {0: [("other", PROMPTS[0], {"max_tokens": 14})],
+                          2: [("next", follow_up, {"max_tokens": 10}), ("key", follow_up, {"max_tokens": 10,
+                                                                                           "prefix_key": "x"})]})
+    assert generator._prefixes.hits == 1  # "key" has another prefix key: computed in full
+    expected = generate(model, tokenizer, follow_up, max_tokens=10).token_ids
+    assert got["next"] == expected and got["key"] == expected
+    assert got["other"] == generate(model, tokenizer, PROMPTS[0], max_tokens=14).token_ids
+
+
+def test_a_reused_prefix_joins_behind_masked_slots(loaded):
+    model, tokenizer = loaded
+    generator = BatchGenerator(model, tokenizer, prefix_cache_tokens=4096, min_prefix=4)
+    prompt = tokenizer.encode(PROMPTS[1])
+    answer = run(generator, {0: [("first", prompt, {"max_tokens": 6})]})["first"]
+    follow_up = prompt + answer + tokenizer.encode("so", add_special_tokens=False)
+    long_prompt = " ".join([PROMPTS[3]] * 3)  # longer than the follow-up: it joins behind masked slots
+    got = run(generator, {0: [("long", long_prompt, {"max_tokens": 20})], 3: [("next", follow_up, {"max_tokens": 8})]})
+    assert generator._prefixes.hits == 1
+    assert got["next"] == generate(model, tokenizer, follow_up, max_tokens=8).token_ids
+    assert got["long"] == generate(model, tokenizer, long_prompt, max_tokens=20).token_ids

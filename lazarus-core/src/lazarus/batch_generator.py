@@ -17,6 +17,11 @@ cached length, the running rows are moved right in the cache and their cached ke
 same distance; when finished rows leave slots at the front unused by everyone, those slots are
 dropped the same way, so the cache stays as long as the longest live row.
 
+With ``prefix_cache_tokens`` the keys and values of finished rows (prompt and answer) are kept,
+rotated back to position 0; a row whose prompt begins with at least ``min_prefix`` of those
+tokens (and has the same ``prefix_key``) starts from them and prefills only the rest -- the next
+turn of a chat, which repeats the conversation so far.
+
 Every model of a Lazarus family (:class:`~lazarus.models.transformer.CausalLM`) works. ``tag`` and
 ``before_forward`` let a caller keep per-row model state in step with the batch (e.g. which adapter
 a row uses): ``before_forward(tags)`` is called before every forward pass with the tags of the rows
@@ -93,11 +98,13 @@ class BatchGenerator:
     ``tokenizer`` turns prompts and tokens into text (as in :func:`lazarus.generate.stream_generate`).
     ``max_batch`` caps how many rows decode together (rows added beyond it wait, in order, for a
     free place). ``prefill_step_size`` is the most prompt tokens per forward pass while prefilling.
-    ``before_forward(tags)``: see the module docstring.
+    ``before_forward(tags)``, ``prefix_cache_tokens`` (0: off) and ``min_prefix``: see the module
+    docstring.
     """
 
     def __init__(self, model, tokenizer, *, max_batch: int = 32, prefill_step_size: int = 2048,
-                 before_forward: Callable[[list], None] | None = None):
+                 before_forward: Callable[[list], None] | None = None, prefix_cache_tokens: int = 0,
+                 min_prefix: int = 16):
         if max_batch < 1:
             raise LazarusError(f"max_batch must be >= 1, got {max_batch}")
         blocks = getattr(model, "blocks", None) or []
@@ -118,20 +125,26 @@ class BatchGenerator:
         self._pending_logits: mx.array | None = None
         self._steps = 0
         self._samplers: dict = {}
+        self._prefixes = _PrefixCache(prefix_cache_tokens, min_prefix) if prefix_cache_tokens > 0 else None
+        self._ropes = [block.self_attn._rope for block in blocks]
 
     # -- public ---------------------------------------------------------------------------------
     def add(self, prompt: str | Sequence[int], *, max_tokens: int = 256, sampling: SamplingConfig | None = None,
             stop: Sequence[str] = (), stop_token_ids: Sequence[int] | None = None,
-            logprobs: int | None = None, tag: Any = None) -> int:
+            logprobs: int | None = None, tag: Any = None, prefix_key: Any = None) -> int:
         """Queue a prompt (text, encoded with special tokens, or a list of ids used as they are);
         returns its row id. It joins the batch at the next :meth:`step`. ``logprobs``: None for
-        none, 0 for the generated token's, k for the k most likely tokens' as well."""
+        none, 0 for the generated token's, k for the k most likely tokens' as well.
+        ``prefix_key``: with ``prefix_cache_tokens``, a row reuses the cached keys and values of
+        an earlier row with the same key whose tokens (prompt and answer) begin its prompt; rows
+        whose ``before_forward`` state differs (another adapter) must have different keys."""
         ids = _prompt_ids(self.tokenizer, prompt)
         if max_tokens < 1:
             raise LazarusError(f"max_tokens must be >= 1, got {max_tokens}")
         sampling = sampling or SamplingConfig()
         text = _TextStream(self.tokenizer, stop, _stop_ids(self.tokenizer, stop_token_ids), max_tokens)
         row = _Row(next(self._ids), ids, sampling, text, logprobs, tag)
+        row.prefix_key = prefix_key
         self._waiting.append(row)
         return row.id
 
@@ -166,13 +179,24 @@ class BatchGenerator:
         free = self.max_batch - len(self._rows)
         if free > 0 and self._waiting:
             joining, self._waiting = self._waiting[:free], self._waiting[free:]
-            logits = self._prefill(joining).astype(mx.float32)
-            tokens = self._pick(joining, logits)
-            if len(self._rows) == len(joining):
-                self._pending, self._pending_logits = tokens, logits
-            else:
-                self._pending = mx.concatenate([self._pending, tokens])
-                self._pending_logits = mx.concatenate([self._pending_logits, logits])
+            # rows that reuse a cached prefix are prefilled one by one, the rest together
+            groups, fresh = [], []
+            for row in joining:
+                reuse = self._prefixes.lookup(row.prefix_key, row.prompt) if self._prefixes else None
+                if reuse is None:
+                    fresh.append(row)
+                else:
+                    groups.append(([row], reuse))
+            if fresh:
+                groups.insert(0, (fresh, None))
+            for group, reuse in groups:
+                logits = self._prefill(group, reuse).astype(mx.float32)
+                tokens = self._pick(group, logits)
+                if len(self._rows) == len(group):
+                    self._pending, self._pending_logits = tokens, logits
+                else:
+                    self._pending = mx.concatenate([self._pending, tokens])
+                    self._pending_logits = mx.concatenate([self._pending_logits, logits])
         if not self._rows:
             return []
         tokens, logits = self._pending, self._pending_logits
@@ -190,6 +214,10 @@ class BatchGenerator:
         if self._steps % 256 == 0:
             mx.clear_cache()
         finished = {s.row for s in out if s.finish_reason is not None}
+        if finished and self._prefixes is not None:
+            for i, row in enumerate(self._rows):
+                if row.id in finished:
+                    self._remember(i, row)
         if finished:
             self._keep([i for i, row in enumerate(self._rows) if row.id not in finished])
         return out
@@ -200,9 +228,10 @@ class BatchGenerator:
             self.before_forward([row.tag for row in rows])
         self._logits = self.model(tokens, cache=self._cache)[:, -1, :]
 
-    def _prefill(self, joining: list[_Row]) -> mx.array:
+    def _prefill(self, joining: list[_Row], reuse=None) -> mx.array:
         """Prefill ``joining`` so that their prompts end at the running rows' position; merge them
-        into the batch; return their last-position logits (J, V)."""
+        into the batch; return their last-position logits (J, V). ``reuse``: ``(m, keys, values)``
+        of the first m prompt tokens of a single joining row (rotated as if at position 0)."""
         longest = max(len(r.prompt) for r in joining)
         cached = self._cache[0].offset if self._cache else longest
         if longest > cached:
@@ -214,9 +243,18 @@ class BatchGenerator:
         ids = mx.array(padded, dtype=mx.int32)
         mask = mx.array(mask) if start or any(len(r.prompt) != longest for r in joining) else None
         cache = self._empty_cache(len(joining), start)
+        done = 0
+        if reuse is not None:  # the reused slots follow the masked ones, rotated to where they now are
+            done, keys, values = reuse
+            for layer, rope, k, v in zip(cache, self._ropes, keys, values, strict=True):
+                k = _rotate(k, rope, start) if start else k
+                layer.keys = k if layer.keys is None else mx.concatenate([layer.keys, k], axis=2)
+                layer.values = v if layer.values is None else mx.concatenate([layer.values, v], axis=2)
+                layer.offset = start + done
+                if layer.key_mask is not None:
+                    layer.key_mask = mx.concatenate([layer.key_mask, mx.ones((1, done), dtype=mx.bool_)], axis=1)
         if self.before_forward is not None:
             self.before_forward([row.tag for row in joining])
-        done = 0
         while longest - done > 1:  # all but the last token: only the cache is computed
             n = min(self.prefill_step_size, longest - done - 1)
             self.model(ids[:, done:done + n], cache=cache, mask=None if mask is None else mask[:, done:done + n])
@@ -254,19 +292,32 @@ class BatchGenerator:
         """Move every cached row ``k`` slots right (k > 0, masked slots in front) or drop ``-k``
         front slots (k < 0), rotating the cached keys by ``k`` positions so that distances hold."""
         running = len(self._rows)
-        for layer, block in zip(self._cache, self.model.blocks, strict=True):
-            rope = block.self_attn._rope
+        for layer, rope in zip(self._cache, self._ropes, strict=True):
             keys, values, length = layer.keys[..., :layer.offset, :], layer.values[..., :layer.offset, :], layer.offset
             key_mask = _key_mask(layer, running)
             if k < 0:
                 keys, values, key_mask = keys[..., -k:, :], values[..., -k:, :], key_mask[:, -k:]
             batch, heads, slots, dim = keys.shape
-            keys = rope(keys.reshape(batch * heads * slots, 1, dim), k).reshape(batch, heads, slots, dim)
+            keys = _rotate(keys, rope, k)
             if k > 0:
                 keys = mx.concatenate([mx.zeros((batch, heads, k, dim), keys.dtype), keys], axis=2)
                 values = mx.concatenate([mx.zeros((batch, heads, k, values.shape[3]), values.dtype), values], axis=2)
                 key_mask = mx.concatenate([mx.zeros((batch, k), dtype=mx.bool_), key_mask], axis=1)
             layer.keys, layer.values, layer.key_mask, layer.offset = keys, values, key_mask, length + k
+
+    def _remember(self, i: int, row: _Row) -> None:
+        """Store a finished row's keys and values (prompt and answer) for later rows to reuse."""
+        layer0 = self._cache[0]
+        first = 0 if layer0.key_mask is None else int(mx.argmax(layer0.key_mask[i]).item())
+        tokens = row.prompt + row.text.token_ids
+        if layer0.offset - first != len(tokens):  # every token fed is in the cache; anything else: skip
+            return
+        keys = [_rotate(layer.keys[i:i + 1, :, first:layer.offset, :], rope, -first) if first
+                else layer.keys[i:i + 1, :, first:layer.offset, :] for layer, rope in zip(self._cache, self._ropes,
+                                                                                        strict=True)]
+        values = [layer.values[i:i + 1, :, first:layer.offset, :] for layer in self._cache]
+        mx.eval(keys, values)
+        self._prefixes.store(row.prefix_key, tokens, keys, values)
 
     def _keep(self, keep: list[int]) -> None:
         """Keep only these batch rows (in this order); free the cache when none are left."""
@@ -349,3 +400,51 @@ def _key_mask(layer, batch: int) -> mx.array:
     if layer.key_mask is None:
         return mx.ones((batch, layer.offset), dtype=mx.bool_)
     return layer.key_mask[:, :layer.offset].astype(mx.bool_)
+
+
+def _rotate(keys: mx.array, rope, k: int) -> mx.array:
+    """Cached (B, H, S, D) keys rotated ``k`` more positions (rotations add up)."""
+    batch, heads, slots, dim = keys.shape
+    return rope(keys.reshape(batch * heads * slots, 1, dim), k).reshape(batch, heads, slots, dim)
+
+
+class _PrefixCache:
+    """Keys and values of finished rows (rotated to position 0), looked up by longest common prefix.
+
+    Holds at most ``max_tokens`` tokens in all, dropping the least recently used entries. A hit
+    needs ``min_prefix`` shared tokens and leaves at least one prompt token to compute.
+    """
+
+    def __init__(self, max_tokens: int, min_prefix: int):
+        self.max_tokens, self.min_prefix = max_tokens, max(1, min_prefix)
+        self.entries: dict[int, tuple] = {}  # insertion order = recency
+        self._ids = itertools.count()
+        self.hits = 0
+
+    def lookup(self, key, prompt: list[int]):
+        best, best_id = 0, None
+        for entry_id, (entry_key, tokens, _, _) in self.entries.items():
+            if entry_key != key:
+                continue
+            n, limit = 0, min(len(tokens), len(prompt) - 1)
+            while n < limit and tokens[n] == prompt[n]:
+                n += 1
+            if n > best:
+                best, best_id = n, entry_id
+        if best < self.min_prefix:
+            return None
+        entry = self.entries.pop(best_id)
+        self.entries[best_id] = entry  # most recently used
+        self.hits += 1
+        _, _, keys, values = entry
+        return best, [k[:, :, :best, :] for k in keys], [v[:, :, :best, :] for v in values]
+
+    def store(self, key, tokens: list[int], keys: list, values: list) -> None:
+        if len(tokens) > self.max_tokens:
+            return
+        for entry_id, (entry_key, old, _, _) in list(self.entries.items()):
+            if entry_key == key and old == tokens[:len(old)]:  # the new entry covers it
+                del self.entries[entry_id]
+        self.entries[next(self._ids)] = (key, tokens, keys, values)
+        while sum(len(e[1]) for e in self.entries.values()) > self.max_tokens:
+            del self.entries[next(iter(self.entries))]

@@ -319,6 +319,22 @@ def test_the_api_key_is_required(server):
         openai.OpenAI(base_url=server["url"] + "/v1", api_key="wrong", max_retries=0).models.list()
 
 
+def test_the_next_chat_turn_reuses_the_first_and_answers_the_same(client, server, files):
+    from lazarus.generate import generate
+
+    model, tokenizer = files["loaded"]
+    messages = [{"role": "system", "content": "You are a patient storyteller who likes rivers."},
+                {"role": "user", "content": "Tell me about the old mill by the river, please."}]
+    first = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0)
+    messages += [{"role": "assistant", "content": first.choices[0].message.content},
+                 {"role": "user", "content": "And then?"}]
+    hits = health(server)["prefix_hits"]
+    second = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0)
+    assert health(server)["prefix_hits"] == hits + 1
+    expected = generate(model, tokenizer, tokenizer.encode_chat(messages), max_tokens=12).text
+    assert second.choices[0].message.content == expected
+
+
 def test_browser_pages_from_the_allowed_origin_may_call(server):
     connection = http.client.HTTPConnection("127.0.0.1", server["port"], timeout=30)
     for origin, allowed in ((ORIGIN, True), ("http://elsewhere.example", False)):

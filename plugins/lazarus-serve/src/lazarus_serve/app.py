@@ -267,7 +267,8 @@ async def get_model(request: Request) -> JSONResponse:
 
 async def health(request: Request) -> JSONResponse:
     engine = request.app.state.server.engine
-    return JSONResponse({"status": "ok", "active_rows": engine.active_rows, "dropped_rows": engine.dropped_rows})
+    return JSONResponse({"status": "ok", "active_rows": engine.active_rows, "dropped_rows": engine.dropped_rows,
+                         "prefix_hits": engine.prefix_hits})
 
 
 # -- /v1/chat/completions -------------------------------------------------------------------------------

@@ -55,9 +55,11 @@ class Engine:
     """Runs the shared batch on its own thread. ``adapters`` (an ``AdapterSet``) is told which
     adapter each row uses before every forward pass."""
 
-    def __init__(self, model, tokenizer, adapters, *, max_batch: int = 16, prefill_step_size: int = 2048):
+    def __init__(self, model, tokenizer, adapters, *, max_batch: int = 16, prefill_step_size: int = 2048,
+                 prefix_cache_tokens: int = 0):
         self.model, self.tokenizer, self.adapters = model, tokenizer, adapters
         self.max_batch, self.prefill_step_size = max_batch, prefill_step_size
+        self.prefix_cache_tokens = prefix_cache_tokens
         self._inbox: queue.Queue = queue.Queue()
         self._jobs: dict[Job, dict[int, int]] = {}  # job -> {row id: choice index}
         self._stopping = threading.Event()
@@ -82,6 +84,7 @@ class Engine:
 
         return BatchGenerator(self.model, self.tokenizer, max_batch=self.max_batch,
                               prefill_step_size=self.prefill_step_size,
+                              prefix_cache_tokens=self.prefix_cache_tokens,
                               before_forward=lambda tags: self.adapters.select([t[2] for t in tags]))
 
     def _run(self) -> None:
@@ -125,7 +128,7 @@ class Engine:
                 for choice, row in enumerate(job.rows):
                     row_id = self._generator.add(row.prompt, max_tokens=row.max_tokens, sampling=row.sampling,
                                                  stop=row.stop, logprobs=row.logprobs,
-                                                 tag=(job, choice, row.adapter))
+                                                 tag=(job, choice, row.adapter), prefix_key=row.adapter)
                     rows[row_id] = choice
             except Exception as exc:  # checked by the handler already; never let it stop the thread
                 for row_id in rows:
@@ -138,6 +141,12 @@ class Engine:
         for job in [j for j in self._jobs if j.cancelled]:
             for row_id in self._jobs.pop(job):
                 self.dropped_rows += self._generator.remove(row_id)
+
+    @property
+    def prefix_hits(self) -> int:
+        """Requests that reused the cached keys and values of an earlier one."""
+        prefixes = getattr(self._generator, "_prefixes", None)
+        return prefixes.hits if prefixes is not None else 0
 
     @property
     def active_rows(self) -> int:

@@ -25,6 +25,9 @@ def register_commands(cli):
                   help="Most rows decoded together; further requests wait for a free place.")
     @click.option("--max-tokens", default=512, show_default=True, type=click.IntRange(min=1),
                   help="Tokens generated when a request gives no max_tokens.")
+    @click.option("--prefix-cache-tokens", default=8192, show_default=True, type=click.IntRange(min=0),
+                  help="Keep the keys and values of finished requests (up to this many tokens) so that a "
+                       "request starting with the same tokens, e.g. the next turn of a chat, skips them; 0: off.")
     @click.option("--api-key", envvar="LAZARUS_SERVE_API_KEY", default=None, metavar="KEY",
                   help="Require 'Authorization: Bearer KEY' on every /v1 request (or set LAZARUS_SERVE_API_KEY).")
     @click.option("--allow-origin", "allow_origins", multiple=True, metavar="ORIGIN",
@@ -35,8 +38,8 @@ def register_commands(cli):
                   help="Prompt tokens processed per forward pass while prefilling.")
     @click.option("--check", is_flag=True,
                   help="Load the model and adapters, generate one token with each, and exit.")
-    def serve(model, adapters, name, host, port, max_batch, max_tokens, api_key, allow_origins, dtype,
-              prefill_step_size, check):
+    def serve(model, adapters, name, host, port, max_batch, max_tokens, prefix_cache_tokens, api_key, allow_origins,
+              dtype, prefill_step_size, check):
         """Serve a model and its adapters over an OpenAI-compatible HTTP API.
 
         \b
@@ -52,4 +55,4 @@ def register_commands(cli):
 
         run(model=model, adapters=parse_adapters(adapters), name=name, host=host, port=port,
             max_batch=max_batch, max_tokens=max_tokens, api_key=api_key, allow_origins=allow_origins, dtype=dtype,
-            prefill_step_size=prefill_step_size, check=check)
+            prefill_step_size=prefill_step_size, check=check, prefix_cache_tokens=prefix_cache_tokens)

@@ -79,7 +79,7 @@ def _is_loopback(host: str) -> bool:
 
 def run(*, model: str, adapters: dict[str, str], name: str | None, host: str, port: int, max_batch: int,
         max_tokens: int, api_key: str | None, dtype: str | None, prefill_step_size: int, check: bool,
-        allow_origins: tuple[str, ...] = ()) -> None:
+        allow_origins: tuple[str, ...] = (), prefix_cache_tokens: int = 0) -> None:
     if api_key is not None and not api_key.strip():
         raise LazarusError("--api-key is empty; give a key or leave the option out")
     name = name or model
@@ -103,7 +103,8 @@ def run(*, model: str, adapters: dict[str, str], name: str | None, host: str, po
     from lazarus_serve.app import Server, make_app
     from lazarus_serve.engine import Engine
 
-    engine = Engine(net, tokenizer, selector, max_batch=max_batch, prefill_step_size=prefill_step_size)
+    engine = Engine(net, tokenizer, selector, max_batch=max_batch, prefill_step_size=prefill_step_size,
+                    prefix_cache_tokens=prefix_cache_tokens)
     server = Server(name=name, adapters=list(adapters), tokenizer=tokenizer, engine=engine,
                     context=context if isinstance(context, int) else None, default_max_tokens=max_tokens,
                     api_key=api_key)
