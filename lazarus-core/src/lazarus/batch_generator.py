@@ -316,7 +316,7 @@ class BatchGenerator:
                 else layer.keys[i:i + 1, :, first:layer.offset, :] for layer, rope in zip(self._cache, self._ropes,
                                                                                         strict=True)]
         values = [layer.values[i:i + 1, :, first:layer.offset, :] for layer in self._cache]
-        mx.eval(keys, values)
+        mx.async_eval(keys, values)  # copies, so the batch's buffers can go; no wait for the queued step
         self._prefixes.store(row.prefix_key, tokens, keys, values)
 
     def _keep(self, keep: list[int]) -> None:
