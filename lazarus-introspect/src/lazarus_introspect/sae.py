@@ -206,7 +206,11 @@ def load_sae(path: str | Path) -> SAE:
     for key, value in (("d_in", d_in), ("d_sae", d_sae)):
         if cfg.get(key) is not None and int(cfg[key]) != value:
             raise LazarusError(f"{cfg_path}: {key} is {cfg[key]} but the weights have {value}")
-    cfg.update(d_in=d_in, d_sae=d_sae)
+    cfg.update(d_in=d_in, d_sae=d_sae, hook_name=hook)
+    cfg["meta"] = {**(cfg.get("meta") or {}), "hook_name": hook}  # both SAELens 5 and 6 find it on save
+    if architecture == "topk":
+        cfg["k"] = _k_of(cfg)
+        cfg["activation_fn_kwargs"] = {**(cfg.get("activation_fn_kwargs") or {}), "k": cfg["k"]}
     return SAE(w["W_enc"], w["W_dec"], w["b_enc"], w["b_dec"], cfg, w.get("threshold"))
 
 
