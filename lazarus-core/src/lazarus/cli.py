@@ -33,6 +33,15 @@ CORE_COMMANDS: dict[str, str] = {
 }
 
 
+def one_line(message: str) -> str:
+    """An error message as one printable line: control characters (a newline in a path) shown as
+    escapes, bytes that are not UTF-8 as ``\\xNN``."""
+    import re
+
+    text = re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], message)
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class _UserError(click.ClickException):
     exit_code = 2
 
@@ -80,21 +89,21 @@ class LazarusGroup(click.Group):
             try:
                 return super().main(*args, **kwargs)
             except LazarusError as exc:  # raised outside a command, e.g. while listing plugin commands
-                click.echo(f"Error: {exc}", err=True)
+                click.echo(f"Error: {one_line(str(exc))}", err=True)
                 sys.exit(exc.exit_code)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except LazarusError as exc:
-            raise _UserError(str(exc)) from None
+            raise _UserError(one_line(str(exc))) from None
         except (OSError, RuntimeError) as exc:  # a full disk, no permission: one line, not a traceback
             from lazarus.paths import write_error_message
 
             message = write_error_message(exc)
             if message is None:
                 raise
-            raise _UserError(message) from None
+            raise _UserError(one_line(message)) from None
 
 
 @click.group(cls=LazarusGroup, context_settings={"help_option_names": ["-h", "--help"]})

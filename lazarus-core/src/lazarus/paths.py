@@ -48,6 +48,11 @@ def check_output_path(path: str | os.PathLike, kind: str = "dir", option: str = 
         raise ValueError(f"kind must be 'dir' or 'file', got {kind!r}")
     if path is None or not str(path).strip():
         raise LazarusError(f"{option}: empty path; give a {'directory' if kind == 'dir' else 'file'} to write")
+    from lazarus.options import utf8_problem
+
+    problem = utf8_problem(str(path))
+    if problem:  # mlx, safetensors and JSON cannot name such a file: refuse before any work
+        raise LazarusError(f"{option} {os.fsencode(str(path))!r}: {problem}; choose a UTF-8 path")
     target = Path(path).expanduser().absolute()
     if kind == "dir" and target.exists() and not target.is_dir():
         raise LazarusError(f"{option} {path}: a file of that name exists; a directory is needed, "
@@ -154,6 +159,29 @@ class OutputLock:
             return (f"took over {self.path} from a run that ended without releasing it "
                     f"({_holder_text(previous)})")
         return None
+
+    def check(self) -> None:
+        """Refuse now, creating nothing, when a live run holds the lock (:meth:`acquire` takes it later)."""
+        if not self.path.is_file() or str(self.directory.resolve()) in OutputLock._held:
+            return
+        try:
+            import fcntl
+        except ImportError:
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                holder = _holder_text(os.read(fd, 4096).decode("utf-8", "replace").strip())
+                raise LazarusError(f"{self.option} {self.directory}: another run is writing there ({holder}); "
+                                   "wait for it to end, stop it, or choose another output directory") from None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def release(self) -> None:
         """Give the lock back (the file is emptied, not deleted: deleting it would race a new run)."""

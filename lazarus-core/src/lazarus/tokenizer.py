@@ -276,6 +276,11 @@ class Tokenizer:
         """
         if not isinstance(text, str):
             raise LazarusError(f"encode expects a string, got {type(text).__name__}")
+        from lazarus.options import utf8_problem
+
+        problem = utf8_problem(text)
+        if problem:
+            raise LazarusError(f"the text to encode is not UTF-8 ({problem}): {text[:40]!r}")
         if not add_special_tokens:
             return self.backend.encode(text, add_special_tokens=False).ids
         ids = self.backend.encode(text, add_special_tokens=True).ids

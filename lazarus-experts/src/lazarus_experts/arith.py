@@ -28,6 +28,8 @@ class ArithDelegateEnv:
             experts = ExpertRegistry.load(experts)
         self.orchestrator = Orchestrator({"calculator": calculator, **(tools or {})}, experts, max_steps=max_steps)
         self.max_operand = int(max_operand)
+        if self.max_operand < 1 or int(max_steps) < 1:
+            raise ValueError(f"max_steps and max_operand must be >= 1, got {max_steps!r}, {max_operand!r}")
         self.observation_space = Text()
         self.action_space = Text()
         self.question: str | None = None

@@ -4,8 +4,11 @@ and the standard library at the top; everything else inside the commands."""
 from __future__ import annotations
 
 import json
+import math
 
 import click
+
+from lazarus.options import SEED, FiniteFloat
 
 
 def _options(pairs: tuple[str, ...], option: str) -> dict:
@@ -21,6 +24,9 @@ def _options(pairs: tuple[str, ...], option: str) -> dict:
             result[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
             result[key.strip()] = value
+        parsed = result[key.strip()]
+        if isinstance(parsed, float) and not math.isfinite(parsed):
+            raise LazarusError(f"{option} {item!r}: {value} is not a finite number")
     return result
 
 
@@ -56,21 +62,21 @@ def list_command(as_json):
 @click.option("--env", "env_name", default="reach", show_default=True, help="Environment (a registered name).")
 @click.option("--env-option", "env_options", multiple=True, metavar="KEY=VALUE",
               help="Keyword for the environment's constructor, e.g. max_steps=30 (repeatable).")
-@click.option("--steps", default=60, show_default=True, type=int, help="PPO updates (each: --num-envs episodes).")
+@click.option("--steps", default=60, show_default=True, type=click.IntRange(1, 10**7), help="PPO updates (each: --num-envs episodes).")
 @click.option("--output", required=True, help="Directory for the expert, metrics.jsonl, return.png, checkpoints.")
-@click.option("--num-envs", default=16, show_default=True, type=int, help="Episodes per update, run as one batch.")
-@click.option("--hidden-size", default=32, show_default=True, type=int)
-@click.option("--num-layers", default=1, show_default=True, type=int)
+@click.option("--num-envs", default=16, show_default=True, type=click.IntRange(1, 65536), help="Episodes per update, run as one batch.")
+@click.option("--hidden-size", default=32, show_default=True, type=click.IntRange(1, 65536))
+@click.option("--num-layers", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option("--no-value-head", is_flag=True, help="Train without a value head (no learned baseline).")
-@click.option("--learning-rate", default=3e-3, show_default=True, type=float)
-@click.option("--epochs", default=4, show_default=True, type=int, help="PPO passes over each batch of episodes.")
-@click.option("--gamma", default=0.95, show_default=True, type=float, help="Discount.")
-@click.option("--lam", default=0.95, show_default=True, type=float, help="GAE lambda.")
-@click.option("--clip", default=0.2, show_default=True, type=float, help="PPO clip range epsilon.")
-@click.option("--entropy-coef", default=0.0, show_default=True, type=float)
-@click.option("--max-episode-steps", default=200, show_default=True, type=int, help="Episodes longer than this are cut.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--save-interval", default=20, show_default=True, type=int, help="Checkpoint every N updates (0: only at the end).")
+@click.option("--learning-rate", default=3e-3, show_default=True, type=FiniteFloat(0, min_open=True))
+@click.option("--epochs", default=4, show_default=True, type=click.IntRange(1, 10_000), help="PPO passes over each batch of episodes.")
+@click.option("--gamma", default=0.95, show_default=True, type=FiniteFloat(0, 1), help="Discount.")
+@click.option("--lam", default=0.95, show_default=True, type=FiniteFloat(0, 1), help="GAE lambda.")
+@click.option("--clip", default=0.2, show_default=True, type=FiniteFloat(0, min_open=True), help="PPO clip range epsilon.")
+@click.option("--entropy-coef", default=0.0, show_default=True, type=FiniteFloat(0))
+@click.option("--max-episode-steps", default=200, show_default=True, type=click.IntRange(1, 10**6), help="Episodes longer than this are cut.")
+@click.option("--seed", default=0, show_default=True, type=SEED)
+@click.option("--save-interval", default=20, show_default=True, type=click.IntRange(0, 10**7), help="Checkpoint every N updates (0: only at the end).")
 @click.option("--resume", default=None, help="A checkpoint or an output directory to continue from.")
 @click.option("--overwrite", is_flag=True, help="Start afresh in an --output that holds an earlier run.")
 def train(expert_kind, env_name, env_options, steps, output, num_envs, hidden_size, num_layers, no_value_head,
@@ -100,8 +106,8 @@ def train(expert_kind, env_name, env_options, steps, output, num_envs, hidden_si
 @click.argument("expert_dir", type=click.Path())
 @click.option("--env", "env_name", default=None, help="Environment (default: the one the expert was trained in).")
 @click.option("--env-option", "env_options", multiple=True, metavar="KEY=VALUE", help="Environment keyword (repeatable).")
-@click.option("--episodes", default=64, show_default=True, type=int, help="Episodes (seeds SEED, SEED+1, ...).")
-@click.option("--seed", default=10_000, show_default=True, type=int, help="First episode seed.")
+@click.option("--episodes", default=64, show_default=True, type=click.IntRange(1, 10**6), help="Episodes (seeds SEED, SEED+1, ...).")
+@click.option("--seed", default=10_000, show_default=True, type=SEED, help="First episode seed.")
 @click.option("--sample", is_flag=True, help="Sample actions instead of taking the most likely one.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def eval_command(expert_dir, env_name, env_options, episodes, seed, sample, as_json):
@@ -141,10 +147,10 @@ def eval_command(expert_dir, env_name, env_options, episodes, seed, sample, as_j
 @click.option("--experts", "experts_dir", default=None,
               help="Expert instances the LLM may delegate to: a registry directory (or one expert directory).")
 @click.option("--env-option", "env_options", multiple=True, metavar="KEY=VALUE", help="Environment keyword (repeatable).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Episode seed (which question).")
-@click.option("--max-steps", default=None, type=int, help="LLM turns before the episode ends (default: the environment's).")
-@click.option("--max-tokens", default=96, show_default=True, type=int, help="Tokens per LLM turn.")
-@click.option("--temperature", default=0.0, show_default=True, type=float)
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Episode seed (which question).")
+@click.option("--max-steps", default=None, type=click.IntRange(1, 10**4), help="LLM turns before the episode ends (default: the environment's).")
+@click.option("--max-tokens", default=96, show_default=True, type=click.IntRange(1, 10**6), help="Tokens per LLM turn.")
+@click.option("--temperature", default=0.0, show_default=True, type=FiniteFloat(0))
 @click.option("--mcp", "mcp_commands", multiple=True, metavar="COMMAND",
               help="Also offer the tools of an MCP server started as COMMAND over stdio (needs `pip install mcp`).")
 @click.option("--json", "as_json", is_flag=True, help="Print the episode as JSON.")

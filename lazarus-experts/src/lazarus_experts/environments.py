@@ -32,6 +32,10 @@ class ReachEnv:
 
     def __init__(self, max_steps: int = 20, noise: float = 0.02, speed: float = 0.2, discrete: bool = False) -> None:
         self.max_steps, self.noise, self.speed = int(max_steps), float(noise), float(speed)
+        if not 1 <= self.max_steps <= 1_000_000:
+            raise ValueError(f"max_steps must be from 1 to 1000000, got {max_steps!r}")
+        if not (math.isfinite(self.noise) and self.noise >= 0 and math.isfinite(self.speed)):
+            raise ValueError(f"noise must be a finite number >= 0 and speed a finite number, got {noise!r}, {speed!r}")
         self.discrete = bool(discrete)
         self.observation_space = Box([-1, -1, -2, 0], [1, 1, 2, 1])
         self.action_space = Discrete(3) if self.discrete else Box([-1.0], [1.0])
@@ -156,8 +160,10 @@ def make_environment(name: str, options: dict | None = None):
     cls = get("environment", name).load()
     try:
         return cls(**(options or {}))
-    except TypeError as exc:
-        raise LazarusError(f"environment {name!r}: {exc}") from None
+    except (TypeError, ValueError, OverflowError) as exc:  # a wrong key or a value of the wrong kind
+        given = ", ".join(f"{k}={v!r}" for k, v in (options or {}).items() if k != "experts") or "none"
+        raise LazarusError(f"environment {name!r} does not accept these options ({given}): {exc}; check "
+                           "--env-option KEY=VALUE") from None
 
 
 def to_env_actions(space, actions: np.ndarray) -> list:

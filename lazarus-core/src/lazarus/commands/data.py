@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from lazarus.errors import LazarusError
+from lazarus.options import SEED, FiniteFloat
 
 
 @click.group()
@@ -24,13 +25,13 @@ def generate():
               help="Directory to write sft/, preference/ and prompts/ into.")
 @click.option("--count", "-n", default=1000, show_default=True, type=click.IntRange(min=1),
               help="Number of distinct problems.")
-@click.option("--seed", "-s", default=0, show_default=True, type=int,
+@click.option("--seed", "-s", default=0, show_default=True, type=SEED,
               help="Random seed; the same seed writes byte-identical files.")
 @click.option("--kinds", default="add,sub,mul,div,multi,word", show_default=True, metavar="K1,K2",
               help="Problem kinds, comma-separated: add, sub, mul, div, multi (two steps), word.")
-@click.option("--valid-fraction", default=0.1, show_default=True, type=float,
+@click.option("--valid-fraction", default=0.1, show_default=True, type=FiniteFloat(0, 1),
               help="Share of problems in valid.jsonl.")
-@click.option("--test-fraction", default=0.1, show_default=True, type=float,
+@click.option("--test-fraction", default=0.1, show_default=True, type=FiniteFloat(0, 1),
               help="Share of problems in test.jsonl.")
 @click.option("--force", is_flag=True, help="Replace existing files in OUTPUT.")
 def generate_math(output: Path, count: int, seed: int, kinds: str, valid_fraction: float,

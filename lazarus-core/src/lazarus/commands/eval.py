@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from lazarus.errors import LazarusError
+from lazarus.options import FINITE_FLOAT, SEED, FiniteFloat
 
 Z95 = 1.959963984540054
 #: where results go without --output; eval replaces its own earlier results there
@@ -74,15 +75,15 @@ def _data_file(data: str, split: str) -> Path:
 @click.option("--max-tokens", "-n", default=None, type=click.IntRange(min=1),
               help="Most tokens generated per prompt [default: 256, or what fits the model's context after "
                    "the longest prompt].")
-@click.option("--temperature", "-t", default=0.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--temperature", "-t", default=0.0, show_default=True, type=FiniteFloat(0),
               help="Sampling temperature (0: greedy).")
-@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1), help="Nucleus sampling.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampling.")
+@click.option("--top-p", default=1.0, show_default=True, type=FiniteFloat(0, 1), help="Nucleus sampling.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the sampling.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
               help="Prompts generated together.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N prompts.")
 @click.option("--chat-template", is_flag=True, help="Wrap string prompts as a user turn of the chat template.")
-@click.option("--success", default=1.0, show_default=True, type=float,
+@click.option("--success", default=1.0, show_default=True, type=FINITE_FLOAT,
               help="A row counts as correct when its weighted reward is at least this.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def eval_command(model_path, adapter_path, data, split, rewards, output, force, max_tokens, temperature, top_p,

@@ -7,6 +7,7 @@ import sys
 import click
 
 from lazarus.errors import LazarusError
+from lazarus.options import SEED, TEXT, FiniteFloat
 
 #: most tokens generated when --max-tokens is not given (fewer when the model's context is shorter)
 DEFAULT_MAX_TOKENS = 256
@@ -26,29 +27,29 @@ def fitting_max_tokens(model, prompt_tokens: int, wanted: int = DEFAULT_MAX_TOKE
 @click.command()
 @click.option("--model", "-m", "model_path", required=True, metavar="PATH",
               help="Model directory in Hugging Face layout (config.json, *.safetensors, tokenizer.json).")
-@click.option("--prompt", "-p", required=True, metavar="TEXT",
+@click.option("--prompt", "-p", required=True, metavar="TEXT", type=TEXT,
               help="The prompt; '-' reads it from standard input.")
 @click.option("--chat", is_flag=True,
               help="Wrap the prompt as a user message in the model's chat template.")
-@click.option("--system", metavar="TEXT", help="System message for --chat (implies --chat).")
+@click.option("--system", metavar="TEXT", type=TEXT, help="System message for --chat (implies --chat).")
 @click.option("--raw", is_flag=True,
               help="Feed the prompt exactly: no chat template and no BOS/special tokens added.")
 @click.option("--max-tokens", "-n", default=None, type=click.IntRange(min=1), help=MAX_TOKENS_HELP)
-@click.option("--temperature", "-t", "--temp", default=0.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--temperature", "-t", "--temp", default=0.0, show_default=True, type=FiniteFloat(0),
               help="Sampling temperature; 0 is greedy (always the most likely token).")
-@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--top-p", default=1.0, show_default=True, type=FiniteFloat(0, 1),
               help="Nucleus sampling: keep the most likely tokens up to this probability mass (1 = off).")
 @click.option("--top-k", default=0, show_default=True, type=click.IntRange(min=0),
               help="Keep only the K most likely tokens (0 = off).")
-@click.option("--min-p", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--min-p", default=0.0, show_default=True, type=FiniteFloat(0, 1),
               help="Drop tokens less likely than MIN_P times the best token (0 = off).")
-@click.option("--repetition-penalty", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--repetition-penalty", default=1.0, show_default=True, type=FiniteFloat(0, min_open=True),
               help="Penalise recently seen tokens (> 1 discourages repeats; 1 = off).")
 @click.option("--repetition-context-size", default=20, show_default=True, type=click.IntRange(min=1),
               help="How many recent tokens the repetition penalty looks at.")
-@click.option("--stop", multiple=True, metavar="TEXT",
+@click.option("--stop", multiple=True, metavar="TEXT", type=TEXT,
               help="Stop when the output contains TEXT (not printed). Repeat for several.")
-@click.option("--seed", type=int, default=None, help="Random seed for reproducible sampling.")
+@click.option("--seed", type=SEED, default=None, help="Random seed for reproducible sampling.")
 @click.option("--adapter", "adapter_path", metavar="DIR", default=None,
               help="Adapter directory (mlx-lm layout) to apply on top of the model.")
 @click.option("--prefill-step-size", default=2048, show_default=True, type=click.IntRange(min=1),
@@ -69,7 +70,12 @@ def generate(model_path, prompt, chat, system, raw, max_tokens, temperature, top
     Prompt/generation speed (tokens per second) and peak memory go to stderr.
     """
     if prompt == "-":
-        prompt = sys.stdin.read()
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+        try:
+            prompt = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise LazarusError(f"--prompt -: byte 0x{data[exc.start]:02x} at byte {exc.start + 1} of standard "
+                               "input is not UTF-8; pass UTF-8 text") from None
     if system is not None:
         chat = True
     if chat and raw:

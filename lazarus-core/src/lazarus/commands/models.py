@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from lazarus.options import SEED
+
 
 @click.group()
 def models():
@@ -23,10 +25,10 @@ def models():
               help="Directory to write (config.json, model.safetensors, tokenizer, lazarus.json).")
 @click.option("--size", type=click.Choice(["tiny", "small"]), default="tiny", show_default=True,
               help="tiny: 2 layers, hidden 64 (tests); small: ~75M parameters (llama only; benchmarks).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the weights.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed of the weights.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
               show_default=True, help="Dtype of the stored weights.")
-@click.option("--vocab-size", type=int, default=None,
+@click.option("--vocab-size", type=click.IntRange(min=8, max=1_000_000), default=None,
               help="Vocabulary size [default: 512 for tiny, 8192 for small]; the tokenizer is trained to fit.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT if it exists and is not empty.")
 def create(family, output, size, seed, dtype, vocab_size, force):

@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from lazarus.errors import LazarusError
+from lazarus.options import SEED
 
 MARKER = "quickstart.json"
 RECIPE = "quickstart.toml"
@@ -40,7 +41,7 @@ LENS_ANSWER = "72"
               help="The stage after SFT: DPO on preference pairs, or GRPO with the arithmetic reward "
                    "(slower on a CPU: it generates 8 answers per prompt each step).")
 @click.option("--fast", is_flag=True, help="A short run (about a minute): fewer steps and test prompts.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the data and of training.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the data and of training.")
 def quickstart(output: str, model: str, rl: str, fast: bool, seed: int):
     """Evaluate, fine-tune (SFT, then GRPO or DPO), evaluate again and look inside, as one recipe.
 

@@ -25,6 +25,7 @@ import attrs
 import click
 
 from lazarus.errors import LazarusError
+from lazarus.options import FINITE_FLOAT, MAX_SEED
 
 #: the learning-rate schedules :mod:`lazarus.training.schedules` implements
 SCHEDULES = ("constant", "linear", "cosine")
@@ -100,11 +101,12 @@ def resolve_num_layers(num_layers: int | None, blocks: int) -> int:
 
 def setting(default: Any = None, help: str = "", *, choices: tuple[str, ...] | None = None,
             minimum: float | None = None, metavar: str | None = None, many: bool = False,
-            cli: bool = True, shown_default: Any = None) -> Any:
+            cli: bool = True, shown_default: Any = None, maximum: float | None = None) -> Any:
     """Declare one config field: its default, the help shown by ``--help``, and optional checks.
 
-    ``choices`` limits a string field; ``minimum`` is an inclusive lower bound for numbers (``None``
-    values are always allowed for optional fields); ``many=True`` marks a tuple-of-strings field
+    ``choices`` limits a string field; ``minimum`` and ``maximum`` are inclusive bounds for numbers
+    (``None`` values are always allowed for optional fields; floats must be finite and integers
+    at most ``MAX_INT`` besides, see :func:`check_numbers`); ``many=True`` marks a tuple-of-strings field
     (given as ``a,b`` on the command line; implied by a tuple default); ``cli=False`` keeps a field
     out of the CLI. ``default`` may be an ``attrs.Factory(fn, takes_self=True)`` (a default that
     depends on earlier fields); ``shown_default`` (text, or ``fn(config class) -> text``) is what
@@ -115,7 +117,10 @@ def setting(default: Any = None, help: str = "", *, choices: tuple[str, ...] | N
         validators.append(_one_of(choices))
     if minimum is not None:
         validators.append(_at_least(minimum))
+    if maximum is not None:
+        validators.append(_at_most(maximum))
     metadata = {"help": help, "choices": choices, "metavar": metavar, "cli": cli, "minimum": minimum,
+                "maximum": maximum,
                 "shown_default": shown_default}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple or None as the default of a config field")
@@ -129,6 +134,14 @@ def _tuple_converter(value):
     if isinstance(value, str):
         return tuple(part.strip() for part in value.split(",") if part.strip())
     return tuple(value)
+
+
+def _at_most(maximum):
+    def check(instance, attribute, value):
+        if value is not None and value > maximum:
+            raise ValueError(f"{attribute.name} must be <= {maximum}, got {value!r}")
+
+    return check
 
 
 def _one_of(choices):
@@ -210,7 +223,8 @@ class TrainingConfig:
     epochs: int | None = setting(None, "Passes over the training data (stops at whichever of --max-steps "
                                        "and --epochs comes first).", minimum=1)
     max_seq_length: int = setting(2048, "Truncate examples to this many tokens.", minimum=2)
-    seed: int = setting(0, "Seed for adapter initialisation, data order and dropout.")
+    seed: int = setting(0, "Seed for adapter initialisation, data order and dropout (0 to 2**32 - 1).",
+                        minimum=0, maximum=MAX_SEED)
     compile: bool = setting(True, "Compile the training step with mx.compile.")
 
     # -- bookkeeping ---------------------------------------------------------------------------
@@ -317,7 +331,7 @@ def click_options(cls: type) -> list[click.Option]:
         if field.metadata.get("choices"):
             click_type = click.Choice(field.metadata["choices"])
         else:
-            click_type = {int: click.INT, float: click.FLOAT, str: click.STRING}[kind.base]
+            click_type = {int: click.INT, float: FINITE_FLOAT, str: click.STRING}[kind.base]
         options.append(click.Option([name, field.name], type=click_type, metavar=field.metadata.get("metavar"),
                                     **common))
     return options
@@ -349,6 +363,8 @@ def read_settings_file(path: str | os.PathLike, what: str = "config") -> Any:
                 return tomllib.load(handle)
         except tomllib.TOMLDecodeError as exc:
             raise LazarusError(f"{path}: not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise LazarusError(f"{path}: {_not_utf8(path, exc)}") from None
     if suffix in (".yaml", ".yml"):
         try:
             import yaml
@@ -357,9 +373,18 @@ def read_settings_file(path: str | os.PathLike, what: str = "config") -> Any:
                                f"'lazarus-core[yaml]' (or write the {what} as TOML)") from None
         try:
             return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise LazarusError(f"{path}: {_not_utf8(path, exc)}") from None
         except yaml.YAMLError as exc:
             raise LazarusError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     raise LazarusError(f"{path}: unknown {what} file type {suffix or '(none)'}; use .toml or .yaml")
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
+    """Where a settings file stops being UTF-8: line and byte."""
+    data = path.read_bytes()
+    line = data.count(b"\n", 0, exc.start) + 1
+    return f"line {line}: byte 0x{data[exc.start]:02x} is not UTF-8; save the file as UTF-8"
 
 
 def read_config_file(path: str | os.PathLike, cls: type) -> dict[str, Any]:
@@ -407,6 +432,26 @@ def _check_value(cls: type, field: attrs.Attribute, value: Any, where: str) -> A
     return value
 
 
+#: the largest integer setting (counts and sizes beyond it are mistakes that would overflow later)
+MAX_INT = 2**31 - 1
+
+
+def check_numbers(config) -> None:
+    """Refuse what no validator of a field catches: a float that is not finite (``nan``, ``inf``,
+    from a config file, a saved run or Python) and an integer beyond ``MAX_INT`` (or the field's own
+    maximum). Raises ``ValueError`` starting with the field name (build_config names the option)."""
+    cls = type(config)
+    for field in config_fields(cls):
+        value = getattr(config, field.name)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{field.name} must be a finite number, got {value!r}")
+        top = field.metadata.get("maximum")
+        if isinstance(value, int) and top is None and abs(value) > MAX_INT:
+            raise ValueError(f"{field.name} must be at most {MAX_INT}, got {value!r}")
+
+
 # -- merging ----------------------------------------------------------------------------------------
 def build_config(cls: type, *, cli_values: dict[str, Any] | None = None, config_file: str | None = None,
                  saved: dict[str, Any] | None = None):
@@ -426,7 +471,9 @@ def build_config(cls: type, *, cli_values: dict[str, Any] | None = None, config_
     values.update({k: v for k, v in (cli_values or {}).items() if v is not None and k in names})
     _move_adapter_type(values, announce=bool(cli_values and cli_values.get("adapter")) or bool(config_file))
     try:
-        return cls(**values)
+        config = cls(**values)
+        check_numbers(config)
+        return config
     except (ValueError, TypeError) as exc:
         message = str(exc)
         for name in names:  # name the option the way the user typed it

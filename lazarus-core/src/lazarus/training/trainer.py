@@ -145,6 +145,12 @@ class Trainer:
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, "
                             f"got {type(config).__name__}")
+        from lazarus.training.config import check_numbers
+
+        try:
+            check_numbers(config)  # nan/inf or absurd counts given through Python
+        except ValueError as exc:
+            raise LazarusError(f"invalid training setting: {exc}") from None
         self.config = config
         self.world = world or init_world()
         if console is None:
@@ -499,6 +505,7 @@ class Trainer:
         if self.model is None:
             self.load()
         self.load_data()
+        self._claim_output(resuming=resume_from is not None)
         total_steps = self.total_steps()
         self.optimizer = build_optimizer(config, total_steps)
         self.optimizer.init(self.model.trainable_parameters())
@@ -718,40 +725,47 @@ class Trainer:
                                    "would overwrite that model's files: choose another --output")
 
     def _check_output(self, resuming: bool) -> None:
-        """Refuse to mix a fresh run into an earlier run's output (its checkpoints would be pruned
-        and its metrics lost) unless ``overwrite`` is set; an output that cannot be written fails here,
-        before the model loads."""
-        from lazarus.paths import check_output_path
+        """Before the model loads, without writing anything: refuse an output that cannot be written,
+        that is a model this run reads, that a live run holds, or that holds an earlier run (its
+        checkpoints would be pruned and its metrics lost) unless ``overwrite`` is set. An output an
+        interrupted save left hidden is restored first."""
+        from lazarus.checkpoints.atomic import recover_output
+        from lazarus.paths import OutputLock, check_output_path
 
         check_output_path(self.output, kind="dir", option="--output")
         self._check_not_model(self.output)
-        from lazarus.checkpoints.atomic import recover_output
+        recover_output(self.output, "--output")
+        if self.world.is_main:
+            OutputLock(self.output).check()
+        previous = self.output / ckpt.CHECKPOINTS_DIR
+        if resuming or not previous.exists() or self.config.overwrite:
+            return
+        raise LazarusError(f"{self.output} already holds a training run ({previous}); continue it with "
+                           f"--resume {self.output}, start afresh there with --overwrite, or choose "
+                           "another --output")
 
-        recover_output(self.output, "--output")  # a run an interrupted save left hidden is not lost
-        if self.world.is_main:  # one live run per output directory; a dead run's lock is taken over
+    def _claim_output(self, resuming: bool) -> None:
+        """Once the model and data are ready: take the output's lock (one live run per output
+        directory; a dead run's lock is taken over with a note), then, for --overwrite, delete the
+        earlier run's checkpoints and metrics (never a live run's: its lock is refused first)."""
+        if self.world.is_main:
             from rich.markup import escape
 
             from lazarus.paths import OutputLock
 
-            lock = OutputLock(self.output)
-            note = lock.acquire()
-            self._lock = lock
+            self._lock = OutputLock(self.output)
+            note = self._lock.acquire()
             if note:
                 self.log(f"[yellow]Note: {escape(note)}[/]")
         previous = self.output / ckpt.CHECKPOINTS_DIR
-        if resuming or not previous.exists():
-            return
-        if not self.config.overwrite:
-            raise LazarusError(f"{self.output} already holds a training run ({previous}); continue it with "
-                               f"--resume {self.output}, start afresh there with --overwrite, or choose "
-                               "another --output")
-        if self.world.is_main:
-            import shutil
+        if not resuming and previous.exists() and self.config.overwrite:
+            if self.world.is_main:
+                import shutil
 
-            shutil.rmtree(previous)
-            for name in (METRICS_FILE, LOSS_PNG):
-                (self.output / name).unlink(missing_ok=True)
-        self.world.barrier()
+                shutil.rmtree(previous)
+                for name in (METRICS_FILE, LOSS_PNG):
+                    (self.output / name).unlink(missing_ok=True)
+            self.world.barrier()
 
     def _schedule_args(self, total_steps: int) -> dict:
         c = self.config
