@@ -244,6 +244,22 @@ def test_a_client_that_disconnects_does_not_disturb_the_rest(client, server, fil
     assert greedy(client, prompts[0], "tiny", 40) == expected[0]
 
 
+def test_a_non_streamed_request_whose_client_leaves_is_dropped(server):
+    before = health(server)["dropped_rows"]
+    connection = http.client.HTTPConnection("127.0.0.1", server["port"], timeout=60)
+    body = json.dumps({"model": "beta", "prompt": "Go on", "max_tokens": 480, "n": 4, "temperature": 0})
+    connection.request("POST", "/v1/completions", body=body,
+                       headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    time.sleep(0.3)  # the rows are running; the client gives up
+    connection.sock.shutdown(socket.SHUT_RDWR)
+    connection.close()
+    deadline = time.time() + 30
+    while health(server)["dropped_rows"] == before and time.time() < deadline:
+        time.sleep(0.05)
+    assert health(server)["dropped_rows"] == before + 4
+    assert health(server)["active_rows"] == 0
+
+
 def test_a_slow_client_does_not_stall_the_others(client, server, files):
     from lazarus.generate import generate
 
@@ -285,6 +301,7 @@ BAD_REQUESTS = [
     ("POST", "/v1/completions", {"model": "tiny", "prompt": "hi", "top_p": 0}, 400, "invalid_value"),
     ("POST", "/v1/completions", {"model": "tiny", "prompt": "hi", "max_tokens": 0}, 400, "invalid_value"),
     ("POST", "/v1/completions", {"model": "tiny", "prompt": "hi", "n": 0}, 400, "invalid_value"),
+    ("POST", "/v1/completions", {"model": "tiny", "prompt": ["hi"] * 5, "n": 64}, 400, "invalid_value"),
     ("POST", "/v1/completions", {"model": "tiny", "prompt": "hi", "stop": 3}, 400, "invalid_type"),
     ("POST", "/v1/completions", {"model": "tiny", "prompt": "hi", "logprobs": True}, 400, "invalid_type"),
     ("POST", "/v1/completions", {"model": "tiny", "prompt": []}, 400, "invalid_type"),

@@ -19,12 +19,13 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from lazarus_serve.engine import Job, RowRequest
 
 MAX_N = 64
+MAX_ROWS = 256  # choices in one request: n times the prompts
 MAX_TOP_LOGPROBS = 20
 MAX_STOPS = 16
 
@@ -156,6 +157,9 @@ class Server:
         asked = _integer(body, "max_completion_tokens", None, 1)
         asked = _integer(body, "max_tokens", asked, 1)
         stops = _stops(body)
+        if n * len(prompts) > MAX_ROWS:
+            raise APIError(400, f"{len(prompts)} prompts times n={n} asks for {n * len(prompts)} choices; at most "
+                                f"{MAX_ROWS} per request", "n", "invalid_value")
         rows = []
         for prompt in prompts:
             room = None if self.context is None else self.context - len(prompt)
@@ -176,8 +180,9 @@ class Server:
         return rows
 
     # -- running a job --------------------------------------------------------------------------
-    async def collect(self, request: Request, job: Job) -> list[list]:
-        """Wait for every event of a non-streamed job; drop it when the client disconnects."""
+    async def collect(self, request: Request, job: Job) -> list[list] | None:
+        """Wait for every event of a non-streamed job; None (and the job dropped) when the client
+        disconnects first."""
         self.engine.submit(job)
         watcher = asyncio.ensure_future(_disconnected(request))
         per_choice: list[list] = [[] for _ in job.rows]
@@ -187,8 +192,7 @@ class Server:
                 done, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
                 if getter not in done:
                     getter.cancel()
-                    job.cancel()
-                    raise asyncio.CancelledError
+                    return None
                 item = getter.result()
                 if item is None:
                     return per_choice
@@ -341,6 +345,8 @@ async def chat_completions(request: Request):
         return EventStream(_chat_stream(server, job, ident, created, model, len(prompt), include_usage,
                                         want_logprobs, top), job)
     steps = await server.collect(request, job)
+    if steps is None:  # nobody to answer
+        return Response(status_code=499)
     choices = []
     for i, s in enumerate(steps):
         choices.append({"index": i, "message": {"role": "assistant", "content": "".join(x.text for x in s)},
@@ -455,6 +461,8 @@ async def completions(request: Request):
         return EventStream(_completion_stream(server, job, ident, created, model, prompt_tokens,
                                               include_usage, logprobs), job)
     steps = await server.collect(request, job)
+    if steps is None:
+        return Response(status_code=499)
     choices = [{"index": i, "text": "".join(x.text for x in s),
                 "logprobs": _completion_logprobs(server, s, 0) if logprobs is not None else None,
                 "finish_reason": s[-1].finish_reason} for i, s in enumerate(steps)]
