@@ -198,3 +198,16 @@ def test_dla_and_attribute_commands_write_json_and_reports(cli, checkpoint, tmp_
     code, output = cli("introspect", "attribute", "--model", model, "--clean", CLEAN, "--corrupted", "The cat",
                        "--answer", "#7", "--wrong", "#9")
     assert code == 2 and "same length" in output
+
+
+def test_dla_sums_with_a_lora_adapter_on_o_proj(checkpoint, adapter_dir):
+    """Heads go through o_proj with its adapter (LoRA is linear), so the split stays exact."""
+    import lazarus
+
+    model, tokenizer, _ = lazarus.load_model(checkpoint("llama"), adapter_path=adapter_dir("llama"))
+    ids = _ids(tokenizer, PROMPT)
+    logits = np.array(model(ids)[0, -1].astype(mx.float32))
+    target, baseline = int(np.argmax(logits)), int(np.argmin(logits))
+    result = direct_logit_attribution(model, ids, target, -1, baseline)
+    _check_sums(model, result, logits, target, baseline)
+    assert max(abs(v) for v in result["head_remainder"]) < 1e-4

@@ -38,4 +38,4 @@ def test_plugins_list_shows_the_probes(cli):
     record = next(r for r in json.loads(output) if r["name"] == "lazarus-introspect")
     assert record["status"] == "loaded"
     assert sorted(record["provides"]["probes"]) == sorted(PROBES)
-    assert record["provides"]["commands"] == ["introspect"]
+    assert sorted(record["provides"]["commands"]) == ["introspect", "sae"]

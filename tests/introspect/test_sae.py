@@ -194,3 +194,18 @@ def test_features_steer_and_ablate_commands(cli, checkpoint, text_file, tmp_path
     assert ablated["runs"][0]["setting"] == "ablated"
     code, output = cli("sae", "steer", *base, "-p", "x", "--feature", "99")
     assert code == 2 and "out of range" in output
+
+
+def test_sae_help_imports_no_mlx_and_the_api_is_exported():
+    import subprocess
+    import sys
+
+    code = ("import sys; from click.testing import CliRunner; from lazarus.cli import main; "
+            "r = CliRunner().invoke(main, ['sae', '--help']); print(r.output); "
+            "print('MLX_IMPORTED' if any(m == 'mlx' or m.startswith('mlx.') for m in sys.modules) else 'NO_MLX')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("NO_MLX")
+    assert all(name in out for name in ("train", "features", "steer", "ablate"))
+    import lazarus_introspect
+
+    assert lazarus_introspect.load_sae is load_sae and callable(lazarus_introspect.direct_logit_attribution)

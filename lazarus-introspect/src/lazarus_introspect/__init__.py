@@ -1,5 +1,6 @@
 """lazarus-introspect: look inside Lazarus models (logit lens, tuned lens, probes, patching, ablation,
-steering, attention, neurons, embeddings).
+steering, attention, neurons, embeddings, direct logit attribution, attribution patching, sparse
+autoencoders).
 
 Every probe is a plugin (``lazarus introspect NAME``) and a Python function. The Python API is
 imported lazily, so ``import lazarus_introspect`` (and ``lazarus --help``) does not import mlx::
@@ -36,6 +37,8 @@ _API = {
     "attention_patterns": "attention",
     "top_neurons": "neurons",
     "layer_geometry": "embeddings",
+    "direct_logit_attribution": "attribution", "attribution_patching": "attribution",
+    "SAE": "sae", "load_sae": "sae", "save_sae": "sae", "train_sae": "sae_train", "SAETrainConfig": "sae_train",
     # reports
     "Report": "report", "write_json": "report",
 }
