@@ -87,7 +87,7 @@ def write_error_message(exc: BaseException) -> str | None:
             return f"cannot write{where}: {exc.strerror or exc}; choose a path you can write to"
         return f"{exc.filename}: {exc.strerror or exc}" if exc.filename else str(exc.strerror or exc)
     text = " ".join(str(exc).split())
-    if isinstance(exc, RuntimeError) and "Unable to write" in text:
+    if isinstance(exc, RuntimeError) and ("Unable to write" in text or text.startswith("[save_gguf]")):
         return (f"cannot write: {text} (is the disk full?); free some space or write elsewhere "
                 "(the previous output, if any, is unchanged)")
     return None

@@ -14,8 +14,10 @@ checkpoint (GGUF quantization is llama.cpp's job: ``llama-quantize``).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -187,7 +189,14 @@ def write_gguf(model, config: dict, tokenizer_dir: Path, output: str | os.PathLi
     os.close(fd)
     try:
         mx.eval(list(tensors.values()))
-        mx.save_gguf(tmp, tensors, metadata)
+        try:
+            mx.save_gguf(tmp, tensors, metadata)
+        except RuntimeError as exc:  # mlx says only "gguf_... failed": find out whether the disk is full
+            Path(tmp).unlink(missing_ok=True)
+            needed = sum(t.nbytes for t in tensors.values())
+            if shutil.disk_usage(out.parent).free < needed:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out)) from None
+            raise LazarusError(f"cannot write {out}: {' '.join(str(exc).split())}") from None
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     except BaseException:

@@ -38,7 +38,9 @@ def gguf(model_name: str, adapter_path: Path | None, output: Path, dtype: str | 
     from lazarus.checkpoints.gguf import architecture, write_gguf
     from lazarus.errors import LazarusError
     from lazarus.loader import load_model
+    from lazarus.paths import check_output_path
 
+    check_output_path(output, kind="file", option="--output")
     if output.exists():
         raise LazarusError(f"--output {output}: already exists; choose another file name")
     console = Console(stderr=True)
