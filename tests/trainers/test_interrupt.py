@@ -38,7 +38,7 @@ def test_sigint_saves_a_resumable_checkpoint(tiny_llama, math_sft_data, tmp_path
 
     output = tmp_path / "run"
     args = ["--model", str(tiny_llama), "--data", str(math_sft_data), "--num-layers", "-1", "--rank", "4",
-            "--learning-rate", "1e-3", "--batch-size", "4", "--log-interval", "1", "--eval-interval", "0",
+            "--learning-rate", "1e-3", "--lr-schedule", "constant", "--warmup-steps", "0", "--batch-size", "4", "--log-interval", "1", "--eval-interval", "0",
             "--save-interval", "2", "--max-seq-length", "96", "--eval-batches", "1"]
     proc = subprocess.Popen([LAZARUS, "train", "sft", *args, "--output", str(output), "--max-steps", "100000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
