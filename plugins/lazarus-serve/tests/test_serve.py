@@ -386,6 +386,12 @@ def test_n_seed_and_logprobs(client):
     assert "".join(logprobs.tokens) == text.choices[0].text
 
 
+def test_unseeded_sampling_works(client):
+    for model in ("tiny", "alpha"):
+        answer = client.completions.create(model=model, prompt="Once", max_tokens=6, temperature=0.9, top_p=0.8, n=2)
+        assert len(answer.choices) == 2 and all(c.finish_reason for c in answer.choices)
+
+
 def test_stop_strings_end_the_text(client):
     full = greedy(client, "Once upon a time", max_tokens=16)
     stop = full.strip()[3:5]

@@ -128,5 +128,6 @@ def load_adapters(model, adapters: dict[str, str]) -> AdapterSet:
                                               selector, own)))
     if wrapped:
         model.update_modules(tree_unflatten(wrapped))
-    mx.eval(model.parameters())
+    # everything now, on this thread: a lazy array cannot be evaluated on another thread's stream
+    mx.eval(model.parameters(), [layer.own.tensors for _, layer in wrapped])
     return selector
