@@ -37,17 +37,18 @@ def _numpy_encode(w: dict, x: np.ndarray, architecture: str) -> np.ndarray:
     return out
 
 
-def _write_saelens(path, weights: dict, architecture: str, layout: int = 6) -> None:
+def _write_saelens(path, weights: dict, architecture: str, layout: str = "6") -> None:
     """An SAE folder as SAELens writes it (safetensors through the safetensors package, not mlx)."""
     from safetensors.numpy import save_file
 
     path.mkdir(parents=True)
     save_file(weights, str(path / "sae_weights.safetensors"))
     hook = "blocks.1.hook_resid_post"
-    if layout == 6:  # SAELens 6: metadata under "meta", k at the top
+    if layout in ("6", "6.0"):  # SAELens 6: metadata under "metadata" ("meta" in early 6.x), k at the top
         cfg = {"architecture": architecture, "d_in": D_IN, "d_sae": D_SAE, "dtype": "float32", "device": "cpu",
                "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
-               "meta": {"model_name": "tiny", "hook_name": hook, "hook_layer": 1}}
+               "metadata" if layout == "6" else "meta": {"model_name": "tiny", "hook_name": hook, "hook_layer": 1,
+                                                         "sae_lens_version": "6.12.1"}}
         if architecture == "topk":
             cfg["k"] = K
     else:  # SAELens 5: hook_name at the top, k in activation_fn_kwargs
@@ -58,7 +59,7 @@ def _write_saelens(path, weights: dict, architecture: str, layout: int = 6) -> N
     (path / "cfg.json").write_text(json.dumps(cfg))
 
 
-@pytest.mark.parametrize("layout", [5, 6])
+@pytest.mark.parametrize("layout", ["5", "6", "6.0"])
 @pytest.mark.parametrize("architecture", ["standard", "topk", "jumprelu"])
 def test_saelens_folder_loads_and_encodes_like_numpy(tmp_path, architecture, layout):
     weights = _numpy_sae(architecture)
@@ -91,7 +92,8 @@ def test_save_then_load_is_exact_and_saelens_readable(tmp_path, architecture):
         assert on_disk[key].dtype == np.float32 and np.array_equal(on_disk[key], value)
         assert np.array_equal(np.array(getattr(again, key)), value)
     cfg = json.loads((tmp_path / "out" / "cfg.json").read_text())
-    assert cfg["meta"]["hook_name"] == cfg["hook_name"] == "blocks.1.hook_resid_post"  # SAELens 6 and 5 keys
+    # SAELens 6 reads its own "metadata"; SAELens 5 (and 6's converter) the flat keys
+    assert cfg["metadata"]["hook_name"] == cfg["hook_name"] == "blocks.1.hook_resid_post"
     assert cfg["architecture"] == architecture and cfg["d_in"] == D_IN and cfg["d_sae"] == D_SAE
 
 

@@ -4,7 +4,9 @@ A folder holds ``cfg.json`` and ``sae_weights.safetensors`` with ``W_enc`` (d_in
 (d_sae, d_in), ``b_enc`` (d_sae,), ``b_dec`` (d_in,) and, for JumpReLU, ``threshold`` (d_sae,).
 ``cfg.json`` names the ``architecture`` (``standard``, ``topk`` with ``k``, ``jumprelu``) and the
 ``hook_name`` in TransformerLens naming (Lazarus's hook names), at the top level (SAELens 5) or
-under ``meta`` (SAELens 6); :func:`save_sae` writes both, so either SAELens version reads it::
+under ``metadata`` / ``meta`` (SAELens 6). New configs are written in the flat SAELens 5 layout,
+which SAELens 6 converts when it loads them; a loaded config keeps its own keys, with the flat
+ones added, so each SAELens version finds what it wrote::
 
     pre = (x - b_dec * apply_b_dec_to_input) @ W_enc + b_enc
     standard: f = relu(pre)          topk: the k largest of pre, relu'd, others 0
@@ -68,7 +70,7 @@ class SAE(nn.Module):
     @property
     def hook(self) -> str:
         """The hook point the SAE reads (TransformerLens naming, e.g. ``blocks.3.hook_resid_post``)."""
-        return self.cfg.get("hook_name") or (self.cfg.get("meta") or {}).get("hook_name")
+        return _hook_of(self.cfg)
 
     @property
     def k(self) -> int | None:
@@ -113,6 +115,10 @@ class SAE(nn.Module):
         return self.decode(self.encode(x))
 
 
+def _hook_of(cfg: dict) -> str | None:
+    return cfg.get("hook_name") or (cfg.get("metadata") or {}).get("hook_name") or (cfg.get("meta") or {}).get("hook_name")
+
+
 def _k_of(cfg: dict) -> int | None:
     k = cfg.get("k", (cfg.get("activation_fn_kwargs") or {}).get("k"))
     return None if k is None else int(k)
@@ -120,7 +126,7 @@ def _k_of(cfg: dict) -> int | None:
 
 def sae_config(*, architecture: str, d_in: int, d_sae: int, hook_name: str, k: int | None = None,
                model_name: str | None = None, **extra) -> dict:
-    """A ``cfg.json`` dict both SAELens 5 (top-level keys) and SAELens 6 (``meta``) read."""
+    """A ``cfg.json`` dict in SAELens 5's flat layout (no ``sae_lens_version``, so SAELens 6 converts it)."""
     if architecture not in ARCHITECTURES:
         raise LazarusError(f"architecture {architecture!r}: use one of {', '.join(ARCHITECTURES)}")
     if architecture == "topk" and not k:
@@ -133,9 +139,7 @@ def sae_config(*, architecture: str, d_in: int, d_sae: int, hook_name: str, k: i
         "activation_fn_str": "topk" if architecture == "topk" else "relu",
         "activation_fn_kwargs": {"k": int(k)} if architecture == "topk" else {},
         "model_name": model_name, "hook_name": hook_name, "hook_layer": layer, "hook_head_index": None,
-        "meta": {"model_name": model_name, "hook_name": hook_name, "hook_layer": layer, "hook_head_index": None,
-                 "prepend_bos": True, "context_size": extra.pop("context_size", None),
-                 "dataset_path": extra.pop("dataset_path", None)},
+        "prepend_bos": True, "context_size": None, "dataset_path": None, "finetuning_scaling_factor": False,
     }
     if architecture == "topk":
         cfg["k"] = int(k)
@@ -181,9 +185,9 @@ def load_sae(path: str | Path) -> SAE:
                            "is not supported")
     if architecture == "topk" and not _k_of(cfg):
         raise LazarusError(f"{cfg_path}: a topk SAE needs 'k' (or activation_fn_kwargs.k)")
-    hook = cfg.get("hook_name") or (cfg.get("meta") or {}).get("hook_name")
+    hook = _hook_of(cfg)
     if not hook:
-        raise LazarusError(f"{cfg_path}: no 'hook_name' (nor meta.hook_name); it names the hook point "
+        raise LazarusError(f"{cfg_path}: no 'hook_name' (nor metadata.hook_name); it names the hook point "
                            "the SAE reads, e.g. blocks.3.hook_resid_post")
     try:
         weights = mx.load(str(weights_path))
@@ -207,7 +211,6 @@ def load_sae(path: str | Path) -> SAE:
         if cfg.get(key) is not None and int(cfg[key]) != value:
             raise LazarusError(f"{cfg_path}: {key} is {cfg[key]} but the weights have {value}")
     cfg.update(d_in=d_in, d_sae=d_sae, hook_name=hook)
-    cfg["meta"] = {**(cfg.get("meta") or {}), "hook_name": hook}  # both SAELens 5 and 6 find it on save
     if architecture == "topk":
         cfg["k"] = _k_of(cfg)
         cfg["activation_fn_kwargs"] = {**(cfg.get("activation_fn_kwargs") or {}), "k": cfg["k"]}
