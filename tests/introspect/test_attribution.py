@@ -11,6 +11,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from lazarus.errors import LazarusError
 from lazarus_introspect import activations
 from lazarus_introspect.attribution import (
     answer_metric,
@@ -93,6 +94,14 @@ def test_dla_on_the_mlx_lm_bridge_splits_by_block(tiny_olmo2):
     assert [c["kind"] for c in result["components"]] == ["embed"] + ["block"] * len(model.blocks)
     assert result["heads"] is None
     _check_sums(model, result, logits, target, baseline)
+    # attribution patching there has the residual stream only (the bridge fires no branch hooks)
+    corrupted = _ids(tokenizer, CORRUPTED)
+    _, metric = answer_metric(ids.shape[1], [target], [baseline])
+    scan = attribution_patching(model, ids, corrupted, metric, components=["resid_pre"])
+    compared = compare_with_patching(model, ids, corrupted, [target], [baseline], scan, ["resid_pre"])
+    assert compared["correlation"] is not None and len(scan["scores"]["resid_pre"]) == len(model.blocks)
+    with pytest.raises(LazarusError, match="does not fire blocks.0.hook_attn_out"):
+        attribution_patching(model, ids, corrupted, metric, components=["attn_out"])
 
 
 @pytest.fixture(scope="module")
