@@ -205,16 +205,25 @@ def make_sampler(config: SamplingConfig):
         return apply_min_p(logits, min_p, min_keep)
 
     compiled = mx.compile(lambda logits, key: mx.random.categorical(filtered(logits), key=key))
+    # one key per row (B, 2): a row's samples depend on its own key alone, not on the batch
+    per_row = mx.compile(lambda logits, keys: mx.vmap(lambda row, k: mx.random.categorical(row, key=k))(
+        filtered(logits), keys))
 
     def sample(logits, key=None):
         if key is None:  # mlx's global generator; not capturable by compile, so run eagerly
             return mx.random.categorical(filtered(logits))
-        return compiled(logits, key)
+        return per_row(logits, key) if key.ndim == 2 else compiled(logits, key)
 
     return sample
 
 
 # -- the token loop -----------------------------------------------------------------------------------
+def _split_row_keys(keys: mx.array) -> tuple[mx.array, mx.array]:
+    """Split each row's key (B, 2): ``(the next keys, this step's keys)``."""
+    pairs = mx.vmap(mx.random.split)(keys)
+    return pairs[:, 0], pairs[:, 1]
+
+
 def _cache_arrays(cache) -> list:
     """The arrays held by a model cache, to force prefill chunks to be computed."""
     arrays = []
@@ -229,7 +238,8 @@ def _cache_arrays(cache) -> list:
 
 def generate_tokens(model, prompt: mx.array, *, sampling: SamplingConfig | None = None,
                     max_tokens: int = 256, mask: mx.array | None = None, cache: list | None = None,
-                    prefill_step_size: int = 2048, compiled: bool = True) -> Iterator[mx.array]:
+                    prefill_step_size: int = 2048, compiled: bool = True,
+                    row_seeds: Sequence[int] | None = None) -> Iterator[mx.array]:
     """Yield sampled token ids, one (B,) int array per step, for a (B, T) int ``prompt``.
 
     ``mask`` (B, T) marks real tokens with 1 and left padding with 0 (None: no padding). ``cache``
@@ -245,6 +255,10 @@ def generate_tokens(model, prompt: mx.array, *, sampling: SamplingConfig | None 
     Lazarus :class:`~lazarus.models.transformer.CausalLM`; both paths give the same greedy tokens
     in float32 (and the same seeded samples for one row; a seeded batch whose rows finish at
     different steps draws other, equally reproducible, samples).
+
+    ``row_seeds`` (one int per row) gives every row its own key chain instead of ``sampling.seed``:
+    a row then draws the same samples in any batch it is part of (up to float rounding of its
+    logits), which is what lets data-parallel rollouts equal a single process's.
     """
     sampling = sampling or SamplingConfig()
     if prompt.ndim != 2 or prompt.shape[1] == 0:
@@ -257,6 +271,10 @@ def generate_tokens(model, prompt: mx.array, *, sampling: SamplingConfig | None 
     cache = model.make_cache() if cache is None else cache
     sample = make_sampler(sampling)
     key = mx.random.key(sampling.seed) if sampling.seed is not None and not sampling.greedy else None
+    if row_seeds is not None and not sampling.greedy:
+        if len(row_seeds) != batch:
+            raise LazarusError(f"row_seeds has {len(row_seeds)} seeds for a batch of {batch} rows")
+        key = mx.stack([mx.random.key(int(s)) for s in row_seeds])
     penalty = sampling.repetition_penalty
     window = sampling.repetition_context_size
     history = prompt[:, -window:] if penalty != 1.0 else None
@@ -279,7 +297,7 @@ def generate_tokens(model, prompt: mx.array, *, sampling: SamplingConfig | None 
         if history is not None:
             logits = apply_repetition_penalty(logits.astype(mx.float32), history, penalty)
         if key is not None:
-            key, sub = mx.random.split(key)
+            key, sub = _split_row_keys(key) if key.ndim == 2 else mx.random.split(key)
         else:
             sub = None
         next_tokens = sample(logits, sub).astype(mx.int32)
@@ -312,6 +330,8 @@ def generate_tokens(model, prompt: mx.array, *, sampling: SamplingConfig | None 
                     running_mask, ones = running_mask[rows], ones[: len(keep)]
                 if history is not None:
                     history = history[rows]
+                if key is not None and key.ndim == 2:
+                    key = key[rows]
                 batch = len(keep)
 
 
@@ -341,7 +361,7 @@ def _bucket(rows: int) -> int:
     return 1 << max(rows - 1, 0).bit_length()
 
 
-def _decode_step(model, sampling: SamplingConfig, padded: bool, seeded: bool):
+def _decode_step(model, sampling: SamplingConfig, padded: bool, seeded: bool, per_row: bool = False):
     """The compiled one-token step for ``model`` and this sampling setting, made once per model.
 
     ``step(tokens (B,), offset, keys, values, extras) -> (next tokens, offset + 1, keys, values,
@@ -349,7 +369,7 @@ def _decode_step(model, sampling: SamplingConfig, padded: bool, seeded: bool):
     when they apply. Model weights are read at each call (``inputs=``), so a trained adapter is seen.
     """
     steps = model.__dict__.setdefault("_lazarus_decode_steps", {})
-    name = (attrs.evolve(sampling, seed=None), padded, seeded)
+    name = (attrs.evolve(sampling, seed=None), padded, seeded, per_row)
     if name in steps:
         return steps[name]
     sample = make_sampler(sampling)
@@ -363,7 +383,9 @@ def _decode_step(model, sampling: SamplingConfig, padded: bool, seeded: bool):
         if penalty != 1.0:
             logits = apply_repetition_penalty(logits.astype(mx.float32), extras["history"], penalty)
         sub = None
-        if seeded:
+        if per_row:
+            extras["row_keys"], sub = _split_row_keys(extras["row_keys"])
+        elif seeded:
             extras["key"], sub = mx.random.split(extras["key"])
         next_tokens = sample(logits, sub).astype(mx.int32)
         if penalty != 1.0:
@@ -371,7 +393,7 @@ def _decode_step(model, sampling: SamplingConfig, padded: bool, seeded: bool):
         return next_tokens, offset + 1, [c.keys for c in caches], [c.values for c in caches], extras
 
     # the global generator is state too when sampling draws from it
-    state = [model.state] + ([] if seeded or sampling.greedy else [mx.random.state])
+    state = [model.state] + ([] if seeded or per_row or sampling.greedy else [mx.random.state])
     steps[name] = mx.compile(step, inputs=state, outputs=state[1:])
     return steps[name]
 
@@ -389,10 +411,10 @@ def _compiled_decode(model, sampling, tokens, cache, key, history, max_tokens):
     if static[0].key_mask is not None:
         extras["key_mask"] = static[0].key_mask
     if key is not None:
-        extras["key"] = key
+        extras["row_keys" if key.ndim == 2 else "key"] = key
     if history is not None:
         extras["history"] = history
-    step = _decode_step(model, sampling, "key_mask" in extras, key is not None)
+    step = _decode_step(model, sampling, "key_mask" in extras, "key" in extras, "row_keys" in extras)
     del static, cache[:]  # the prefill cache is copied; let the buffers be donated and freed
     live = None  # physical row of each caller row when finished rows still fill the batch
     for n in range(max_tokens):
@@ -647,14 +669,15 @@ def generate(model, tokenizer, prompt: str | Sequence[int], *, max_tokens: int =
 def batch_generate(model, tokenizer, prompts: Sequence[str | Sequence[int]], *, max_tokens: int = 256,
                    sampling: SamplingConfig | None = None, stop: Sequence[str] = (),
                    stop_token_ids: Sequence[int] | None = None, prefill_step_size: int = 2048,
-                   **sampling_options: Any) -> list[GenerationResult]:
+                   row_seeds: Sequence[int] | None = None, **sampling_options: Any) -> list[GenerationResult]:
     """Generate from several prompts at once; returns one :class:`GenerationResult` per prompt.
 
     Prompts (text or id lists, as in :func:`stream_generate`) are left-padded to the same length
     and the padding is masked out through the model's ``mask`` argument, so each row's tokens are
     those it would get alone (exactly so with greedy sampling, up to float rounding). Each row
     stops on its own (EOS, stop token, stop string, ``max_tokens``); the batch ends when all have.
-    ``stats`` is shared by all results and counts the whole batch.
+    ``stats`` is shared by all results and counts the whole batch. ``row_seeds`` (one per prompt)
+    seeds each row on its own (see :func:`generate_tokens`).
     """
     if not prompts:
         return []
@@ -674,7 +697,8 @@ def batch_generate(model, tokenizer, prompts: Sequence[str | Sequence[int]], *, 
     timer = _Timer(sum(len(r) for r in rows))
     if max_tokens > 0:
         steps = generate_tokens(model, mx.array(padded, dtype=mx.int32), sampling=sampling,
-                                max_tokens=max_tokens, mask=mask, prefill_step_size=prefill_step_size)
+                                max_tokens=max_tokens, mask=mask, prefill_step_size=prefill_step_size,
+                                row_seeds=row_seeds)
         active = list(range(len(rows)))  # prompt index of each row still in the batch
         tokens = next(steps)
         timer.first_tokens(len(active))

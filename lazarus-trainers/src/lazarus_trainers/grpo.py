@@ -8,8 +8,12 @@ clipped objective of ``--loss-type`` (formulas in :mod:`lazarus.training.rl` and
 log-probs the policy had when it generated them. ``--beta`` > 0 adds the k3 KL to the reference
 (the policy with its adapter off, the starting ``--adapter``, or ``--ref-model``); 0 keeps none.
 
-Rollouts are seeded from (seed, rank, step, micro-batch), and checkpoints are only written once a
-batch of rollouts is used up, so a resumed run repeats the straight run exactly.
+Each row of a rollout is seeded from (seed, step, micro-batch, prompt index, member of the group),
+and checkpoints are only written once a batch of rollouts is used up, so a resumed run repeats the
+straight run exactly. Under ``mlx.launch -n N`` each rank generates the groups of its share of the
+prompts (whole groups, so a group's advantage is over the whole group); because a row's samples
+depend on its own seed only, N ranks draw the rollouts one process would, and the run ends where a
+single process with the same global batch does.
 
 :class:`RolloutTrainer` is the part shared with ``ppo``: reward loading, the rollout buffer,
 completions logging and the per-window reward / length / timing metrics.
@@ -169,14 +173,21 @@ class RolloutTrainer(Trainer):
         from lazarus.generate import SamplingConfig
 
         c = self.config
-        # one seed per (run seed, rank, step, micro-batch): a resumed run draws the same rollouts
-        seed = int(np.random.SeedSequence([c.seed, self.world.rank, step, micro]).generate_state(1)[0] >> 1)
+        seed = int(np.random.SeedSequence([c.seed, step, micro]).generate_state(1)[0] >> 1)
         return SamplingConfig(temperature=c.temperature, top_p=c.top_p, top_k=c.top_k, min_p=c.min_p, seed=seed)
 
-    def generate(self, examples, sampling) -> rl.Rollout:
+    def row_seeds(self, indices, step: int, micro: int) -> list[int]:
+        """One seed per rollout row, from (run seed, step, micro-batch, prompt index, member of the
+        group): a resumed run, or a rank generating its share, draws the rows a single process does."""
+        c = self.config
+        return [int(np.random.SeedSequence([c.seed, step, micro, int(i) + 1, j]).generate_state(1)[0] >> 1)
+                for i in indices for j in range(c.group_size)]
+
+    def generate(self, examples, sampling, row_seeds=None) -> rl.Rollout:
         return rl.rollout(self.model, self.tokenizer, [e.prompt_ids for e in examples],
                           group_size=self.config.group_size, max_completion_length=self.config.max_completion_length,
-                          sampling=sampling, pad_id=self.pad_id, pad_to_multiple=self.pad_to_multiple)
+                          sampling=sampling, pad_id=self.pad_id, pad_to_multiple=self.pad_to_multiple,
+                          row_seeds=row_seeds)
 
     def score(self, examples, ro: rl.Rollout):
         """The rewards of every row of a rollout (:class:`lazarus.rewards.Scores`)."""
@@ -190,14 +201,15 @@ class RolloutTrainer(Trainer):
 
     def make_rollout(self, batch, step: int, micro: int) -> RolloutBatch:
         examples = tuple(batch.examples)
-        real = np.asarray(batch.indices) >= 0
+        indices = np.asarray(batch.indices)
+        real = indices >= 0
         start = time.perf_counter()
-        ro = self.generate(examples, self.sampling(step, micro))
+        ro = self.generate(examples, self.sampling(step, micro), self.row_seeds(indices, step, micro))
         generated = time.perf_counter() - start
         start = time.perf_counter()
         scores = self.score(examples, ro)
         scored = time.perf_counter() - start
-        ro, scores, extra_gen, extra_score = self.resample(examples, ro, scores, real, step, micro)
+        ro, scores, extra_gen, extra_score = self.resample(examples, ro, scores, real, step, micro, indices)
         weights = np.repeat(real.astype(np.float32), ro.group_size)
         start = time.perf_counter()
         arrays = self.score_rollout(ro, scores, weights)
@@ -207,7 +219,7 @@ class RolloutTrainer(Trainer):
             self._log_completions(step + 1, examples, ro, scores, arrays)
         return RolloutBatch(ro, arrays, weights, examples, scores)
 
-    def resample(self, examples, ro, scores, real, step, micro):
+    def resample(self, examples, ro, scores, real, step, micro, indices=None):
         """Regenerate some groups before scoring is final (GRPO's dynamic sampling); default none."""
         return ro, scores, 0.0, 0.0
 
@@ -335,7 +347,7 @@ class GRPOTrainer(RolloutTrainer):
                                "use 2 or more")
         super().load_data()
 
-    def resample(self, examples, ro, scores, real, step, micro):
+    def resample(self, examples, ro, scores, real, step, micro, indices=None):
         """``--dynamic-sampling``: regenerate the groups whose rewards are all equal."""
         if not self.config.dynamic_sampling or ro.group_size < 2:
             return ro, scores, 0.0, 0.0
@@ -355,7 +367,9 @@ class GRPOTrainer(RolloutTrainer):
                 break
             start = time.perf_counter()
             sub_examples = [examples[j] for j in redo]
-            sub = self.generate(sub_examples, self.sampling(step, micro * 1000 + round_ + 1))
+            again = micro * 1000 + round_ + 1
+            sub = self.generate(sub_examples, self.sampling(step, again),
+                                None if indices is None else self.row_seeds([indices[j] for j in redo], step, again))
             gen_s += time.perf_counter() - start
             start = time.perf_counter()
             sub_scores = self.score(sub_examples, sub)

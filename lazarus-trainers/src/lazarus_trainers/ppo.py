@@ -163,8 +163,9 @@ class PPOTrainer(RolloutTrainer):
         rewards[rows, last[rows]] += np.asarray(scores.total, dtype=np.float32)[rows]
         advantages, returns = rl.gae(rewards, old_values, mask, config.gamma, config.lam)
         live = mask * weights[:, None]
-        if config.whiten_advantages:
-            advantages = rl.whiten(advantages, live)
+        if config.whiten_advantages:  # over the whole batch: every rank's rows
+            advantages = rl.whiten(advantages, live,
+                                   sum_over_ranks=self.world.sum_floats if self.world.distributed else None)
         real = weights > 0
         return {"advantages": advantages.astype(np.float32), "returns": returns.astype(np.float32),
                 "old_logprobs": old_logprobs.astype(np.float32), "old_values": old_values.astype(np.float32),

@@ -4,11 +4,21 @@ A run started with ``mlx.launch -n N -- lazarus train ...`` gets N ranks: each t
 every batch (the data layer shards by rank), gradients and loss counts are summed over ranks, and
 only rank 0 writes files and draws progress. A plain single-process run is a world of size 1 and
 pays nothing for any of this.
+
+Collectives run on the stream their backend needs: NCCL (NVIDIA GPUs) reduces on the GPU's default
+stream and has no CPU implementation, while ring, MPI and JACCL reduce on the CPU stream (passing
+``stream=mx.cpu`` to an NCCL group fails with "There is no Stream(gpu, 1) in current thread").
+Every collective of a run goes through :class:`World`, so that choice is made in one place.
 """
 
 from __future__ import annotations
 
+import os
+
 import attrs
+
+#: the backends ``mx.distributed`` can be built with, in the order ``lazarus doctor`` lists them
+BACKENDS = ("ring", "mpi", "nccl", "jaccl")
 
 
 @attrs.define
@@ -18,6 +28,7 @@ class World:
     group: object = None
     rank: int = 0
     size: int = 1
+    backend: str = "none"  #: ring | mpi | nccl | jaccl (``none`` for a single process)
 
     @property
     def is_main(self) -> bool:
@@ -28,6 +39,14 @@ class World:
     def distributed(self) -> bool:
         return self.size > 1
 
+    @property
+    def stream(self):
+        """The stream collectives run on: the default GPU stream for NCCL (None: the default device's
+        default stream), the CPU stream for the CPU backends (ring, MPI, JACCL)."""
+        import mlx.core as mx
+
+        return None if self.backend == "nccl" else mx.cpu
+
     def all_sum(self, tree):
         """Sum every array of ``tree`` over ranks (identity for a single process)."""
         if not self.distributed:
@@ -35,7 +54,24 @@ class World:
         import mlx.core as mx
         from mlx.utils import tree_map
 
-        return tree_map(lambda x: mx.distributed.all_sum(x, group=self.group, stream=mx.cpu), tree)
+        stream = self.stream
+        return tree_map(lambda x: mx.distributed.all_sum(x, group=self.group, stream=stream), tree)
+
+    def sum_floats(self, values: list[float]) -> list[float]:
+        """``values`` summed element-wise over ranks (float32 on the wire), as Python floats."""
+        if not self.distributed:
+            return [float(v) for v in values]
+        import mlx.core as mx
+
+        return [float(v) for v in self.all_sum(mx.array(values, dtype=mx.float32)).tolist()]
+
+    def all_gather(self, x):
+        """Every rank's ``x`` (same shape on each) concatenated along the first axis, in rank order."""
+        if not self.distributed:
+            return x
+        import mlx.core as mx
+
+        return mx.distributed.all_gather(x, group=self.group, stream=self.stream)
 
     def all_gather_ints(self, values: list[int]) -> list[list[int]]:
         """Every rank's ``values`` (same length on each, each below 2**32), in rank order."""
@@ -43,9 +79,7 @@ class World:
             return [list(values)]
         import mlx.core as mx
 
-        gathered = mx.distributed.all_gather(mx.array(values, dtype=mx.uint32), group=self.group,
-                                             stream=mx.cpu)
-        flat = [int(v) for v in gathered.tolist()]
+        flat = [int(v) for v in self.all_gather(mx.array(values, dtype=mx.uint32)).tolist()]
         width = len(values)
         return [flat[i * width:(i + 1) * width] for i in range(self.size)]
 
@@ -55,13 +89,43 @@ class World:
             return flag
         import mlx.core as mx
 
-        total = mx.distributed.all_sum(mx.array(1 if flag else 0, dtype=mx.int32), group=self.group,
-                                       stream=mx.cpu)
-        return bool(total.item() > 0)
+        return bool(self.all_sum(mx.array(1 if flag else 0, dtype=mx.int32)).item() > 0)
 
     def barrier(self) -> None:
         """Wait until every rank gets here."""
         self.any(False)
+
+    def describe(self) -> str:
+        """``2 ranks (nccl)``, for the run's first line."""
+        return f"{self.size} ranks ({self.backend})"
+
+
+def launched_backend(environ=None) -> str:
+    """The backend ``mlx.launch`` set this process up for, read from the variables it exports
+    (``any`` when none is recognised: MLX then tries each)."""
+    env = os.environ if environ is None else environ
+    if env.get("NCCL_HOST_IP") and env.get("MLX_WORLD_SIZE"):
+        return "nccl"
+    if env.get("MLX_IBV_DEVICES") or env.get("MLX_JACCL_COORDINATOR"):
+        return "jaccl"
+    if env.get("MLX_HOSTFILE"):
+        return "ring"
+    if env.get("OMPI_COMM_WORLD_SIZE") or env.get("PMI_SIZE") or env.get("MLX_MPI_LIBNAME"):
+        return "mpi"
+    return "any"
+
+
+def available_backends() -> dict[str, bool]:
+    """Which distributed backends this MLX build can start (``lazarus doctor`` reports them)."""
+    import mlx.core as mx
+
+    out = {}
+    for name in BACKENDS:
+        try:
+            out[name] = bool(mx.distributed.is_available(name))
+        except Exception:  # an older MLX without that backend name
+            out[name] = False
+    return out
 
 
 def init_world() -> World:
@@ -70,5 +134,12 @@ def init_world() -> World:
 
     if not mx.distributed.is_available():
         return World()
-    group = mx.distributed.init()
-    return World(group=group, rank=group.rank(), size=group.size())
+    backend = launched_backend()
+    if backend != "any" and not mx.distributed.is_available(backend):
+        backend = "any"
+    group = mx.distributed.init(backend=backend)
+    if group.size() == 1:
+        return World(group=group)
+    if backend == "any":  # launched by other means: MLX picked one; NCCL is the one that needs the GPU
+        backend = "nccl" if mx.distributed.is_available("nccl") and os.environ.get("NCCL_HOST_IP") else "ring"
+    return World(group=group, rank=group.rank(), size=group.size(), backend=backend)

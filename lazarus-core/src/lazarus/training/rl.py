@@ -71,11 +71,13 @@ class Rollout:
 
 def rollout(model, tokenizer, prompts: Sequence[Sequence[int]], *, group_size: int = 1,
             max_completion_length: int = 256, sampling=None, pad_id: int = 0,
-            pad_to_multiple: int = 8) -> Rollout:
+            pad_to_multiple: int = 8, row_seeds: Sequence[int] | None = None) -> Rollout:
     """Generate ``group_size`` completions for each prompt (token id lists) in one batched pass.
 
     ``sampling`` is a :class:`lazarus.generate.SamplingConfig` (its ``seed`` makes the rollout
-    reproducible). The model runs in eval mode (no dropout) and without gradients.
+    reproducible). ``row_seeds`` (``len(prompts) × group_size``, row order) seeds each row on its
+    own instead, so a row draws the same completion in whatever batch (or on whatever rank) it is
+    generated. The model runs in eval mode (no dropout) and without gradients.
     """
     import time
 
@@ -87,7 +89,7 @@ def rollout(model, tokenizer, prompts: Sequence[Sequence[int]], *, group_size: i
     start = time.perf_counter()
     try:
         results = batch_generate(model, tokenizer, rows, max_tokens=max_completion_length,
-                                 sampling=sampling or SamplingConfig())
+                                 sampling=sampling or SamplingConfig(), row_seeds=row_seeds)
     finally:
         model.train(training)
     seconds = time.perf_counter() - start
