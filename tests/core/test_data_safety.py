@@ -104,3 +104,39 @@ def test_error_lines_show_control_characters_as_escapes(lazarus_cli, tmp_path):
     result = lazarus_cli("generate", "--model", "no\nsuch", "--prompt", "x")
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and "no\\nsuch" in result.stderr
+
+
+# -- item 8: a permission error on reading says "cannot read" ------------------------------------------
+def _as_unprivileged(*args, cwd):
+    """Run the CLI without the capabilities that let root read anything (as an ordinary user would)."""
+    import shutil
+    import sys
+
+    command = [sys.executable, "-m", "lazarus.cli", *map(str, args)]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: permissions cannot be tested")
+        command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *command]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize("unreadable", ["data", "weights", "model-dir"])
+def test_permission_errors_on_reading_say_read(unreadable, tmp_path, tiny_checkpoint, tiny_dataset):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint("llama"), model)
+    data = tmp_path / "data.jsonl"
+    shutil.copy(tiny_dataset("completion") / "train.jsonl", data)
+    target = {"data": data, "weights": model / "model.safetensors", "model-dir": model}[unreadable]
+    mode = target.stat().st_mode
+    target.chmod(0)
+    try:
+        done = _as_unprivileged("train", "sft", "--model", model, "--data", data, "--output", tmp_path / "out",
+                                "--max-steps", 1, cwd=tmp_path)
+    finally:
+        target.chmod(mode)
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("Error: cannot read ") and "Permission denied" in line, line
+    assert "cannot write" not in done.stderr

@@ -233,3 +233,74 @@ def test_a_set_aside_copy_with_newer_checkpoints_is_kept(trained, tiny_llama, ma
     kept = trained.parent / f"{trained.name}.recovered-{old.name.split('-')[1]}"
     assert (kept / "checkpoints" / "step-00000004" / "trainer_state.json").is_file()
     assert f"kept {kept}" in result.stderr
+
+
+# -- item 8: silent wrong results ---------------------------------------------------------------------
+@pytest.fixture
+def other_base(tmp_path_factory, lazarus_cli):
+    """A model of the same family and shapes as ``tiny_llama`` but other weights."""
+    path = tmp_path_factory.mktemp("other") / "base"
+    assert lazarus_cli("models", "create", "--family", "llama", "--output", path, "--seed", 7).exit_code == 0
+    return path
+
+
+def test_adapter_from_another_base_warns_with_both_names(trained, other_base, tiny_llama, lazarus_cli):
+    before = tree_hashes(trained)
+    result = lazarus_cli("generate", "--model", other_base, "--adapter", trained, "--prompt", "1 + 1 =",
+                         "--max-tokens", 2)
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.stderr.splitlines() if line.startswith("Warning: adapter")]
+    assert warning and str(tiny_llama) in warning[0] and str(other_base) in warning[0]
+    # its own base: no warning, also from a copy of the base elsewhere (same weights)
+    result = lazarus_cli("generate", "--model", tiny_llama, "--adapter", trained, "--prompt", "1 + 1 =",
+                         "--max-tokens", 2)
+    assert "Warning: adapter" not in result.stderr
+    assert tree_hashes(trained) == before
+
+
+def test_resume_onto_another_base_is_refused(trained, other_base, lazarus_cli):
+    before = tree_hashes(trained)
+    result = lazarus_cli("train", "sft", "--resume", trained, "--model", other_base, "--max-steps", 6)
+    assert result.exit_code == 2, result.output
+    assert "this run was trained on" in result.stderr and str(other_base) in result.stderr
+    assert tree_hashes(trained) == before
+
+
+def test_output_equal_to_the_model_is_refused(tmp_path, tiny_checkpoint, math_sft_data, lazarus_cli):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint("llama"), model)
+    before = tree_hashes(model)
+    result = lazarus_cli("train", "sft", "--model", model, "--data", math_sft_data, "--output", model,
+                         "--max-steps", 1, *TRAIN)
+    assert result.exit_code == 2 and "is the --model directory" in result.stderr
+    assert tree_hashes(model) == before
+
+
+@pytest.fixture
+def unanswerable(tmp_path):
+    """Prompt records without ``answer`` or ``expression``: the arithmetic reward applies to none."""
+    data = tmp_path / "no-answers"
+    data.mkdir()
+    rows = "".join(json.dumps({"prompt": f"What is {i} plus {i}?"}) + "\n" for i in range(12))
+    (data / "train.jsonl").write_text(rows)
+    return data
+
+
+def test_a_reward_that_scores_no_row_stops_grpo(unanswerable, tmp_path, tiny_llama, lazarus_cli):
+    before = tree_hashes(unanswerable)
+    result = lazarus_cli("train", "grpo", "--model", tiny_llama, "--data", unanswerable, "--reward", "arithmetic",
+                         "--output", tmp_path / "g", "--max-steps", 1, "--group-size", 2, "--batch-size", 2)
+    assert result.exit_code == 2, result.output
+    assert "--reward arithmetic scores none of the first 12 records" in result.stderr
+    assert not (tmp_path / "g" / "checkpoints").exists()
+    assert tree_hashes(unanswerable) == before
+
+
+def test_a_reward_that_scores_no_row_stops_eval(unanswerable, tmp_path, tiny_llama, lazarus_cli):
+    out = tmp_path / "results.jsonl"
+    result = lazarus_cli("eval", "--model", tiny_llama, "--data", unanswerable / "train.jsonl", "--reward",
+                         "arithmetic", "--output", out)
+    assert result.exit_code == 2 and "nothing would be scored" in result.stderr
+    assert "accuracy" not in result.stdout and not out.exists()

@@ -72,6 +72,18 @@ def check_output_path(path: str | os.PathLike, kind: str = "dir", option: str = 
     return target
 
 
+def _unreadable(name) -> bool:
+    """Whether ``name`` exists but this process may not read it (or list it, for a directory)."""
+    try:
+        path = os.fspath(name)
+        if os.path.exists(path):
+            return not os.access(path, os.R_OK | (os.X_OK if os.path.isdir(path) else 0))
+        parent = os.path.dirname(os.path.abspath(path))  # a file in a directory we may not search
+        return os.path.isdir(parent) and not os.access(parent, os.X_OK)
+    except (TypeError, ValueError, OSError):
+        return False
+
+
 def write_error_message(exc: BaseException) -> str | None:
     """One line for an error of the machine rather than of the program, met while reading or
     writing files: a full disk (``ENOSPC``, or mlx's "Unable to write" when saving tensors), no
@@ -82,6 +94,9 @@ def write_error_message(exc: BaseException) -> str | None:
             where = f" {exc.filename}" if exc.filename else ""
             return (f"cannot write{where}: {exc.strerror or exc}; free some space or write elsewhere "
                     "(the previous output, if any, is unchanged)")
+        if exc.errno in (errno.EACCES, errno.EPERM) and exc.filename and _unreadable(exc.filename):
+            return (f"cannot read {exc.filename}: {exc.strerror or exc}; give yourself read permission "
+                    "(chmod u+r) or use a copy you can read")
         if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             where = f" {exc.filename}" if exc.filename else ""
             return f"cannot write{where}: {exc.strerror or exc}; choose a path you can write to"

@@ -163,3 +163,30 @@ def score(rewards: Sequence[Reward], prompts: Sequence[Any], completions: Sequen
     for i in range(len(completions)):
         total.append(sum(r.weight * by_reward[r.name][i] for r in rewards if by_reward[r.name][i] is not None))
     return Scores(total=total, by_reward=by_reward)
+
+
+def check_applies(rewards: Sequence[Reward], records: Sequence[Any], where: str, sample: int = 64) -> None:
+    """Refuse, before any work, rewards that score none of the data: each returns ``None`` (does not
+    apply) for every one of the first ``sample`` prompt records (``.prompt``, ``.extra``,
+    ``.source``), asked about an empty completion. Training on them would learn from zero gradients,
+    and an eval would report an accuracy of 0 that measures nothing."""
+    rows = list(records[:sample]) if hasattr(records, "__getitem__") else list(records)[:sample]
+    if not rewards or not rows:
+        return
+    prompts = [getattr(r, "prompt", "") for r in rows]
+    extras = [dict(getattr(r, "extra", {}) or {}) for r in rows]
+    sources = [getattr(r, "source", "") for r in rows]
+    records_seen = [{**e, "completion_ids": []} for e in extras]  # as trainers and eval pass them
+    for reward in rewards:
+        try:
+            values = reward(prompts, [""] * len(rows), records_seen, sources)
+        except LazarusError:  # it cannot judge an empty completion: no verdict here
+            return
+        if any(v is not None for v in values):
+            return
+    names = ", ".join(r.name for r in rewards)
+    keys = sorted({k for e in extras for k in e})
+    raise LazarusError(f"--reward {names} scores none of the first {len(rows)} records of {where} (it returns "
+                       f"None, 'not applicable', for each; their keys: {', '.join(keys) or 'prompt only'}): "
+                       "nothing would be scored; use data with the fields the reward reads (arithmetic: "
+                       "answer or expression) or another --reward")

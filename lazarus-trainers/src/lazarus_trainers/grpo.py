@@ -116,6 +116,9 @@ class RolloutTrainer(Trainer):
 
         self.rewards = load_rewards(self.config.reward or ())
         super().load_data()
+        from lazarus.rewards import check_applies
+
+        check_applies(self.rewards, [e.record for e in self.train_examples], self.config.data)
         if self.valid_examples is not None:
             self.log("The validation prompts are not scored during training; measure them with "
                      f"`lazarus eval --data {self.config.data}/valid.jsonl --reward ...`")

@@ -114,6 +114,9 @@ def eval_command(model_path, adapter_path, data, split, rewards, output, force, 
     dataset = read_dataset(path, format="prompt")
     if not len(dataset):
         raise LazarusError(f"{path}: no records (the file is empty)")
+    from lazarus.rewards import check_applies
+
+    check_applies(reward_fns, dataset, str(path))  # a reward that scores no row measures nothing
     model, tokenizer, _ = load_model(model_path, adapter_path=adapter_path)
     examples = list(tokenize_prompts(dataset, tokenizer, chat_template=chat_template))[:limit]
     from lazarus.commands.generate import fitting_max_tokens
