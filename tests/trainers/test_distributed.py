@@ -160,3 +160,57 @@ def test_grpo_ranks_generate_their_share_and_match_one_process(tiny_llama, math_
     assert max(float(mx.abs(one[k]).max()) for k in one if k.endswith("lora_b")) > 1e-3  # it trained (B starts at 0)
     for key in one:
         np.testing.assert_allclose(np.array(two[key]), np.array(one[key]), atol=1e-4, err_msg=key)
+
+
+def test_a_row_samples_the_same_tokens_in_any_batch(tiny_llama):
+    """Per-row seeds: a row's sampled completion does not depend on which rows share its batch,
+    nor on when they finish (what lets ranks split a rollout), in the compiled and eager paths."""
+    from lazarus import load_model
+    from lazarus.generate import SamplingConfig, batch_generate
+
+    model, tokenizer, _ = load_model(str(tiny_llama))
+    prompts = [[1, 5, 9, 12], [1, 7], [1, 3, 3, 3, 3, 3, 8], [1, 2, 4]]
+    seeds = [11, 12, 13, 14]
+    sampling = SamplingConfig(temperature=1.0, seed=0)
+    stops = list(range(0, 512, 23))  # common enough that rows finish at different steps
+
+    def tokens(rows, row_seeds, compiled):
+        import lazarus.generate as generate
+
+        before = generate._COMPILED_DECODE
+        generate._COMPILED_DECODE = "1" if compiled else "0"
+        try:
+            return [r.token_ids for r in batch_generate(model, tokenizer, rows, max_tokens=24, sampling=sampling,
+                                                        stop_token_ids=stops, row_seeds=row_seeds)]
+        finally:
+            generate._COMPILED_DECODE = before
+
+    for compiled in (False, True):
+        whole = tokens(prompts, seeds, compiled)
+        assert len({len(t) for t in whole}) > 1  # rows left the batch at different steps
+        assert tokens(prompts[:2], seeds[:2], compiled) + tokens(prompts[2:], seeds[2:], compiled) == whole
+        assert [tokens([p], [s], compiled)[0] for p, s in zip(prompts, seeds, strict=True)] == whole
+        assert tokens(prompts, [21, 12, 13, 14], compiled)[1:] == whole[1:]
+
+
+def test_the_backend_mlx_launch_set_up_is_recognised():
+    from lazarus.training.distributed import World, launched_backend
+
+    assert launched_backend({"NCCL_HOST_IP": "10.0.0.1", "NCCL_PORT": "12345", "MLX_WORLD_SIZE": "2"}) == "nccl"
+    assert launched_backend({"MLX_HOSTFILE": "[[\"127.0.0.1:5000\"], [\"127.0.0.1:5001\"]]", "MLX_RANK": "1"}) == "ring"
+    assert launched_backend({"MLX_HOSTFILE": "x", "MLX_IBV_DEVICES": "[]"}) == "jaccl"
+    assert launched_backend({"OMPI_COMM_WORLD_SIZE": "2"}) == "mpi"
+    assert launched_backend({}) == "any"
+    import mlx.core as mx
+
+    # NCCL reduces on the GPU's default stream; the CPU backends on the CPU stream
+    assert World(size=2, backend="nccl").stream is None
+    assert World(size=2, backend="ring").stream == mx.cpu
+
+
+def test_doctor_reports_the_distributed_backends():
+    run = subprocess.run([str(BIN / "lazarus"), "doctor", "--json"], capture_output=True, text=True, timeout=120)
+    report = json.loads(run.stdout)["distributed"]
+    assert set(report["backends"]) == {"ring", "mpi", "nccl", "jaccl"}
+    assert report["backends"]["ring"] is True  # every MLX build has the ring backend
+    assert report["launch_default"] == ("nccl" if json.loads(run.stdout)["cuda"] else "ring")

@@ -234,6 +234,11 @@ def doctor(as_json: bool):
         report["metal"] = bool(mx.metal.is_available())
         report["cuda"] = bool(getattr(mx, "cuda", None) and mx.cuda.is_available())
         report["gpu_backend"] = report["metal"] or report["cuda"]
+        from lazarus.training.distributed import available_backends
+
+        backends = available_backends()
+        # what `mlx.launch` picks when not told: NCCL where CUDA is, ring elsewhere
+        report["distributed"] = {"backends": backends, "launch_default": "nccl" if report["cuda"] else "ring"}
         from lazarus import cpu_blas
 
         report["cpu_blas"] = {**cpu_blas.state, "gflops_float32": round(cpu_blas.measure_gflops(), 1)}
@@ -260,6 +265,10 @@ def doctor(as_json: bool):
         blas = report["cpu_blas"]
         console.print(f"CPU BLAS: {blas['blas']}, float32 matmul {blas['gflops_float32']:.1f} GFLOP/s"
                       f"  [dim]({blas['note']})[/]")
+        dist = report["distributed"]
+        offered = [name for name, ok in dist["backends"].items() if ok]
+        console.print(f"distributed backends: {', '.join(offered) or 'none'}  (mlx.launch -n N picks "
+                      f"{dist['launch_default']} here; docs/distributed.md)")
     for r in records:
         colour = {"loaded": "green", "failed": "red", "blocked": "yellow"}[r.status]
         line = f"  {r.name} ({r.distribution} {r.version}): [{colour}]{r.status}[/]"
