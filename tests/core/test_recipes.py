@@ -228,9 +228,14 @@ def test_a_third_party_plugins_stage_runs(tiny_llama, math_dirs, tmp_path):
     assert bad.returncode == 2 and "unknown key 'colour' for introspect 'count-blocks'" in bad.stderr
 
 
-def test_the_example_recipes_check(tmp_path):
+def test_the_example_recipes_check(tmp_path, monkeypatch):
     examples = sorted((Path(__file__).parents[2] / "examples" / "recipes").glob("*.toml"))
     assert len(examples) >= 3
+    for recipe in (r for r in examples if "\ndata = " in r.read_text()):  # without their data, --check
+        result = run(recipe, "--check")                                     # names the missing path
+        assert result.exit_code == 2 and "does not exist" in result.output, (recipe, result.output)
+    monkeypatch.chdir(tmp_path)  # with the data their header says to generate, they check
+    assert CliRunner().invoke(main, ["data", "generate", "math", "--output", "math", "--count", "40"]).exit_code == 0
     for recipe in examples:
         result = run(recipe, "--check")
         assert result.exit_code == 0 and "stages OK" in result.output, (recipe, result.output)

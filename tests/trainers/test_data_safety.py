@@ -304,3 +304,76 @@ def test_a_reward_that_scores_no_row_stops_eval(unanswerable, tmp_path, tiny_lla
                          "arithmetic", "--output", out)
     assert result.exit_code == 2 and "nothing would be scored" in result.stderr
     assert "accuracy" not in result.stdout and not out.exists()
+
+
+# -- item 9: recipes ------------------------------------------------------------------------------------
+def _recipe(path: Path, model, output, sft_data, *, sft_extra="", eval_data=None) -> Path:
+    import textwrap
+
+    path.write_text(textwrap.dedent(f"""
+        model = "{model}"
+        output = "{output}"
+
+        [[stage]]
+        train = "sft"
+        data = "{sft_data}"
+        max-steps = 2
+        num-layers = -1
+        rank = 4
+        batch-size = 4
+        max-seq-length = 96
+        eval-batches = 1
+        save-interval = 1
+        {sft_extra}
+
+        [[stage]]
+        name = "again"
+        train = "sft"
+        data = "{eval_data or sft_data}"
+        max-steps = 1
+        num-layers = -1
+        rank = 4
+        batch-size = 4
+        max-seq-length = 96
+        eval-batches = 1
+        """))
+    return path
+
+
+def test_recipe_check_refuses_missing_data(tmp_path, tiny_llama, math_sft_data, lazarus_cli):
+    recipe = _recipe(tmp_path / "r.toml", tiny_llama, tmp_path / "out", math_sft_data,
+                     eval_data=tmp_path / "no-such-data")
+    result = lazarus_cli("run", recipe, "--check")
+    assert result.exit_code == 2, result.output
+    assert "stage 2 (again): data = " in result.stderr and "does not exist" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_stage_is_marked_failed(tmp_path, tiny_llama, math_sft_data, lazarus_cli):
+    # a learning rate that overflows the weights: the divergence guard stops the stage
+    recipe = _recipe(tmp_path / "r.toml", tiny_llama, tmp_path / "out", math_sft_data,
+                     sft_extra="learning-rate = 1e308")
+    result = lazarus_cli("run", recipe)
+    assert result.exit_code == 2, result.output
+    assert "training diverged" in result.stderr
+    record = json.loads((tmp_path / "out" / "sft" / "stage.json").read_text())
+    assert record["status"] == "failed" and "diverged" in record["error"]
+    assert not (tmp_path / "out" / "again").exists()
+
+
+def test_a_deleted_stage_output_reruns_the_stages_after_it(tmp_path, tiny_llama, math_sft_data, lazarus_cli):
+    import shutil
+
+    recipe = _recipe(tmp_path / "r.toml", tiny_llama, tmp_path / "out", math_sft_data)
+    assert lazarus_cli("run", recipe).exit_code == 0
+    later = tmp_path / "out" / "again" / "adapters.safetensors"
+    before = hashlib.sha256(later.read_bytes()).hexdigest()
+    stamp = later.stat().st_mtime_ns
+    shutil.rmtree(tmp_path / "out" / "sft")
+    result = lazarus_cli("run", recipe)
+    assert result.exit_code == 0, result.output
+    assert "unchanged, skipped" not in result.output  # sft re-made, so "again" (trained on it) ran too
+    assert later.stat().st_mtime_ns != stamp
+    assert hashlib.sha256(later.read_bytes()).hexdigest() == before  # the same inputs, the same weights
+    again = lazarus_cli("run", recipe)
+    assert again.output.count("unchanged, skipped") == 2

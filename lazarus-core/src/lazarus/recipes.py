@@ -203,6 +203,7 @@ def check_stage(recipe: Recipe, stage: Stage) -> None:
     if stage.adapter not in (None, "none") and stage.adapter not in {s.name for s in recipe.stages[:stage.index - 1]} \
             and not Path(stage.adapter).exists():
         raise LazarusError(f"{where}: adapter = {stage.adapter!r} is neither an earlier stage nor a directory")
+    _check_data_exists(recipe, stage, where)
     if stage.kind == "train":
         if stage.plugin not in registry.names("trainer"):
             raise LazarusError(f"{where}: no trainer named {stage.plugin!r}; installed: "
@@ -223,6 +224,20 @@ def check_stage(recipe: Recipe, stage: Stage) -> None:
                     raise LazarusError(f"{where}: reward {spec!r}: the weight after ':' must be a number") from None
     command = stage_command(stage, where)
     _check_command_options(where, stage, command)
+
+
+def _check_data_exists(recipe: Recipe, stage: Stage, where: str) -> None:
+    """A stage's ``data`` must exist before anything runs, unless an earlier stage writes it (a path
+    inside the recipe's output directory)."""
+    value = stage.options.get("data")
+    if not isinstance(value, str) or not value:
+        return
+    path = Path(value).expanduser()
+    output = Path(recipe.output).absolute()
+    if path.exists() or output == path.absolute() or output in path.absolute().parents:
+        return
+    raise LazarusError(f"{where}: data = {value!r} does not exist; fix the path (relative paths are read from "
+                       "the directory `lazarus run` is started in)")
 
 
 def _check_train_options(where: str, stage: Stage) -> None:
@@ -381,11 +396,15 @@ class Runner:
                                "options": stage.options, "rewards": stage.rewards, "model": stage_model,
                                "adapter": stage_adapter, "files": {k: _file_fingerprint(v)
                                                                    for k, v in stage.options.items()},
+                               # the adapter's weights: a stage that re-made them makes its followers run
+                               "adapter_files": _file_fingerprint(stage_adapter),
                                "model_weights": _weights_fingerprint(stage_model) if stage.model else None})
             result = self._run_stage(stage, key, stage_model, stage_adapter, forced)
             results.append(result)
             if result.status in ("interrupted", "failed"):
                 break
+            # a stage that ran (its output was missing, changed or forced) makes every later one run
+            forced = forced or result.status in ("ran", "resumed")
             previous_key = key
             if stage.kind == "train":
                 if self._full_fine_tune(stage):
@@ -427,10 +446,16 @@ class Runner:
                   "adapter": adapter}
         _write_stage_file(directory, {**record, "status": "running"})
         start = time.perf_counter()
-        if stage.kind == "train":
-            status, metric = self._train(stage, model, adapter, directory, resume=resume)
-        else:
-            status, metric = self._command(stage, model, adapter, directory)
+        try:
+            if stage.kind == "train":
+                status, metric = self._train(stage, model, adapter, directory, resume=resume)
+            else:
+                status, metric = self._command(stage, model, adapter, directory)
+        except BaseException as exc:  # never leave a stage marked "running" by a run that ended
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            _write_stage_file(directory, {**record, "status": status, "error": " ".join(str(exc).split())[:500],
+                                          "seconds": time.perf_counter() - start})
+            raise
         seconds = time.perf_counter() - start
         if status == "done":
             _write_stage_file(directory, {**record, "status": "done", "seconds": seconds, "metric": metric,
