@@ -291,8 +291,10 @@ def top_contexts(model, tokenizer, sae: SAE, features: Sequence[int], texts, *, 
                  width: int = 8, max_length: int = 256) -> dict:
     """For each of ``features``, the ``per_feature`` tokens in ``texts`` (an iterable of strings,
     read one at a time) where it fires most: ``{feature: [{"activation", "text", "token",
-    "context"}]}``, ``context`` being up to ``width`` tokens before and the token itself."""
+    "context"}]}``, ``context`` being up to ``width`` tokens before and the token itself, marked
+    ``[[token]]``. A context that recurs (the same words in several records) is listed once."""
     heaps: dict[int, list] = {f: [] for f in features}
+    kept = per_feature * 8  # room for repeats, dropped below
     index = mx.array(list(features), dtype=mx.int32)
     counter = 0
     for text in texts:
@@ -308,15 +310,18 @@ def top_contexts(model, tokenizer, sae: SAE, features: Sequence[int], texts, *, 
                     continue
                 counter += 1
                 item = (value, counter, text, ids, position)
-                if len(heaps[feature]) < per_feature:
+                if len(heaps[feature]) < kept:
                     heapq.heappush(heaps[feature], item)
                 elif value > heaps[feature][0][0]:
                     heapq.heapreplace(heaps[feature], item)
     out = {}
     for feature, heap in heaps.items():
-        rows = []
+        rows, seen = [], set()
         for value, _, text, ids, position in sorted(heap, reverse=True):
             start = max(0, position - width)
+            if tuple(ids[start:position + 1]) in seen or len(rows) == per_feature:
+                continue
+            seen.add(tuple(ids[start:position + 1]))
             rows.append({"activation": value, "text": text, "position": position,
                          "token": token_strings(tokenizer, [ids[position]])[0],
                          "context": tokenizer.decode(ids[start:position]) + "[[" + token_strings(tokenizer, [ids[position]])[0] + "]]"})
@@ -400,7 +405,7 @@ def features_command(model_path, adapter_path, json_path, report_dir, sae_dir, p
                       ", ".join(f"#{f['feature']} {f['activation']:.3g}" for f in entry["features"]) or "-")
     if data is not None:
         ctx_table = report.table(f"where the listed features fire most in {data}",
-                                 ["feature", "activation", "context ([[token]])"])
+                                 ["feature", "activation", "context (the token marked)"])
         for feature in listed:
             for row in result["top_contexts"][str(feature)]:
                 ctx_table.add_row(f"#{feature}", row["activation"], row["context"])

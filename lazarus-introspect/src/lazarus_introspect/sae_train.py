@@ -320,6 +320,10 @@ def train_sae(config: SAETrainConfig, *, model=None, tokenizer=None, console=Non
         if getattr(config, name) is None:
             raise LazarusError(f"--{name} is required")
     output = check_output_path(config.output)
+    # the saved config names files absolutely, so --resume works from any directory
+    config = attrs.evolve(config, output=str(output), **{
+        name: str(Path(getattr(config, name)).absolute()) for name in ("model", "adapter", "data")
+        if getattr(config, name) and Path(getattr(config, name)).exists()})
     resume_from = ckpt.find_checkpoint(config.resume) if config.resume else None
     state = ckpt.read_state(resume_from) if resume_from else {}
     if state and state["trainer"] != TRAINER_NAME:
