@@ -140,3 +140,39 @@ def test_permission_errors_on_reading_say_read(unreadable, tmp_path, tiny_checkp
     line = done.stderr.strip().splitlines()[-1]
     assert line.startswith("Error: cannot read ") and "Permission denied" in line, line
     assert "cannot write" not in done.stderr
+
+
+# -- item 10: plugins and doctor ------------------------------------------------------------------------
+def test_plugins_new_with_a_keyword_name_compiles_and_checks(tmp_path, lazarus_cli):
+    import compileall
+
+    result = lazarus_cli("plugins", "new", "reward-function", "class", "--output", tmp_path / "p")
+    assert result.exit_code == 0, result.output
+    assert compileall.compile_dir(str(tmp_path / "p"), quiet=1)
+    check = lazarus_cli("plugins", "check", tmp_path / "p")
+    assert check.exit_code == 0, check.output
+
+
+def test_doctor_exits_non_zero_with_a_failed_plugin(lazarus_cli, plugin_registry):
+    import types
+
+    import lazarus
+
+    broken = types.ModuleType("broken_plugin")
+
+    @lazarus.hookimpl
+    def register_trainers(register):
+        raise ValueError("exploded")
+
+    broken.register_trainers = register_trainers
+    plugin_registry(broken)
+    for args in (("doctor",), ("doctor", "--json")):
+        result = lazarus_cli(*args)
+        assert result.exit_code == 1 and "exploded" in result.output
+
+
+def test_plugins_list_names_an_unknown_hook(lazarus_cli):
+    result = lazarus_cli("plugins", "list", "--hook", "foo")
+    assert result.exit_code == 2 and "--hook foo: no such hook" in result.stderr
+    assert "register_trainers" in result.stderr
+    assert lazarus_cli("plugins", "list", "--hook", "trainers").exit_code == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -377,3 +378,77 @@ def test_a_deleted_stage_output_reruns_the_stages_after_it(tmp_path, tiny_llama,
     assert hashlib.sha256(later.read_bytes()).hexdigest() == before  # the same inputs, the same weights
     again = lazarus_cli("run", recipe)
     assert again.output.count("unchanged, skipped") == 2
+
+
+# -- item 10: smaller things ----------------------------------------------------------------------------
+@pytest.mark.parametrize("option, value, says", [
+    ("--num-layers", "0", "adapt at least one block"),
+    ("--eval-batches", "0", "measures nothing"),
+])
+def test_zero_that_meant_something_else_is_refused(option, value, says, tmp_path, tiny_llama, math_sft_data,
+                                                   lazarus_cli):
+    result = lazarus_cli("train", "sft", "--model", tiny_llama, "--data", math_sft_data, "--output", tmp_path / "o",
+                         option, value)
+    assert result.exit_code == 2 and says in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_rollout_sampling_probabilities_are_checked_before_the_model_loads(lazarus_cli, tmp_path):
+    for option in ("--top-p", "--min-p"):
+        result = lazarus_cli("train", "grpo", "--model", tmp_path / "absent", "--data", "d", option, "2")
+        assert result.exit_code == 2 and "must be <= 1.0" in result.stderr, result.output
+
+
+def test_a_group_that_cannot_fit_is_refused_before_generating(tmp_path, tiny_llama, math_sft_data, lazarus_cli):
+    prompts = math_sft_data.parent / "prompts"
+    result = lazarus_cli("train", "grpo", "--model", tiny_llama, "--data", prompts, "--reward", "arithmetic",
+                         "--output", tmp_path / "g", "--max-steps", 1, "--group-size", 10**7)
+    assert result.exit_code == 2, result.output
+    assert "more than the" in result.stderr and "lower --group-size" in result.stderr
+    assert not (tmp_path / "g" / "checkpoints").exists()
+
+
+def test_a_reward_that_calls_sys_exit_is_named(tmp_path, tiny_llama, math_sft_data, lazarus_cli, plugin_registry):
+    import types
+
+    import lazarus
+    from lazarus.specs import RewardFunctionSpec
+
+    plugin = types.ModuleType("quitter")
+
+    @lazarus.hookimpl
+    def register_reward_functions(register):
+        register(RewardFunctionSpec(name="quits", entry=f"{__name__}:_quits"))
+
+    plugin.register_reward_functions = register_reward_functions
+    plugin_registry("lazarus-trainers", "lazarus-families", plugin)
+    out = tmp_path / "results.jsonl"
+    result = lazarus_cli("eval", "--model", tiny_llama, "--data", math_sft_data.parent / "prompts" / "test.jsonl",
+                         "--reward", "quits", "--limit", 2, "--max-tokens", 2, "--output", out)
+    assert result.exit_code == 2, result.output
+    assert "reward 'quits' called sys.exit(3)" in result.stderr
+    assert not out.exists()
+
+
+def _quits(prompts, completions, records):
+    import sys
+
+    if all(c == "" for c in completions):
+        return [1.0] * len(completions)  # the up-front applicability probe
+    sys.exit(3)
+
+
+def test_eval_results_and_generated_data_are_readable_like_other_outputs(tmp_path, tiny_llama, math_sft_data,
+                                                                          lazarus_cli):
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        assert lazarus_cli("data", "generate", "math", "--output", tmp_path / "math", "--count", 20).exit_code == 0
+        out = tmp_path / "results.jsonl"
+        assert lazarus_cli("eval", "--model", tiny_llama, "--data", tmp_path / "math" / "prompts" / "test.jsonl",
+                           "--reward", "arithmetic", "--limit", 2, "--max-tokens", 2, "--output", out).exit_code == 0
+    finally:
+        os.umask(mask)
+    for path in [out, *(tmp_path / "math").rglob("*.jsonl")]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path

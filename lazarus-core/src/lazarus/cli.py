@@ -149,6 +149,12 @@ def plugins_list(as_json: bool, hook: str | None, show_all: bool):
     if hook:
         wanted = hook.replace("-", "_")
         wanted = wanted if wanted.startswith("register_") else f"register_{wanted}"
+        from lazarus import hookspecs
+
+        known = sorted(n for n in vars(hookspecs) if n.startswith("register_"))
+        if wanted not in known:
+            raise LazarusError(f"--hook {hook}: no such hook; hooks: {', '.join(known)} "
+                               "(the register_ prefix may be left out)")
         records = [r for r in records if wanted in r.hooks]
     records.sort(key=lambda r: (not r.builtin, r.name))
     if as_json:
@@ -248,9 +254,11 @@ def doctor(as_json: bool):
     records = list(get_registry().plugins.values())
     report["plugins"] = {r.name: {"distribution": r.distribution, "version": r.version,
                                   "status": r.status, "error": r.error} for r in records}
+    #: doctor's exit status: 1 when a plugin failed to load or mlx is missing (scripts and CI notice)
+    unhealthy = report["mlx"] is None or any(r.status == "failed" for r in records)
     if as_json:
         click.echo(json.dumps(report, indent=2))
-        return
+        sys.exit(1 if unhealthy else 0)
     from rich.console import Console
 
     console = Console()
@@ -277,6 +285,8 @@ def doctor(as_json: bool):
     if failed:
         console.print(f"[red]{len(failed)} plugin(s) failed to load[/]; "
                       "LAZARUS_STRICT_PLUGINS=1 shows the full error")
+    if unhealthy:
+        sys.exit(1)
 
 
 def _reserve_core_commands() -> None:

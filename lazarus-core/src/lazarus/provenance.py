@@ -160,6 +160,9 @@ def write(output_dir: str | os.PathLike, record: dict) -> Path:
         with os.fdopen(fd, "w") as f:
             json.dump(record, f, indent=2, default=str)
             f.write("\n")
+        from lazarus.checkpoints.atomic import file_mode
+
+        os.chmod(tmp, file_mode())
         os.replace(tmp, out / FILENAME)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -59,6 +59,9 @@ class Reward:
                 values = self.fn(list(prompts), list(completions), [dict(r) for r in records])
             except LazarusError as exc:
                 raise LazarusError(f"reward {self.name!r}: {exc}") from None
+            except SystemExit as exc:  # it would end the run with no word
+                raise LazarusError(f"reward {self.name!r} called sys.exit({exc.code!r}); a reward must return "
+                                   "values (or raise an exception), not exit") from None
             except Exception as exc:
                 raise LazarusError(f"reward {self.name!r} raised {type(exc).__name__}: {exc} "
                                    f"(on a batch of {n} rows starting at {where(0)})") from exc
@@ -77,6 +80,9 @@ class Reward:
                     values.append(self.fn(prompt, completion, **record))
                 except LazarusError as exc:
                     raise LazarusError(f"reward {self.name!r} on {where(i)}: {exc}") from None
+                except SystemExit as exc:
+                    raise LazarusError(f"reward {self.name!r} called sys.exit({exc.code!r}) on {where(i)}; a "
+                                       "reward must return values (or raise an exception), not exit") from None
                 except Exception as exc:
                     raise LazarusError(f"reward {self.name!r} raised {type(exc).__name__} on {where(i)}: "
                                        f"{exc}") from exc

@@ -9,6 +9,7 @@ with no edits.
 
 from __future__ import annotations
 
+import keyword
 import os
 import re
 import shutil
@@ -61,6 +62,8 @@ def names_for(name: str) -> dict[str, str]:
     """Distribution, package and Python names derived from a kebab-case plugin name."""
     dist = name if name.startswith("lazarus-") else f"lazarus-{name}"
     snake = name.replace("-", "_")
+    if keyword.iskeyword(snake):  # `class`, `def`...: the generated function needs a legal name
+        snake += "_"
     return {"name": name, "dist": dist, "package": dist.replace("-", "_"), "snake": snake,
             "title": "".join(part.capitalize() for part in name.split("-"))}
 

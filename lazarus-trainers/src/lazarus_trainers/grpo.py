@@ -53,9 +53,9 @@ class RolloutConfig(TrainingConfig):
     group_size: int = setting(4, "Completions generated per prompt (the group of GRPO).", minimum=1)
     max_completion_length: int = setting(256, "Most tokens generated per completion.", minimum=1)
     temperature: float = setting(1.0, "Sampling temperature of the rollouts (0: greedy).", minimum=0.0)
-    top_p: float = setting(1.0, "Nucleus sampling of the rollouts (1: off).", minimum=0.0)
+    top_p: float = setting(1.0, "Nucleus sampling of the rollouts (1: off).", minimum=0.0, maximum=1.0)
     top_k: int = setting(0, "Top-k sampling of the rollouts (0: off).", minimum=0)
-    min_p: float = setting(0.0, "Min-p sampling of the rollouts (0: off).", minimum=0.0)
+    min_p: float = setting(0.0, "Min-p sampling of the rollouts (0: off).", minimum=0.0, maximum=1.0)
     beta: float = setting(0.04, "Weight of the KL to the reference model (0: no reference is kept).", minimum=0.0)
     ref_model: str | None = setting(None, "Reference model directory (default: the policy without its trained "
                                           "adapter, or the starting --adapter).", metavar="DIR")
@@ -119,6 +119,15 @@ class RolloutTrainer(Trainer):
         from lazarus.rewards import check_applies
 
         check_applies(self.rewards, [e.record for e in self.train_examples], self.config.data)
+        from lazarus.training.trainer import generation_bytes
+
+        c = self.config
+        rows = max(1, c.batch_size // self.world.size) * c.group_size
+        longest = max((len(e.prompt_ids) for e in self.train_examples), default=1)
+        self.check_memory(generation_bytes(self.model, rows, longest + c.max_completion_length),
+                          f"generating {rows} completions at once ({c.batch_size} prompts x --group-size "
+                          f"{c.group_size}, up to {longest} + {c.max_completion_length} tokens)",
+                          "--group-size, --batch-size or --max-completion-length")
         if self.valid_examples is not None:
             self.log("The validation prompts are not scored during training; measure them with "
                      f"`lazarus eval --data {self.config.data}/valid.jsonl --reward ...`")

@@ -158,6 +158,12 @@ def _umask() -> int:
     return mask
 
 
+def file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file (0666 less the umask): for temporary files made
+    with ``mkstemp`` (0600) before they are renamed into place, so outputs are readable like others."""
+    return 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | Path, owned: Callable[[str], bool] = lambda name: True
                      ) -> Iterator[Path]:

@@ -197,7 +197,9 @@ def write_gguf(model, config: dict, tokenizer_dir: Path, output: str | os.PathLi
             if shutil.disk_usage(out.parent).free < needed:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out)) from None
             raise LazarusError(f"cannot write {out}: {' '.join(str(exc).split())}") from None
-        os.chmod(tmp, 0o644)
+        from lazarus.checkpoints.atomic import file_mode
+
+        os.chmod(tmp, file_mode())
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

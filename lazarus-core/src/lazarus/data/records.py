@@ -343,6 +343,9 @@ def write_text_atomic(path: str | Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        from lazarus.checkpoints.atomic import file_mode
+
+        os.chmod(tmp, file_mode())  # mkstemp's 0600 would make results unreadable to others
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -85,6 +85,14 @@ def _learning_rate_text(cls) -> str:
     return f"{rates['lora']:g} for lora/dora adapters, {rates['full']:g} for full"
 
 
+def _not_zero(meaning: str):
+    def check(instance, attribute, value):
+        if value == 0:
+            raise ValueError(f"{attribute.name} must not be 0: {meaning}")
+
+    return check
+
+
 def resolve_num_layers(num_layers: int | None, blocks: int) -> int:
     """The ``num_layers`` of the adapter for a model of ``blocks`` blocks: ``None`` (not given) means
     ``min(16, blocks)``; ``-1`` (all, as mlx-lm reads it) stays; more than ``blocks`` is an error
@@ -101,14 +109,15 @@ def resolve_num_layers(num_layers: int | None, blocks: int) -> int:
 
 def setting(default: Any = None, help: str = "", *, choices: tuple[str, ...] | None = None,
             minimum: float | None = None, metavar: str | None = None, many: bool = False,
-            cli: bool = True, shown_default: Any = None, maximum: float | None = None) -> Any:
+            cli: bool = True, shown_default: Any = None, maximum: float | None = None,
+            nonzero: str | None = None) -> Any:
     """Declare one config field: its default, the help shown by ``--help``, and optional checks.
 
     ``choices`` limits a string field; ``minimum`` and ``maximum`` are inclusive bounds for numbers
     (``None`` values are always allowed for optional fields; floats must be finite and integers
     at most ``MAX_INT`` besides, see :func:`check_numbers`); ``many=True`` marks a tuple-of-strings field
     (given as ``a,b`` on the command line; implied by a tuple default); ``cli=False`` keeps a field
-    out of the CLI. ``default`` may be an ``attrs.Factory(fn, takes_self=True)`` (a default that
+    out of the CLI; ``nonzero`` (a hint) refuses 0. ``default`` may be an ``attrs.Factory(fn, takes_self=True)`` (a default that
     depends on earlier fields); ``shown_default`` (text, or ``fn(config class) -> text``) is what
     ``--help`` shows as its default.
     """
@@ -124,6 +133,8 @@ def setting(default: Any = None, help: str = "", *, choices: tuple[str, ...] | N
                 "shown_default": shown_default}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple or None as the default of a config field")
+    if nonzero is not None:
+        validators.append(_not_zero(nonzero))
     return attrs.field(default=default, metadata=metadata, validator=validators or None,
                        converter=_tuple_converter if many or isinstance(default, tuple) else None)
 
@@ -199,7 +210,8 @@ class TrainingConfig:
         metavar="NAMES", many=True)
     num_layers: int | None = setting(
         None, f"Adapt the last N transformer blocks (default: {DEFAULT_NUM_LAYERS}, or all of a smaller "
-              "model; -1: all). More than the model has is an error.", minimum=-1, metavar="N")
+              "model; -1: all). More than the model has is an error.", minimum=-1, metavar="N",
+        nonzero="adapt at least one block (N >= 1), or all with -1")
 
     # -- optimisation --------------------------------------------------------------------------
     learning_rate: float = setting(
@@ -235,6 +247,8 @@ class TrainingConfig:
                                       "the start and end).", minimum=0)
     eval_batches: int | None = setting(
         None, "Validation batches per evaluation (-1: the whole set).", minimum=-1, metavar="N",
+        nonzero="an evaluation of no batches measures nothing; use N >= 1 or -1 (the whole set), or "
+                "--eval-interval 0 for fewer evaluations",
         shown_default=f"{MAX_EVAL_BATCHES}, fewer in a short run: all evaluations together take at most "
                       f"{EVAL_SHARE:g} batch per training batch")
     save_interval: int = setting(100, "Steps between resumable checkpoints (0: only at the end).", minimum=0)

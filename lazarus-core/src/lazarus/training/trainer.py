@@ -714,6 +714,13 @@ class Trainer:
                                f"resume it on its own base, or start a new run on {model} with --adapter "
                                f"{checkpoint} (a warning says when its shapes fit another base)")
 
+    def check_memory(self, needed: int, what: str, lower: str) -> None:
+        """Refuse up front what cannot fit in the device's memory (rather than be killed for it)."""
+        available = device_memory_bytes()
+        if available and needed > available:
+            raise LazarusError(f"{what} needs at least {needed / 1e9:.1f} GB, more than the {available / 1e9:.1f} GB "
+                               f"of this device; lower {lower}")
+
     def _check_not_model(self, output: Path) -> None:
         """Refuse an output directory that is a model this run reads (its files would be replaced)."""
         for option in ("model", "ref_model"):
@@ -953,6 +960,38 @@ class Trainer:
         parts = [f"{metric_label(k)} {first[k]:.3f} -> {last[k]:.3f}" for k in keys
                  if isinstance(first.get(k), (int, float)) and isinstance(last.get(k), (int, float))]
         return " · ".join(parts) + where if parts else ""
+
+
+def device_memory_bytes() -> int | None:
+    """Memory the default device can use: the GPU's (mlx's device_info) or the machine's RAM."""
+    try:
+        info = mx.device_info()
+        sizes = [v for k, v in info.items() if "memory" in k and isinstance(v, int) and v > 0]
+        if sizes:
+            return max(sizes)
+    except Exception:  # an older mlx: fall back to the RAM size
+        pass
+    try:
+        import os
+
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def generation_bytes(model, rows: int, tokens: int) -> int:
+    """A lower bound of the memory that generating ``tokens`` tokens for ``rows`` rows at once takes:
+    the KV cache of every block plus one step's logits in float32."""
+    args = getattr(model, "args", None)
+    heads = getattr(args, "num_attention_heads", None) or 1
+    kv_heads = getattr(args, "num_key_value_heads", None) or heads
+    hidden = getattr(args, "hidden_size", None) or 0
+    head_dim = getattr(args, "head_dim", None) or (hidden // heads if hidden else 0)
+    vocab = getattr(args, "vocab_size", None) or 0
+    blocks = len(getattr(model, "blocks", ()) or ())
+    itemsize = next((v.dtype.size for _, v in tree_flatten(model.parameters())
+                     if mx.issubdtype(v.dtype, mx.floating)), 4)
+    return rows * tokens * blocks * 2 * kv_heads * head_dim * itemsize + rows * vocab * 4
 
 
 def stored_config(config: TrainingConfig) -> dict:
