@@ -214,3 +214,30 @@ def test_doctor_reports_the_distributed_backends():
     assert set(report["backends"]) == {"ring", "mpi", "nccl", "jaccl"}
     assert report["backends"]["ring"] is True  # every MLX build has the ring backend
     assert report["launch_default"] == ("nccl" if json.loads(run.stdout)["cuda"] else "ring")
+
+
+def test_expert_training_on_two_ranks_equals_one_process(tmp_path):
+    """`lazarus experts train` under mlx.launch: each rank runs half of the environment copies
+    (each copy samples from its own key), and the expert ends where one process's does."""
+    import mlx.core as mx
+
+    launcher = BIN / "mlx.launch"
+    if not launcher.exists():
+        pytest.skip("mlx.launch is not installed with this mlx")
+    args = ["experts", "train", "--expert", "gru", "--env", "reach", "--steps", "4", "--num-envs", "8",
+            "--save-interval", "2"]
+    one = subprocess.run([str(BIN / "lazarus"), *args, "--output", str(tmp_path / "one")], capture_output=True,
+                         text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([str(launcher), "-n", "2", "--starting-port", str(_free_port_pair()), "--",
+                          str(BIN / "lazarus"), *args, "--output", str(tmp_path / "two")],
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stdout + two.stderr
+    assert (two.stdout + two.stderr).count("Done:") == 1  # rank 1 draws no progress and prints nothing
+    a, b = mx.load(str(tmp_path / "one" / "expert.safetensors")), mx.load(str(tmp_path / "two" / "expert.safetensors"))
+    for key in a:
+        np.testing.assert_allclose(np.array(b[key]), np.array(a[key]), atol=1e-5, err_msg=key)
+    rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    single = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["return"] for r in rows] == pytest.approx([r["return"] for r in single], rel=1e-5)
+    assert [r["episode_length"] for r in rows] == pytest.approx([r["episode_length"] for r in single])

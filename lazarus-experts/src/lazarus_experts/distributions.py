@@ -8,6 +8,10 @@ environment gets, so PPO's ratio ``exp(logp_new(raw) - logp_old(raw))`` is exact
   ``low + (tanh(u) + 1) / 2 · (high - low)``, so it is always inside the bounds. The log-prob is
   that of ``u`` (the tanh Jacobian does not depend on the parameters, so it cancels in ratios);
   the entropy is the normal's.
+
+``sample(key)`` takes one key, or one key per row (``(B, 2)``): with per-row keys a row's sample
+depends on its own key alone, so a rank sampling its share of a batch draws what the whole batch
+would (data-parallel expert training).
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ class Categorical:
 
     def sample(self, key=None) -> tuple[mx.array, mx.array]:
         """``(action, raw)``: both the sampled index, int32 (...,)."""
+        if key is not None and key.ndim == 2:  # one key per row
+            index = mx.vmap(lambda row, k: mx.random.categorical(row, key=k))(self.logits, key).astype(mx.int32)
+            return index, index
         index = mx.random.categorical(self.logits, key=key).astype(mx.int32)
         return index, index
 
@@ -54,7 +61,11 @@ class SquashedNormal:
 
     def sample(self, key=None) -> tuple[mx.array, mx.array]:
         """``(action, raw)``: the bounded action and the unbounded normal sample, float (..., d)."""
-        raw = self.mean + mx.exp(self.log_std) * mx.random.normal(self.mean.shape, key=key)
+        if key is not None and key.ndim == 2:  # one key per row
+            noise = mx.vmap(lambda k: mx.random.normal(self.mean.shape[1:], key=k))(key)
+        else:
+            noise = mx.random.normal(self.mean.shape, key=key)
+        raw = self.mean + mx.exp(self.log_std) * noise
         return self.to_action(raw), raw
 
     def to_action(self, raw: mx.array) -> mx.array:

@@ -7,6 +7,9 @@ ended, then ``epochs`` passes of the clipped PPO loss over the whole batch of ep
 grpo and ppo use too; episodes are the masked rows there (the value after the last step is 0).
 
 Rollout randomness comes from ``(seed, step)`` alone, so a resumed run repeats the straight one.
+Each environment copy draws its actions from its own key, so under ``mlx.launch -n N`` every rank
+runs ``num_envs / N`` of the copies and the ranks together collect the episodes one process would;
+gradients, whitening and the logged figures are summed over ranks and rank 0 alone writes.
 Output directory: the expert (``expert_config.json``, ``expert.safetensors``, ``lazarus.json``),
 ``metrics.jsonl``, ``return.png`` and ``checkpoints/step-N/`` (as the LLM trainers lay them out).
 """
@@ -98,10 +101,15 @@ class Episodes:
 
 
 def collect_episodes(expert, venv: VectorEnv, *, seed: int, key: mx.array | None = None,
-                     deterministic: bool = False, max_steps: int = 200) -> Episodes:
+                     deterministic: bool = False, max_steps: int = 200, rows: tuple[int, int] | None = None) -> Episodes:
     """Run ``expert`` in every copy of ``venv`` (reset with ``seed``) until all episodes end or
-    ``max_steps`` pass (those that have not ended are cut there)."""
-    obs = venv.reset(seed)
+    ``max_steps`` pass (those that have not ended are cut there).
+
+    With ``key``, copy ``i`` samples from its own key at every step. ``rows`` ``(first, total)``
+    says that ``venv`` holds copies ``first ..`` of a batch of ``total`` (a rank's share): they get
+    the keys, and the reset seeds (``seed + first + i``), those copies get in the whole batch."""
+    first, total = rows if rows is not None else (0, venv.num_envs)
+    obs = venv.reset(seed + first)
     state = expert.reset(venv.num_envs)
     rows: dict[str, list] = {k: [] for k in ("obs", "raw", "logp", "values", "rewards", "mask")}
     for _ in range(max_steps):
@@ -114,6 +122,8 @@ def collect_episodes(expert, venv: VectorEnv, *, seed: int, key: mx.array | None
             raw = dist.mode() if isinstance(venv.action_space, Discrete) else dist.mean
         else:
             key, sub = (None, None) if key is None else mx.random.split(key)
+            if sub is not None:  # one key per copy of the whole batch; this venv's share of them
+                sub = mx.random.split(sub, total)[first:first + venv.num_envs]
             raw = dist.sample(sub)[1]
         logp = dist.log_prob(raw)
         action = dist.to_action(raw)
@@ -163,10 +173,13 @@ def mean_and_interval(values) -> tuple[float, float]:
 class ExpertTrainer:
     """PPO for one expert in one environment; ``train()`` runs it and returns a :class:`TrainResult`."""
 
-    def __init__(self, config: ExpertTrainConfig, console=None, show_progress: bool = True) -> None:
+    def __init__(self, config: ExpertTrainConfig, console=None, show_progress: bool = True, world=None) -> None:
+        from lazarus.training.distributed import init_world
+
         self.config = config
-        self.console = console
-        self.show_progress = show_progress and console is not None
+        self.world = world or init_world()
+        self.console = console if self.world.is_main else None
+        self.show_progress = show_progress and self.console is not None
         self.output = Path(config.output)
 
     def log(self, message: str) -> None:
@@ -180,30 +193,39 @@ class ExpertTrainer:
                 raise LazarusError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(c, name)}")
         if not 0 < c.gamma <= 1 or not 0 <= c.lam <= 1:
             raise LazarusError(f"--gamma must be in (0, 1] and --lam in [0, 1], got {c.gamma} and {c.lam}")
+        if c.num_envs % self.world.size:
+            raise LazarusError(f"--num-envs {c.num_envs} is the whole batch and must divide evenly over "
+                               f"{self.world.size} ranks")
 
     def train(self) -> TrainResult:
         c = self.config
         self._check()
         env = make_environment(c.env, c.env_options)
         check_trainable(env, c.env)
-        venv = VectorEnv(lambda: make_environment(c.env, c.env_options), c.num_envs)
+        world = self.world
+        share = c.num_envs // world.size  # this rank's copies: share * rank ... share * (rank + 1) - 1
+        rows = (share * world.rank, c.num_envs)
+        venv = VectorEnv(lambda: make_environment(c.env, c.env_options), share)
         mx.random.seed(c.seed)
         expert = create_expert(c.expert, ExpertConfig(
             observation_size=venv.observation_size, action_space=venv.action_space, hidden_size=c.hidden_size,
             num_layers=c.num_layers, value_head=c.value_head))
         optimizer = optim.Adam(learning_rate=c.learning_rate)
-        metrics = MetricsLog(self.output / METRICS_FILE)
+        metrics = MetricsLog(self.output / METRICS_FILE, enabled=world.is_main)
         start = 0
         if c.resume:
             start = self._resume(expert, optimizer, metrics)
-        else:
+        elif world.is_main:
             self._fresh_output()
+        world.barrier()
         mx.eval(expert.parameters())
+        sums = world.sum_floats if world.distributed else None
 
-        def loss_fn(model, obs, raw, old_logp, adv, old_values, returns, mask):
+        def loss_fn(model, obs, raw, old_logp, adv, old_values, returns, mask, count):
+            # count: steps of every rank's episodes, so the rank gradients add up to the batch's
             dist, values, _ = model.sequence(obs)
             values = values if values is not None else mx.zeros_like(old_values)
-            total, count, parts = rl.ppo_loss(
+            total, _, parts = rl.ppo_loss(
                 dist.log_prob(raw), old_logp, adv, values, old_values, returns, mask, dist.entropy(),
                 epsilon=c.clip, value_coef=c.value_coef if c.value_head else 0.0, entropy_coef=c.entropy_coef)
             return total / count, {k: v / count for k, v in parts.items()}
@@ -218,22 +240,28 @@ class ExpertTrainer:
                 began = time.perf_counter()
                 key = mx.random.key(c.seed * 1_000_003 + step)
                 batch = collect_episodes(expert, venv, seed=c.seed * 1_000_003 + step * c.num_envs, key=key,
-                                         max_steps=c.max_episode_steps)
+                                         max_steps=c.max_episode_steps, rows=rows)
                 adv, returns = rl.gae(batch.rewards, batch.values, batch.mask, gamma=c.gamma, lam=c.lam)
-                adv = rl.whiten(adv, batch.mask)
+                adv = rl.whiten(adv, batch.mask, sum_over_ranks=sums)
+                ret = batch.returns.astype(np.float64)
+                totals = [float(batch.mask.sum()), float(ret.sum()), float(np.square(ret).sum()),
+                          float((batch.rewards * batch.mask).sum())]
+                env_steps, return_sum, return_sq, reward_sum = world.sum_floats(totals)
                 arrays = [mx.array(a) for a in (batch.obs, batch.raw, batch.logp, adv, batch.values, returns,
-                                                batch.mask)]
+                                                batch.mask)] + [mx.array(max(env_steps, 1.0))]
                 for _ in range(c.epochs):
                     (loss, parts), grads = grad_fn(expert, *arrays)
+                    if world.distributed:
+                        loss, parts, grads = world.all_sum((loss, parts, grads))
                     optimizer.update(expert, grads)
                     mx.eval(expert.parameters(), optimizer.state, loss, parts)
-                episode_return = float(batch.returns.mean())
+                episode_return = return_sum / c.num_envs
                 first = episode_return if first is None else first
                 last = episode_return
-                env_steps = int(batch.mask.sum())
                 row = {"split": "train", "step": step, "loss": float(loss), "learning_rate": c.learning_rate,
-                       "return": episode_return, "return_std": float(batch.returns.std()),
-                       "reward_mean": float((batch.rewards * batch.mask).sum() / max(env_steps, 1)),
+                       "return": episode_return,
+                       "return_std": float(np.sqrt(max(return_sq / c.num_envs - episode_return ** 2, 0.0))),
+                       "reward_mean": reward_sum / max(env_steps, 1),
                        "episode_length": env_steps / c.num_envs,
                        "env_steps_per_second": env_steps / max(time.perf_counter() - began, 1e-9),
                        **{k: float(v) for k, v in parts.items()}}
@@ -241,8 +269,9 @@ class ExpertTrainer:
                 progress.update(task, advance=1, ret=f"{episode_return:.3f}")
                 if c.save_interval and step % c.save_interval == 0 and step < c.steps:
                     self._checkpoint(expert, optimizer, step)
-        save_expert(expert, self.output, **prov_extra(c, last))
-        plot_returns(self.output / METRICS_FILE, self.output / RETURN_PNG, title=f"{c.expert} on {c.env}")
+        if world.is_main:
+            save_expert(expert, self.output, **prov_extra(c, last))
+            plot_returns(self.output / METRICS_FILE, self.output / RETURN_PNG, title=f"{c.expert} on {c.env}")
         self._checkpoint(expert, optimizer, c.steps)
         self.log(f"[green]Done:[/] {c.steps} updates; expert in {self.output}; mean return "
                  f"{first if first is None else round(first, 3)} -> {last if last is None else round(last, 3)}; "
@@ -272,11 +301,14 @@ class ExpertTrainer:
                         console=self.console, disable=not self.show_progress, transient=False)
 
     def _checkpoint(self, expert, optimizer, step: int) -> None:
+        """Rank 0 writes the checkpoint; every rank waits for it."""
         c = self.config
-        ckpt.save_checkpoint(
-            self.output, step, write_weights=lambda d: write_expert_files(expert, d, **prov_extra(c, None)),
-            optimizer_state=dict(tree_flatten(optimizer.state)),
-            state={"step": step, "trainer": TRAINER, "config": c.to_dict()}, keep=c.keep_checkpoints)
+        if self.world.is_main:
+            ckpt.save_checkpoint(
+                self.output, step, write_weights=lambda d: write_expert_files(expert, d, **prov_extra(c, None)),
+                optimizer_state=dict(tree_flatten(optimizer.state)),
+                state={"step": step, "trainer": TRAINER, "config": c.to_dict()}, keep=c.keep_checkpoints)
+        self.world.barrier()
 
     def _resume(self, expert, optimizer, metrics: MetricsLog) -> int:
         c = self.config
@@ -294,7 +326,7 @@ class ExpertTrainer:
         optimizer.state = tree_unflatten(list(ckpt.read_optimizer_state(where).items()))
         step = int(state["step"])
         previous = Path(where).parent.parent / METRICS_FILE
-        if previous.is_file() and previous.resolve() != metrics.path.resolve():
+        if self.world.is_main and previous.is_file() and previous.resolve() != metrics.path.resolve():
             metrics.path.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(previous, metrics.path)
         metrics.drop_after(step)
