@@ -218,7 +218,7 @@ def test_logit_lens_sees_what_a_tiny_sft_run_taught(cli, checkpoint, tmp_path):
     data.write_text("".join(json.dumps({"prompt": "The cat sat on", "completion": " the mat"}) + "\n"
                             for _ in range(16)))
     code, output = cli("train", "sft", "--model", checkpoint("llama"), "--data", data, "--output", tmp_path / "sft",
-                       "--max-steps", "5", "--learning-rate", "1e-2", "--lr-schedule", "constant", "--num-layers", "-1")
+                       "--max-steps", "4", "--learning-rate", "2e-3", "--lr-schedule", "constant", "--num-layers", "-1")
     assert code == 0, output
     args = ["introspect", "logit-lens", "--model", checkpoint("llama"), "-p", "The cat sat on", "--track", " the"]
     base = cli.json(*args)["positions"][0]["layers"][-1]
