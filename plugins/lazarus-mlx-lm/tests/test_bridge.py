@@ -130,3 +130,70 @@ def test_type_mlx_lm_does_not_know_is_one_line_error(tiny_olmo2, tmp_path):
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(lazarus.errors.LazarusError, match="unsupported model_type 'no_such_arch'.*mlx-lm"):
         lazarus.load_model(path)
+
+
+#: tiny configs of architectures whose final norm sits elsewhere than ``model.norm``
+ARCHITECTURES = {
+    # beside the layers, under another name
+    "gpt_neox": {"max_position_embeddings": 256, "hidden_size": 64, "num_attention_heads": 4,
+                 "num_hidden_layers": 2, "layer_norm_eps": 1e-5, "rotary_emb_base": 10000, "rotary_pct": 0.25,
+                 "use_parallel_residual": True, "intermediate_size": 128},
+    "phi": {"max_position_embeddings": 256, "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+            "num_key_value_heads": 4, "partial_rotary_factor": 0.5, "intermediate_size": 128},
+    # a weightless functional norm
+    "nanochat": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+                 "max_position_embeddings": 256, "intermediate_size": 128},
+    # the head normalises
+    "phixtral": {"num_vocab": 512, "model_dim": 64, "num_heads": 4, "num_layers": 2, "rotary_dim": 8,
+                 "num_experts_per_tok": 2, "num_local_experts": 2},
+}
+
+
+def tiny_mlx_lm_checkpoint(root: Path, model_type: str) -> Path:
+    """A random 2-layer checkpoint of an mlx-lm architecture in Hugging Face layout."""
+    import importlib
+
+    from mlx.utils import tree_flatten
+
+    from lazarus.tokenizer import train_tokenizer
+
+    out = root / model_type
+    out.mkdir()
+    tokenizer = train_tokenizer(out, vocab_size=512)
+    config = {"model_type": model_type, "vocab_size": 512, "tie_word_embeddings": False,
+              "bos_token_id": tokenizer.bos_token_id, "eos_token_id": sorted(tokenizer.eos_token_ids)[0],
+              **ARCHITECTURES[model_type]}
+    module = importlib.import_module(f"mlx_lm.models.{model_type}")
+    model = module.Model(module.ModelArgs.from_dict(config))
+    rng = np.random.default_rng(0)
+    weights = {k: mx.array(rng.normal(1.0 if "norm" in k or k.endswith("ln.weight") else 0.0,
+                                      0.1 if v.ndim == 1 else v.shape[-1] ** -0.5, v.shape).astype(np.float32))
+               for k, v in tree_flatten(model.parameters())}
+    mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    return out
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+def test_every_architecture_has_a_final_norm_for_the_lens(model_type, tmp_path, lazarus_cli):
+    """The lens reads the residual stream through ln_final and the head: at the last block that must be
+    the model's own logits, whatever the architecture calls (or how it applies) its final norm."""
+    path = tiny_mlx_lm_checkpoint(tmp_path, model_type)
+    model, _, _ = lazarus.load_model(path)
+    assert model.family == "mlx-lm"
+    logits, acts = model.run_with_cache(IDS)
+    last = acts[f"blocks.{len(model.blocks) - 1}.hook_resid_post"]
+    assert mx.allclose(model.unembed(model.ln_final(last)), logits, atol=1e-4)
+    # the hook fires on the final norm's output (phixtral's norm is inside its head: not comparable)
+    if "ln_final.hook_normalized" in model.hook_names() and model_type != "phixtral":
+        assert mx.allclose(model.unembed(acts["ln_final.hook_normalized"]), logits, atol=1e-4)
+    if model_type == "gpt_neox":  # the reproduction of the issue, through the CLI
+        result = lazarus_cli("introspect", "logit-lens", "--model", path, "--prompt", "The cat sat",
+                             "--json", tmp_path / "lens.json")
+        assert result.exit_code == 0, result.output
+        assert len(json.loads((tmp_path / "lens.json").read_text())["positions"][0]["layers"]) == 2
+
+
+def test_plugins_show_names_the_hook_points_a_bridged_model_lacks(lazarus_cli):
+    shown = lazarus_cli("plugins", "show", "mlx-lm").output
+    assert "not fired: hook_attn_out, hook_mlp_out" in " ".join(shown.split())
