@@ -79,9 +79,12 @@ class World:
             return [list(values)]
         import mlx.core as mx
 
-        flat = [int(v) for v in self.all_gather(mx.array(values, dtype=mx.uint32)).tolist()]
+        # as 16-bit halves in int32, the integer type every backend reduces and gathers
+        halves = [h for v in values for h in (int(v) & 0xFFFF, int(v) >> 16)]
+        flat = [int(v) for v in self.all_gather(mx.array(halves, dtype=mx.int32)).tolist()]
+        joined = [flat[i] | (flat[i + 1] << 16) for i in range(0, len(flat), 2)]
         width = len(values)
-        return [flat[i * width:(i + 1) * width] for i in range(self.size)]
+        return [joined[i * width:(i + 1) * width] for i in range(self.size)]
 
     def any(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is true on at least one (e.g. "stop now")."""
