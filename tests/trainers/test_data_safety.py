@@ -452,3 +452,33 @@ def test_eval_results_and_generated_data_are_readable_like_other_outputs(tmp_pat
         os.umask(mask)
     for path in [out, *(tmp_path / "math").rglob("*.jsonl")]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_a_recipe_resumes_a_stage_a_killed_save_left_hidden(tmp_path, tiny_llama, math_sft_data, lazarus_cli):
+    recipe = _recipe(tmp_path / "r.toml", tiny_llama, tmp_path / "out", math_sft_data)
+    assert lazarus_cli("run", recipe).exit_code == 0
+    stage = tmp_path / "out" / "sft"
+    before = tree_hashes(stage)
+    _killed_between_renames(stage)
+    result = lazarus_cli("run", recipe)
+    assert result.exit_code == 0, result.output
+    assert "restored it from" in result.stderr
+    assert result.output.count("unchanged, skipped") == 2  # found again, so nothing re-ran
+    assert tree_hashes(stage) == before
+
+
+def test_experts_train_refuses_a_live_runs_output(tmp_path, lazarus_cli):
+    out = tmp_path / "expert"
+    out.mkdir()
+    holder = _hold_lock(out)
+    try:
+        result = lazarus_cli("experts", "train", "--env", "reach", "--output", out, "--steps", 1, "--num-envs", 2,
+                             "--overwrite")
+        assert result.exit_code == 2 and "another run is writing there" in result.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    result = lazarus_cli("experts", "train", "--env", "reach", "--output", out, "--steps", 1, "--num-envs", 2,
+                         "--max-episode-steps", 3)
+    assert result.exit_code == 0, result.output
+    assert "took over" in result.output

@@ -430,7 +430,9 @@ class Runner:
 
     # -- one stage --------------------------------------------------------------------------------
     def _run_stage(self, stage: Stage, key: str, model: str, adapter: str | None, forced: bool) -> StageResult:
-        directory = self.stage_dir(stage)
+        from lazarus.checkpoints.atomic import recover_output
+
+        directory = recover_output(self.stage_dir(stage))  # a stage output a killed save left hidden
         record = _read_stage_file(directory)
         if not forced and record and record.get("key") == key and record.get("status") == "done":
             self.console.print(f"[dim]stage {stage.name}: unchanged, skipped[/]")

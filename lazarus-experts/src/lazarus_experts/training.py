@@ -198,8 +198,20 @@ class ExpertTrainer:
                                f"{self.world.size} ranks")
 
     def train(self) -> TrainResult:
-        c = self.config
+        """Train (or resume) to ``steps`` updates, holding the output's lock: one live run per output
+        directory, a dead run's lock taken over with a note, --overwrite never deletes a live run's files."""
+        from lazarus.paths import OutputLock
+
         self._check()
+        if not self.world.is_main:
+            return self._train()
+        with OutputLock(self.output) as lock:
+            if lock.note and self.console is not None:
+                self.console.print(f"Note: {lock.note}", markup=False, highlight=False)
+            return self._train()
+
+    def _train(self) -> TrainResult:
+        c = self.config
         env = make_environment(c.env, c.env_options)
         check_trainable(env, c.env)
         world = self.world
