@@ -56,7 +56,7 @@ def test_user_mistakes_are_one_line_errors(lazarus_cli, tmp_path):
         (("--output", str(tmp_path / "o"), "--expert", "transformer"), "no expert named 'transformer'"),
         (("--output", str(tmp_path / "o"), "--env-option", "speed"), "KEY=VALUE"),
         (("--output", str(tmp_path / "o"), "--env-option", "colour=3"), "unexpected keyword argument 'colour'"),
-        (("--output", str(tmp_path / "o"), "--steps", "0"), "--steps must be >= 1"),
+        (("--output", str(tmp_path / "o"), "--steps", "0"), "Invalid value for '--steps': 0 is not in the range"),
     ]:
         result = lazarus_cli("experts", "train", *args)
         assert result.exit_code == 2, result.output
