@@ -780,8 +780,10 @@ class Trainer:
                 "total_steps": total_steps, "end": c.min_learning_rate}
 
     def _train_row(self, step: int, window: dict, norm, total_steps: int) -> dict:
-        total, count, aux = self.world.all_sum((window["total"], window["count"], window["aux"]))
-        tokens = window["tokens"] * self.world.size if self.world.distributed else window["tokens"]
+        # every rank's real tokens (a rank's share of a batch need not hold half its tokens)
+        total, count, aux, tokens = self.world.all_sum((window["total"], window["count"], window["aux"],
+                                                        mx.array(float(window["tokens"]))))
+        tokens = float(tokens.item())
         elapsed = max(window["seconds"], 1e-9)
         self.window_seconds = elapsed
         return {
