@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from lazarus.errors import LazarusError
+from lazarus.options import SEED
 from lazarus_introspect import activations
 from lazarus_introspect.cli_common import emit, load, probe_options, read_labelled, read_saved, run_meta
 
@@ -190,7 +191,7 @@ def load_direction(directory: str | Path, toward: str | None = None):
               help="Represent a prompt by its last token's residual or the mean over its tokens.")
 @click.option("--test-fraction", type=click.FloatRange(0.05, 0.9), default=0.25, show_default=True,
               help="Fraction of each label held out for testing.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the train/test split.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the train/test split.")
 @click.option("--l2", type=click.FloatRange(0), default=1e-2, show_default=True, help="L2 penalty.")
 @click.option("--steps", type=click.IntRange(1), default=500, show_default=True, help="Gradient steps per probe.")
 @click.option("--shuffle-labels", is_flag=True, help="Control: shuffle the labels (accuracy should drop to chance).")
