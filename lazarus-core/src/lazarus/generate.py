@@ -267,6 +267,9 @@ def generate_tokens(model, prompt: mx.array, *, sampling: SamplingConfig | None 
         return
     prompt = prompt.astype(mx.int32)
     batch, length = prompt.shape
+    from lazarus.models.fused import refresh_fused
+
+    refresh_fused(model)  # fused projections follow weights trained or reloaded since
     use_compiled = compiled and cache is None and max_tokens > 1 and _compilable(model, batch)
     cache = model.make_cache() if cache is None else cache
     sample = make_sampler(sampling)
@@ -368,8 +371,10 @@ def _decode_step(model, sampling: SamplingConfig, padded: bool, seeded: bool, pe
     extras)``; ``extras`` holds the padding key mask, the random key and the repetition history
     when they apply. Model weights are read at each call (``inputs=``), so a trained adapter is seen.
     """
+    from lazarus.models.fused import refresh_fused
+
     steps = model.__dict__.setdefault("_lazarus_decode_steps", {})
-    name = (attrs.evolve(sampling, seed=None), padded, seeded, per_row)
+    name = (attrs.evolve(sampling, seed=None), padded, seeded, per_row, refresh_fused(model))
     if name in steps:
         return steps[name]
     sample = make_sampler(sampling)
@@ -417,9 +422,12 @@ def _compiled_decode(model, sampling, tokens, cache, key, history, max_tokens):
     step = _decode_step(model, sampling, "key_mask" in extras, "key" in extras, "row_keys" in extras)
     del static, cache[:]  # the prefill cache is copied; let the buffers be donated and freed
     live = None  # physical row of each caller row when finished rows still fill the batch
+    from lazarus.models.fused import trusted_groups
+
     for n in range(max_tokens):
         if n + 1 < max_tokens:
-            next_tokens, offset, keys, values, extras = step(tokens, offset, keys, values, extras)
+            with trusted_groups():  # refresh_fused() checked them; a trace sees traced weights
+                next_tokens, offset, keys, values, extras = step(tokens, offset, keys, values, extras)
             mx.async_eval(next_tokens, keys, values)
         out = tokens if live is None else tokens[live]
         mx.eval(out)

@@ -76,6 +76,11 @@ def load_model(model: str | os.PathLike, adapter_path: str | os.PathLike | None 
     net.load_weights(list(weights.items()), strict=False)  # already checked key by key above
     mx.eval(net.parameters())
     net.eval()
+    from lazarus.models.fused import FUSE_AT_LOAD, fuse_projections
+
+    if FUSE_AT_LOAD:  # q/k/v and gate/up as one matmul each; the separate layers stay as views
+        del weights  # the separate tensors go as each group is fused
+        fuse_projections(net)
 
 
     net.source = ModelSource(model=str(model), path=str(path), family=spec.name,

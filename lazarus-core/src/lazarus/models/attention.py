@@ -6,6 +6,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from lazarus.models.fused import ProjectionGroup
 from lazarus.models.hooks import HookRegistry
 from lazarus.models.rope import RoPE
 
@@ -70,16 +71,21 @@ class Attention(nn.Module):
         self._hooks = hooks or HookRegistry()
         self._pattern_hook = pattern_hook
         self._z_hook = z_hook
+        self._qkv: ProjectionGroup | None = None  # q/k/v as one matmul (lazarus.models.fused)
 
     def __call__(self, x: mx.array, mask: Mask = None, cache=None) -> mx.array:
         batch, length, _ = x.shape
-        queries = self.q_proj(x).reshape(batch, length, self.num_heads, -1)
-        keys = self.k_proj(x).reshape(batch, length, self.num_kv_heads, -1)
+        fused = self._qkv(self, x) if self._qkv is not None else None
+        if fused is None:
+            fused = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        queries, keys, values = fused
+        queries = queries.reshape(batch, length, self.num_heads, -1)
+        keys = keys.reshape(batch, length, self.num_kv_heads, -1)
         if self.has_qk_norm:
             queries, keys = self.q_norm(queries), self.k_norm(keys)
         queries = queries.transpose(0, 2, 1, 3)
         keys = keys.transpose(0, 2, 1, 3)
-        values = self.v_proj(x).reshape(batch, length, self.num_kv_heads, -1).transpose(0, 2, 1, 3)
+        values = values.reshape(batch, length, self.num_kv_heads, -1).transpose(0, 2, 1, 3)
         offset = cache.offset if cache is not None else 0
         queries = self._rope(queries, offset)
         keys = self._rope(keys, offset)

@@ -8,6 +8,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from lazarus.errors import LazarusError
+from lazarus.models.fused import ProjectionGroup
 from lazarus.models.hooks import HookRegistry
 
 
@@ -51,9 +52,14 @@ class GatedMLP(nn.Module):
         self._act = activation(act)
         self._hooks = hooks or HookRegistry()
         self._post_hook = post_hook
+        self._gate_up: ProjectionGroup | None = None  # gate/up as one matmul (lazarus.models.fused)
 
     def __call__(self, x: mx.array) -> mx.array:
-        hidden = self._act(self.gate_proj(x)) * self.up_proj(x)  # (B, T, intermediate)
+        fused = self._gate_up(self, x) if self._gate_up is not None else None
+        if fused is None:
+            fused = self.gate_proj(x), self.up_proj(x)
+        gate, up = fused
+        hidden = self._act(gate) * up  # (B, T, intermediate)
         if self._hooks.fns:
             hidden = self._hooks.fire(self._post_hook, hidden)
         return self.down_proj(hidden)
