@@ -173,7 +173,8 @@ def test_attribution_patching_is_gradient_times_difference(loaded):
 
 
 def test_attribution_patching_correlates_with_activation_patching(loaded):
-    """Measured on the seed-1 tiny llama: r = 0.90 over 3 components x 2 layers x 7 positions."""
+    """Measured on the seed-1 tiny llama: r = 0.901 over 3 components x 2 layers x 10 positions
+    (resid_pre 0.907, attn_out 0.879, mlp_out 0.972)."""
     model, clean, corrupted, answer, wrong = _patching_case(loaded)
     _, metric = answer_metric(clean.shape[1], [answer], [wrong])
     components = ["resid_pre", "attn_out", "mlp_out"]
@@ -192,7 +193,7 @@ def test_several_token_answers_use_one_two_row_pass(loaded):
     assert all(len(row) == length for rows in result["estimates"].values() for row in rows)
     compared = compare_with_patching(model, clean, corrupted, [answer, wrong], [wrong], result,
                                      ["resid_pre", "attn_out", "mlp_out"])
-    assert compared["correlation"] >= 0.8
+    assert compared["correlation"] >= 0.8  # measured 0.846
 
 
 def test_dla_and_attribute_commands_write_json_and_reports(cli, checkpoint, tmp_path):
