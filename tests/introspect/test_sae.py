@@ -211,3 +211,31 @@ def test_sae_help_imports_no_mlx_and_the_api_is_exported():
     import lazarus_introspect
 
     assert lazarus_introspect.load_sae is load_sae and callable(lazarus_introspect.direct_logit_attribution)
+
+
+def test_resampling_reinitialises_only_the_dead_features():
+    import mlx.optimizers as optim
+
+    from lazarus_introspect.sae_train import SAETrainConfig, init_sae, nn_value_and_grad, resample_dead
+
+    config = SAETrainConfig(hook="blocks.0.hook_resid_post", data="x", width=12, k=2)
+    sae = init_sae(config, 8, np.zeros(8), None)
+    optimizer = optim.Adam(learning_rate=1e-2)
+    x = mx.random.normal((64, 8), key=mx.random.key(1))
+    (_, _), grads = nn_value_and_grad(sae, config)(sae, x)
+    optimizer.update(sae, grads)
+    mx.eval(sae.parameters(), optimizer.state)
+    before = {k: np.array(v) for k, v in sae.parameters().items()}
+    dead = np.array([1, 5, 7])
+    assert resample_dead(sae, optimizer, x, dead, np.random.default_rng(0)) == 3
+    after = {k: np.array(v) for k, v in sae.parameters().items()}
+    alive = np.setdiff1d(np.arange(12), dead)
+    assert np.array_equal(after["W_dec"][alive], before["W_dec"][alive])
+    assert np.array_equal(after["W_enc"][:, alive], before["W_enc"][:, alive])
+    assert not np.allclose(after["W_dec"][dead], before["W_dec"][dead])
+    np.testing.assert_allclose(np.linalg.norm(after["W_dec"][dead], axis=1), 1.0, rtol=1e-5)
+    assert np.all(after["b_enc"][dead] == 0)
+    # the new decoder rows point along inputs' reconstruction errors; Adam forgets the old features
+    assert np.all(np.array(optimizer.state["W_dec"]["m"])[dead] == 0)
+    assert np.all(np.array(optimizer.state["W_enc"]["v"])[:, dead] == 0)
+    assert np.any(np.array(optimizer.state["W_dec"]["m"])[alive] != 0)
