@@ -139,6 +139,8 @@ def test_sae_train_reaches_explained_variance_at_chosen_l0(cli, checkpoint, text
     assert rows[0]["explained_variance"] < last["explained_variance"]
     assert 0 <= last["dead_fraction"] < 0.5
     sae = load_sae(out)  # the folded SAE reconstructs raw activations as well as training said
+    norms = np.linalg.norm(np.array(sae.W_dec), axis=1)  # unit rows while training, / scale when folded
+    np.testing.assert_allclose(norms, norms[0], rtol=1e-4)
     import lazarus
     from lazarus_introspect.sae import feature_activations, reconstruction_stats
 
