@@ -114,7 +114,7 @@ def _free_port() -> int:
     raise RuntimeError("no two consecutive free ports")
 
 
-def launch(name: str, settings: dict, ranks: int, workdir: Path, timeout: float) -> dict:
+def launch(name: str, settings: dict, ranks: int, workdir: Path, timeout: float, launch_args: str = "") -> dict:
     """Run ``name`` with ``settings`` on ``ranks`` ranks (1: a plain process); the rank reports."""
     settings_file = workdir / f"{Path(settings['output']).name}.json"
     settings_file.write_text(json.dumps(settings))
@@ -122,7 +122,8 @@ def launch(name: str, settings: dict, ranks: int, workdir: Path, timeout: float)
     if ranks > 1:
         launcher = shutil.which("mlx.launch") or str(Path(sys.executable).parent / "mlx.launch")
         port = _free_port()
-        command = [launcher, "-n", str(ranks), "--starting-port", str(port), "--nccl-port", str(port), "--", *command]
+        command = [launcher, "-n", str(ranks), "--starting-port", str(port), "--nccl-port", str(port),
+                   *launch_args.split(), "--", *command]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))}
     start = time.perf_counter()
     run = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
@@ -202,7 +203,8 @@ def cmd_verify(args) -> dict:
             settings = verify_settings(name, model, cache, dtype, args)
             try:
                 single = launch(name, {**settings, "output": str(work / "one")}, 1, work, args.timeout)
-                many = launch(name, {**settings, "output": str(work / "many")}, args.ranks, work, args.timeout)
+                many = launch(name, {**settings, "output": str(work / "many")}, args.ranks, work, args.timeout,
+                              args.launch_args)
             except Exception as exc:  # report and go on with the next trainer
                 print(f"{name} {dtype}: FAILED {exc}", flush=True)
                 results.append({"trainer": name, "dtype": dtype, "error": str(exc)[-2000:]})
@@ -249,6 +251,7 @@ def cmd_bench(args) -> dict:
                   save_interval=0, eval_interval=0, seed=0, overwrite=True, max_grad_norm=0.0)
     n = args.ranks
     plan = {"weak": [(1, 1), (n, n)], "strong": [(1, n), (n, n)], "both": [(1, 1), (1, n), (n, n)]}[args.scaling]
+    plan = [(1, 1)] if n == 1 else plan  # --ranks 1: the one-GPU baseline alone
     for which in args.which.split(","):
         for ranks, batches in plan:
             per_gpu = args.sft_batch if which == "sft" else args.grpo_prompts
@@ -264,7 +267,7 @@ def cmd_bench(args) -> dict:
                             "temperature": 1.0, "beta": 0.04, "reward": ["token-share"], "max_steps": args.grpo_steps,
                             "log_interval": 1, "output": str(work / "out")}
             try:
-                run = launch("sft" if which == "sft" else "grpo", settings, ranks, work, args.timeout)
+                run = launch("sft" if which == "sft" else "grpo", settings, ranks, work, args.timeout, args.launch_args)
             except Exception as exc:
                 print(f"{which} on {ranks} GPU(s): FAILED {exc}", flush=True)
                 out["runs"].append({"trainer": which, "ranks": ranks, "error": str(exc)[-2000:]})
@@ -311,6 +314,7 @@ def main() -> int:
         p.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "lazarus-bench-distributed"))
         p.add_argument("--timeout", type=float, default=300, help="seconds per launched run")
         p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+        p.add_argument("--launch-args", default="", help="more mlx.launch options, e.g. '--backend ring'")
     v = sub.choices["verify"]
     v.add_argument("--trainers", default=",".join(TRAINERS))
     v.add_argument("--dtypes", default="float32")
