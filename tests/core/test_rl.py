@@ -98,7 +98,8 @@ def test_each_loss_type_against_a_hand_computed_value(loss_type):
                                       max_completion_length=MAX_LEN)
     assert total.item() / count.item() == pytest.approx(_by_hand(loss_type), rel=1e-5)
     assert count.item() == (5 if loss_type == "dapo" else 2)
-    assert set(metrics) == {"kl", "clip_fraction"}
+    # each metric comes with its token count (NAME:count), so logged values are global token means
+    assert set(metrics) == {"kl", "clip_fraction", "kl:count", "clip_fraction:count"}
 
 
 def test_filler_rows_carry_no_loss_and_the_gradient_ratio_is_one_on_policy():
