@@ -203,6 +203,8 @@ class ExpertTrainer:
         from lazarus.paths import OutputLock
 
         self._check()
+        c = self.config
+        check_trainable(make_environment(c.env, c.env_options), c.env)  # bad --env-option: nothing written
         if not self.world.is_main:
             return self._train()
         with OutputLock(self.output) as lock:
