@@ -110,6 +110,8 @@ def write_error_message(exc: BaseException) -> str | None:
 
 # -- one live run per output directory ----------------------------------------------------------------
 LOCK_FILE = ".lazarus.lock"
+#: what flock says when another process holds the lock (anything else: the file system cannot lock)
+_HELD = {errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES}
 
 
 class OutputLock:
@@ -156,7 +158,10 @@ class OutputLock:
             previous = os.read(fd, 4096).decode("utf-8", "replace").strip()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except OSError as exc:
+                if exc.errno not in _HELD:  # a file system without locks (some network mounts)
+                    os.close(fd)
+                    return f"{self.path}: this file system cannot lock ({exc.strerror}); runs are not kept apart here"
                 holder = _holder_text(previous)
                 raise LazarusError(f"{self.option} {self.directory}: another run is writing there ({holder}); "
                                    "wait for it to end, stop it, or choose another output directory") from None
@@ -190,7 +195,9 @@ class OutputLock:
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError:
+            except OSError as exc:
+                if exc.errno not in _HELD:
+                    return
                 holder = _holder_text(os.read(fd, 4096).decode("utf-8", "replace").strip())
                 raise LazarusError(f"{self.option} {self.directory}: another run is writing there ({holder}); "
                                    "wait for it to end, stop it, or choose another output directory") from None

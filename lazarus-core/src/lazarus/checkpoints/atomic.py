@@ -134,10 +134,12 @@ def recover_interrupted(target: Path) -> list[str]:
 
 def recover_output(path: str | os.PathLike, option: str = "") -> Path:
     """For every reader of an output directory (``--resume``, ``--adapter``, ``generate``, ``eval``,
-    ``run``): restore ``path`` from the hidden copies an interrupted save left (a warning says so)
-    and return it. When ``path`` is missing and only a live writer's copies exist, raise
-    :class:`LazarusError` naming them."""
+    ``run``): when ``path`` is missing, restore it from the hidden copies an interrupted save left (a
+    warning says so) and return it; an existing ``path`` is returned untouched. When ``path`` is
+    missing and only a live writer's copies exist, raise :class:`LazarusError` naming them."""
     path = Path(path)
+    if path.exists():  # readers change nothing that is in place (writers tidy up, atomic_directory)
+        return path
     try:
         notes = recover_interrupted(path.absolute())
     except OSError:
