@@ -216,6 +216,9 @@ def cmd_verify(args) -> dict:
                    "max_loss_relative_diff": loss_rel, "backend": many["ranks"][0]["backend"],
                    "reward_mean": [(r.get("reward_mean"), s.get("reward_mean")) for r, s in
                                    zip(single["rows"], many["rows"], strict=False) if "reward_mean" in r],
+                   "loss": losses, "grad_norm": [(r.get("grad_norm"), s.get("grad_norm")) for r, s in
+                                                 zip(single["rows"], many["rows"], strict=False) if r["split"] == "train"],
+                   "tf32": os.environ.get("MLX_ENABLE_TF32", "1"),
                    "wall_seconds": [single["wall_seconds"], many["wall_seconds"]]}
             results.append(row)
             _save(args, {"verify": results})
