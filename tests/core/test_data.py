@@ -466,7 +466,7 @@ def test_generate_math_cli_is_reproducible_atomic_and_refuses_overwrite(tmp_path
     assert "120 math problems" in first.output
     assert runner.invoke(main, [*args, "--output", str(tmp_path / "b")]).exit_code == 0
     a, b = _tree_bytes(tmp_path / "a"), _tree_bytes(tmp_path / "b")
-    assert a == b and sorted(a) == sorted(f"{d}/{s}.jsonl" for d in ("preference", "prompts", "sft")
+    assert a == b and sorted(a) == sorted(f"{d}/{s}.jsonl" for d in ("dual-reward", "preference", "prompts", "sft")
                                           for s in ("test", "train", "valid"))
     other = runner.invoke(main, [*args[:-4], "--seed", "5", "--output", str(tmp_path / "c")])
     assert other.exit_code == 0 and _tree_bytes(tmp_path / "c") != a

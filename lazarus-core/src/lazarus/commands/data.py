@@ -22,7 +22,7 @@ def generate():
 
 @generate.command("math")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory to write sft/, preference/ and prompts/ into.")
+              help="Directory to write sft/, preference/, prompts/ and dual-reward/ into.")
 @click.option("--count", "-n", default=1000, show_default=True, type=click.IntRange(min=1),
               help="Number of distinct problems.")
 @click.option("--seed", "-s", default=0, show_default=True, type=SEED,
@@ -42,6 +42,8 @@ def generate_math(output: Path, count: int, seed: int, kinds: str, valid_fractio
     OUTPUT/sft/{train,valid,test}.jsonl         {"prompt", "completion"}
     OUTPUT/preference/{train,valid,test}.jsonl  {"prompt", "chosen", "rejected"}
     OUTPUT/prompts/{train,valid,test}.jsonl     {"prompt", "answer", "expression", "kind"}
+    OUTPUT/dual-reward/{train,valid,test}.jsonl {"prompt", "completion", "label"} (label: add, sub,
+                                                mul or div, the operation that gives the answer)
 
     Every completion ends in "The answer is N."; rejected answers are plausible slips.
 
@@ -81,7 +83,7 @@ def generate_math(output: Path, count: int, seed: int, kinds: str, valid_fractio
         table.add_column(split, justify="right")
     table.add_column("records")
     shapes = {"sft": "prompt, completion", "preference": "prompt, chosen, rejected",
-              "prompts": "prompt, answer, expression, kind"}
+              "prompts": "prompt, answer, expression, kind", "dual-reward": "prompt, completion, label"}
     for sub, splits in written.items():
         table.add_row(str(output / sub), *(str(splits[s]) for s in ("train", "valid", "test")), shapes[sub])
     Console().print(table)

@@ -54,6 +54,23 @@ class MathProblem:
         return {"prompt": self.prompt, "answer": self.answer, "expression": self.expression,
                 "kind": self.kind}
 
+    @property
+    def operation(self) -> str:
+        """The operation that gives the answer (the outermost one of ``expression``): add, sub, mul, div."""
+        import ast
+
+        node = ast.parse(self.expression, mode="eval").body
+        return OPERATIONS[type(node.op).__name__]
+
+    def dual_reward_record(self) -> dict:
+        """``{"prompt", "completion", "label"}`` for ``lazarus train dual-reward``: the label is the
+        operation that gives the answer (classifier targets e.g. ``"add=' +',sub=' -',mul=' *',div=' /'"``)."""
+        return {"prompt": self.prompt, "completion": self.completion, "label": self.operation}
+
+
+#: ast operator class name -> the operation label of :attr:`MathProblem.operation`
+OPERATIONS = {"Add": "add", "Sub": "sub", "Mult": "mul", "Div": "div"}
+
 
 # -- answers ---------------------------------------------------------------------------------------
 _NUMBER = r"(-?\d[\d,]*(?:\.\d+)?|-?\.\d+)"
@@ -314,7 +331,7 @@ def generate(count: int, seed: int = 0, kinds: str | Sequence[str] | None = None
 
 # -- writing ---------------------------------------------------------------------------------------
 LAYOUT = {"sft": MathProblem.sft_record, "preference": MathProblem.preference_record,
-          "prompts": MathProblem.prompt_record}
+          "prompts": MathProblem.prompt_record, "dual-reward": MathProblem.dual_reward_record}
 
 
 def split_counts(count: int, valid_fraction: float, test_fraction: float) -> dict[str, int]:
@@ -336,7 +353,7 @@ def math_output_paths(output: str | Path) -> list[Path]:
 
 def write_math_data(problems: Sequence[MathProblem], output: str | Path, *, valid_fraction: float = 0.1,
                     test_fraction: float = 0.1, force: bool = False) -> dict[str, dict[str, int]]:
-    """Write ``problems`` as ``OUTPUT/{sft,preference,prompts}/{train,valid,test}.jsonl``.
+    """Write ``problems`` as ``OUTPUT/{sft,preference,prompts,dual-reward}/{train,valid,test}.jsonl``.
 
     Problems are split in order (train first). Existing files are refused unless ``force`` (checked
     before anything is written); each file is written atomically. Returns ``{dir: {split: rows}}``.
