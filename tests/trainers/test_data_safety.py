@@ -482,3 +482,13 @@ def test_experts_train_refuses_a_live_runs_output(tmp_path, lazarus_cli):
                          "--max-episode-steps", 3)
     assert result.exit_code == 0, result.output
     assert "took over" in result.output
+
+
+def test_experts_train_divergence_saves_nothing(tmp_path, lazarus_cli):
+    out = tmp_path / "expert"
+    result = lazarus_cli("experts", "train", "--env", "reach", "--output", out, "--num-envs", 2,
+                         "--max-episode-steps", 3, "--save-interval", 1, "--steps", 4, "--learning-rate", "1e300")
+    assert result.exit_code == 2, result.output
+    assert "training diverged at step 1" in result.stderr and "lower --learning-rate (now 1e+300)" in result.stderr
+    assert not (out / "checkpoints").exists() and not (out / "expert.safetensors").exists()
+    strict_rows(out / "metrics.jsonl")

@@ -31,7 +31,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from lazarus.errors import LazarusError
+from lazarus.errors import LazarusError, TrainingDiverged
 from lazarus.training import checkpoint as ckpt
 from lazarus.training import rl
 from lazarus.training.metrics import MetricsLog, read_metrics
@@ -248,6 +248,7 @@ class ExpertTrainer:
         self.log(f"Training a [bold]{c.expert}[/] expert (hidden {c.hidden_size}, {c.num_layers} layer(s)) on "
                  f"[bold]{c.env}[/]: {c.steps} PPO updates of {c.num_envs} episodes, {c.epochs} epochs each")
         first = last = None
+        saved = Path(c.resume) if c.resume else None  # the last good checkpoint
         with self._progress() as progress:
             task = progress.add_task("experts ppo", total=c.steps, completed=start, ret="-")
             for step in range(start + 1, c.steps + 1):
@@ -280,9 +281,11 @@ class ExpertTrainer:
                        "env_steps_per_second": env_steps / max(time.perf_counter() - began, 1e-9),
                        **{k: float(v) for k, v in parts.items()}}
                 metrics.write(row)
+                self._guard(expert, step, row["loss"], saved)
                 progress.update(task, advance=1, ret=f"{episode_return:.3f}")
                 if c.save_interval and step % c.save_interval == 0 and step < c.steps:
                     self._checkpoint(expert, optimizer, step)
+                    saved = self.output / ckpt.CHECKPOINTS_DIR / ckpt.checkpoint_name(step)
         if world.is_main:
             save_expert(expert, self.output, **prov_extra(c, last))
             plot_returns(self.output / METRICS_FILE, self.output / RETURN_PNG, title=f"{c.expert} on {c.env}")
@@ -291,6 +294,17 @@ class ExpertTrainer:
                  f"{first if first is None else round(first, 3)} -> {last if last is None else round(last, 3)}; "
                  f"metrics: {self.output / METRICS_FILE}, curve: {self.output / RETURN_PNG}")
         return TrainResult(self.output, c.steps, first, last)
+
+    def _guard(self, expert, step: int, loss: float, saved) -> None:
+        """The divergence guard of ``lazarus train``: a non-finite loss or weights stop the run before
+        anything is saved (the last good checkpoint stays), one line, exit 2."""
+        finite = all(bool(mx.all(mx.isfinite(v)).item()) for _, v in tree_flatten(expert.parameters()))
+        if math.isfinite(loss) and finite:
+            return
+        what = f"the loss is {loss}" if not math.isfinite(loss) else "the expert's weights are no longer finite"
+        kept = f"; the last good checkpoint is {saved}" if saved else "; no checkpoint was written"
+        raise TrainingDiverged(f"training diverged at step {step}: {what} -- lower --learning-rate "
+                               f"(now {self.config.learning_rate:g}){kept}", step=step, checkpoint=saved)
 
     def _fresh_output(self) -> None:
         """Refuse to mix a fresh run into an earlier run's output unless ``overwrite`` is set (as
