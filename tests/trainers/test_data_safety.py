@@ -344,7 +344,9 @@ def _recipe(path: Path, model, output, sft_data, *, sft_extra="", eval_data=None
 def test_recipe_check_refuses_missing_data(tmp_path, tiny_llama, math_sft_data, lazarus_cli):
     recipe = _recipe(tmp_path / "r.toml", tiny_llama, tmp_path / "out", math_sft_data,
                      eval_data=tmp_path / "no-such-data")
+    before = recipe.read_bytes()
     result = lazarus_cli("run", recipe, "--check")
+    assert recipe.read_bytes() == before
     assert result.exit_code == 2, result.output
     assert "stage 2 (again): data = " in result.stderr and "does not exist" in result.stderr
     assert not (tmp_path / "out").exists()
@@ -354,8 +356,10 @@ def test_a_failed_stage_is_marked_failed(tmp_path, tiny_llama, math_sft_data, la
     # a learning rate that overflows the weights: the divergence guard stops the stage
     recipe = _recipe(tmp_path / "r.toml", tiny_llama, tmp_path / "out", math_sft_data,
                      sft_extra="learning-rate = 1e308")
+    before = tree_hashes(math_sft_data), recipe.read_bytes()
     result = lazarus_cli("run", recipe)
     assert result.exit_code == 2, result.output
+    assert (tree_hashes(math_sft_data), recipe.read_bytes()) == before
     assert "training diverged" in result.stderr
     record = json.loads((tmp_path / "out" / "sft" / "stage.json").read_text())
     assert record["status"] == "failed" and "diverged" in record["error"]

@@ -188,9 +188,11 @@ def test_every_architecture_has_a_final_norm_for_the_lens(model_type, tmp_path, 
     if "ln_final.hook_normalized" in model.hook_names() and model_type != "phixtral":
         assert mx.allclose(model.unembed(acts["ln_final.hook_normalized"]), logits, atol=1e-4)
     if model_type == "gpt_neox":  # the reproduction of the issue, through the CLI
+        before = {f.name: f.read_bytes() for f in path.iterdir()}
         result = lazarus_cli("introspect", "logit-lens", "--model", path, "--prompt", "The cat sat",
                              "--json", tmp_path / "lens.json")
         assert result.exit_code == 0, result.output
+        assert {f.name: f.read_bytes() for f in path.iterdir()} == before
         assert len(json.loads((tmp_path / "lens.json").read_text())["positions"][0]["layers"]) == 2
 
 
