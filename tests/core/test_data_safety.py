@@ -176,3 +176,17 @@ def test_plugins_list_names_an_unknown_hook(lazarus_cli):
     assert result.exit_code == 2 and "--hook foo: no such hook" in result.stderr
     assert "register_trainers" in result.stderr
     assert lazarus_cli("plugins", "list", "--hook", "trainers").exit_code == 0
+
+
+def test_a_model_or_adapter_under_a_non_utf8_path_is_named_not_called_corrupt(tiny_checkpoint, lazarus_cli,
+                                                                             tmp_path):
+    import shutil
+
+    model = tmp_path / os.fsdecode(b"model-" + BAD)
+    shutil.copytree(tiny_checkpoint("llama"), model)
+    before = tree_hashes(model)
+    result = lazarus_cli("generate", "--model", model, "--prompt", "hi", "--max-tokens", 2)
+    assert result.exit_code == 2 and "is not UTF-8" in result.stderr and "corrupt" not in result.stderr
+    result = lazarus_cli("generate", "--model", tiny_checkpoint("llama"), "--adapter", model, "--prompt", "hi")
+    assert result.exit_code == 2 and "--adapter" in result.stderr and "is not UTF-8" in result.stderr
+    assert tree_hashes(model) == before

@@ -116,6 +116,12 @@ def resolve_model_path(model: str | os.PathLike) -> Path:
         from lazarus.embedded import embedded_path
 
         return embedded_path(text)
+    from lazarus.options import utf8_problem
+
+    problem = utf8_problem(text)
+    if problem:  # mlx cannot open files under such a path (it reads as a "corrupt" file)
+        raise LazarusError(f"--model {os.fsencode(text)!r}: {problem}; mlx reads only UTF-8 paths: rename or "
+                           "link the directory")
     path = Path(text).expanduser()
     if not path.exists():
         from lazarus.checkpoints.atomic import recover_output

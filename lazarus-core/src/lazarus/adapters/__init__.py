@@ -20,6 +20,7 @@ Adapter types are looked up in the plugin registry by ``fine_tune_type`` (built-
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -111,7 +112,12 @@ def load_adapter(model: nn.Module, path: str | Path) -> AdapterConfig:
     """
     from lazarus.adapters.base import model_blocks
     from lazarus.checkpoints.atomic import recover_output
+    from lazarus.options import utf8_problem
 
+    problem = utf8_problem(os.fspath(path))
+    if problem:  # mlx cannot open files under such a path
+        raise LazarusError(f"--adapter {os.fsencode(os.fspath(path))!r}: {problem}; mlx reads only UTF-8 paths: "
+                           "rename or link the directory")
     blocks = len(model_blocks(model))
     checkpoint = read_adapter(recover_output(path, "--adapter"), num_blocks=blocks)
     config = checkpoint.config
