@@ -496,3 +496,12 @@ def test_experts_train_divergence_saves_nothing(tmp_path, lazarus_cli):
     assert "training diverged at step 1" in result.stderr and "lower --learning-rate (now 1e+300)" in result.stderr
     assert not (out / "checkpoints").exists() and not (out / "expert.safetensors").exists()
     strict_rows(out / "metrics.jsonl")
+
+
+@pytest.mark.parametrize("line, says", [("learning-rate = nan", "must be float"),
+                                        ("warmup-steps = 99999999999", "at most 2147483647"),
+                                        ("seed = -1", "must be >= 0")])
+def test_recipe_check_refuses_bad_numbers(line, says, tmp_path, tiny_llama, math_sft_data, lazarus_cli):
+    recipe = _recipe(tmp_path / "r.toml", tiny_llama, tmp_path / "out", math_sft_data, sft_extra=line)
+    result = lazarus_cli("run", recipe, "--check")
+    assert result.exit_code == 2 and says in result.stderr, result.output

@@ -257,8 +257,10 @@ def _check_train_options(where: str, stage: Stage) -> None:
             raise LazarusError(f"{where}: unknown key {key!r} for trainer {stage.plugin!r}; its keys: "
                                f"{', '.join(n for n in fields if n not in RUNNER_TRAIN_KEYS)}")
         checked[name] = _check_value(cls, fields[name], value, where=f"{where}: key {key!r}")
+    from lazarus.training.config import check_numbers
+
     try:
-        cls(**{k: v for k, v in checked.items()})
+        check_numbers(cls(**{k: v for k, v in checked.items()}))
     except (ValueError, TypeError) as exc:
         raise LazarusError(f"{where}: {exc}") from None
     stage.options = checked  # under the field names, as build_config takes them
