@@ -113,7 +113,7 @@ def test_sft_dpo_eval_lens_chain_and_rerun(tiny_llama, math_dirs, tmp_path):
     np.testing.assert_allclose(np.array(ours(ids)), np.array(theirs(ids)), atol=1e-4)
 
     # a re-run runs nothing
-    stamps = {p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file() and p.name != "lazarus.json"}
+    stamps = {p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file() and p.name not in ("lazarus.json", ".lazarus.lock")}
     again = run(recipe)
     assert again.exit_code == 0, again.output
     assert again.output.count("unchanged, skipped") == 4

@@ -505,3 +505,18 @@ def test_recipe_check_refuses_bad_numbers(line, says, tmp_path, tiny_llama, math
     recipe = _recipe(tmp_path / "r.toml", tiny_llama, tmp_path / "out", math_sft_data, sft_extra=line)
     result = lazarus_cli("run", recipe, "--check")
     assert result.exit_code == 2 and says in result.stderr, result.output
+
+
+def test_a_second_lazarus_run_into_a_live_recipe_output_is_refused(tmp_path, tiny_llama, math_sft_data,
+                                                                    lazarus_cli):
+    recipe = _recipe(tmp_path / "r.toml", tiny_llama, tmp_path / "out", math_sft_data)
+    assert lazarus_cli("run", recipe).exit_code == 0
+    before = tree_hashes(tmp_path / "out", skip=(".lazarus.lock",))
+    holder = _hold_lock(tmp_path / "out")
+    try:
+        result = lazarus_cli("run", recipe, "--from", "sft")
+        assert result.exit_code == 2 and "another run is writing there" in result.stderr
+        assert tree_hashes(tmp_path / "out", skip=(".lazarus.lock",)) == before  # stage records untouched
+    finally:
+        holder.kill()
+        holder.wait()

@@ -380,10 +380,19 @@ class Runner:
         return self.recipe.output / stage.name
 
     def run(self) -> list[StageResult]:
-        from lazarus.paths import check_output_path
+        """Run the stages, holding the recipe output's lock (one live ``lazarus run`` per output)."""
+        from lazarus.paths import OutputLock, check_output_path
+
+        option = f"{self.recipe.path}: output ="
+        check_output_path(self.recipe.output, kind="dir", option=option)
+        with OutputLock(self.recipe.output, option=option) as lock:
+            if lock.note:
+                self.console.print(f"Note: {lock.note}", markup=False, highlight=False)
+            return self._run_stages()
+
+    def _run_stages(self) -> list[StageResult]:
         from lazarus.provenance import sha256_json
 
-        check_output_path(self.recipe.output, kind="dir", option=f"{self.recipe.path}: output =")
         results: list[StageResult] = []
         model, adapter = self.recipe.model, None
         outputs: dict[str, tuple[str, str | None]] = {}  # stage -> (model, adapter) it hands on
