@@ -520,3 +520,31 @@ def test_a_second_lazarus_run_into_a_live_recipe_output_is_refused(tmp_path, tin
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_eval_says_nothing_was_scored_when_no_completion_is(tmp_path, tiny_llama, math_sft_data, lazarus_cli,
+                                                            plugin_registry):
+    """A reward that applies to the records but scores no completion it is given (returns None)."""
+    import types
+
+    import lazarus
+    from lazarus.specs import RewardFunctionSpec
+
+    plugin = types.ModuleType("picky")
+
+    @lazarus.hookimpl
+    def register_reward_functions(register):
+        register(RewardFunctionSpec(name="picky", entry=f"{__name__}:_picky"))
+
+    plugin.register_reward_functions = register_reward_functions
+    plugin_registry("lazarus-trainers", "lazarus-families", plugin)
+    out = tmp_path / "results.jsonl"
+    result = lazarus_cli("eval", "--model", tiny_llama, "--data", math_sft_data.parent / "prompts" / "test.jsonl",
+                         "--reward", "picky", "--limit", 3, "--max-tokens", 2, "--output", out)
+    assert result.exit_code == 2, result.output
+    assert "nothing was scored" in result.stderr and "accuracy" not in result.stdout
+    assert not out.exists()
+
+
+def _picky(prompts, completions, records):
+    return [1.0 if c == "" else None for c in completions]  # scores only the empty (probe) completion

@@ -130,6 +130,10 @@ def eval_command(model_path, adapter_path, data, split, rewards, output, force, 
         click.echo(f"Warning: {past_context}", err=True)
     rows, totals = _run(model, tokenizer, examples, reward_fns, max_tokens=max_tokens, temperature=temperature,
                         top_p=top_p, seed=seed, batch_size=batch_size, success=success)
+    if rows and all(v is None for row in rows for v in row["rewards"].values()):
+        raise LazarusError(f"--reward {','.join(r.label for r in reward_fns)} scored none of the {len(rows)} "
+                           f"completions (each reward returned None, 'not applicable'): nothing was scored, so "
+                           "there is no accuracy to report; check the reward against the data's fields")
 
     from lazarus.data.records import write_jsonl
 
