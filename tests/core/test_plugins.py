@@ -277,3 +277,48 @@ def test_unknown_name_after_a_plugin_failed_points_at_that_plugin(tmp_path):
     assert "no reward-function named 'has-answer'" in result.stderr
     assert "lazarus-answers" in result.stderr and "no module named sympy" in result.stderr
     assert "pip install lazarus-trainers" not in result.stderr
+
+
+def test_the_core_command_names_the_registry_reserves_are_the_clis():
+    """The registry refuses plugin commands named like a core one without importing lazarus.cli:
+    lazarus.commands lists them, and that list must stay what the CLI defines."""
+    from lazarus.cli import main
+    from lazarus.commands import CORE_COMMAND_NAMES, CORE_COMMANDS
+
+    assert CORE_COMMAND_NAMES == set(CORE_COMMANDS) | set(main.commands)
+
+
+def test_registration_hooks_are_called_through_pluggy():
+    """A plugin's tryfirst/trylast implementations run in that order, and its hook wrapper runs
+    around them, as pluggy documents (the registry calls hooks through pluggy, not directly)."""
+    import types
+
+    import lazarus
+    from lazarus.plugins import Registry
+    from lazarus.specs import RewardFunctionSpec
+
+    order = []
+
+    @lazarus.hookimpl(trylast=True, specname="register_reward_functions")
+    def late(register):
+        order.append("late")
+        register(RewardFunctionSpec(name="late-reward", entry="math:fabs"))
+
+    @lazarus.hookimpl(tryfirst=True, specname="register_reward_functions")
+    def early(register):
+        order.append("early")
+        register(RewardFunctionSpec(name="early-reward", entry="math:fabs"))
+
+    @lazarus.hookimpl(wrapper=True, specname="register_reward_functions")
+    def around(register):
+        order.append("wrapper before")
+        result = yield
+        order.append("wrapper after")
+        return result
+
+    plugin = types.ModuleType("ordered")
+    plugin.late, plugin.early, plugin.around = late, early, around
+    record = Registry().add_plugin(plugin, "ordered")
+    assert record.status == "loaded", record.error
+    assert order == ["wrapper before", "early", "late", "wrapper after"]
+    assert sorted(record.provides["reward-functions"]) == ["early-reward", "late-reward"]

@@ -13,24 +13,8 @@ import sys
 import click
 
 from lazarus import __version__
+from lazarus.commands import CORE_COMMANDS
 from lazarus.errors import LazarusError
-
-#: core commands that live in their own module, as name -> "module:attribute". Those modules
-#: import only click at top level (mlx and model code are imported inside the command).
-CORE_COMMANDS: dict[str, str] = {
-    "adapters": "lazarus.commands.adapters:adapters",
-    "data": "lazarus.commands.data:data",
-    "eval": "lazarus.commands.eval:eval_command",
-    "export": "lazarus.commands.export:export",
-    "generate": "lazarus.commands.generate:generate",
-    "install": "lazarus.commands.install:install",
-    "models": "lazarus.commands.models:models",
-    "quickstart": "lazarus.commands.quickstart:quickstart",
-    "run": "lazarus.commands.run:run",
-    "quantize": "lazarus.commands.quantize:quantize",
-    "train": "lazarus.commands.train:train",
-    "uninstall": "lazarus.commands.install:uninstall",
-}
 
 
 def one_line(message: str) -> str:
@@ -289,13 +273,6 @@ def doctor(as_json: bool):
         sys.exit(1)
 
 
-def _reserve_core_commands() -> None:
-    from lazarus import plugins as plugin_module
-
-    plugin_module.RESERVED_COMMANDS.update(main.commands, CORE_COMMANDS)
-
-
-_reserve_core_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,7 +8,7 @@ installed plugin by name) it checks, in order:
 3. every ``@lazarus.hookimpl`` in it names a known hook;
 4. every hook registers valid specs (kebab-case names, ``package.module:attribute`` entries);
 5. no registered name collides with another installed plugin's (or a core command);
-6. every registered entry loads and fits its kind's contract (:func:`entry_problem`).
+6. every registered entry loads and fits its kind's contract (``Spec.entry_problem``).
 
 The import checks run in a fresh interpreter, so what the checking process already imported
 does not hide a heavy import.
@@ -20,12 +20,14 @@ import importlib
 import json
 import subprocess
 import sys
+from collections.abc import Collection
 from importlib import metadata
 from pathlib import Path
 
 import attrs
 import click
 
+from lazarus.commands import CORE_COMMAND_NAMES
 from lazarus.errors import LazarusError
 from lazarus.specs import HOOK_KINDS, Spec
 
@@ -67,44 +69,9 @@ class Target:
 
 
 def entry_problem(spec: Spec, obj: object) -> str | None:
-    """Why the object ``spec.entry`` names does not fit its kind's contract, or None when it fits.
-
-    The checks are structural (the attributes each kind's users call), not behavioural.
-    """
-    kind = spec.kind
-    if kind == "family":
-        missing = [name for name in ("ModelArgs", "Model") if not hasattr(obj, name)]
-        if missing:
-            return f"a family entry names a module defining ModelArgs and Model; missing {', '.join(missing)}"
-    elif kind == "adapter":
-        missing = [name for name in ("apply", "weights", "fuse") if not callable(getattr(obj, name, None))]
-        if missing:
-            return f"an adapter entry names an AdapterType instance; missing {', '.join(missing)}()"
-    elif kind == "trainer":
-        from lazarus.training.trainer import Trainer
-
-        if not (isinstance(obj, type) and issubclass(obj, Trainer)):
-            return "a trainer entry names a subclass of lazarus.training.trainer.Trainer"
-    elif kind == "checkpoint-format":
-        needed = [name for name, flag in (("read", spec.can_read), ("write", spec.can_write)) if flag]
-        missing = [name for name in ["detect", *needed] if not callable(getattr(obj, name, None))]
-        if missing:
-            return f"a checkpoint-format entry names an object with {', '.join(missing)}()"
-    elif kind == "probe":
-        if not isinstance(obj, click.Command):
-            return "a probe entry names a click command (run as `lazarus introspect NAME`)"
-    elif kind == "reward-function":
-        if not callable(obj):
-            return "a reward-function entry names a function fn(prompts, completions, records) -> list"
-    elif kind == "expert":
-        if not isinstance(obj, type):
-            return "an expert entry names a class"
-    elif kind == "environment":
-        missing = [name for name in ("reset", "step") if not callable(getattr(obj, name, None))]
-        if not isinstance(obj, type) or missing:
-            return ("an environment entry names a class with reset(seed) and step(action)"
-                    + (f"; missing {', '.join(missing)}()" if missing else ""))
-    return None
+    """Why the object ``spec.entry`` names does not fit its kind's contract, or None when it fits
+    (each spec class says, in :meth:`lazarus.specs.Spec.entry_problem`)."""
+    return spec.entry_problem(obj)
 
 
 def _read_pyproject(directory: Path) -> Target:
@@ -168,15 +135,15 @@ def _hook_functions(module) -> dict[str, object]:
     return found
 
 
-def check_plugin(target: str) -> list[Check]:
+def check_plugin(target: str, reserved_commands: Collection[str] = CORE_COMMAND_NAMES) -> list[Check]:
     """Run every check on ``target`` (a directory or an installed plugin name); one row per check
-    and entry point. Raises :class:`LazarusError` when ``target`` is not a plugin at all."""
-    import lazarus.cli  # noqa: F401  (fills RESERVED_COMMANDS with the core's command names)
+    and entry point. ``reserved_commands``: command names a plugin may not take (the core CLI's).
+    Raises :class:`LazarusError` when ``target`` is not a plugin at all."""
     from lazarus import builtins, hookspecs
-    from lazarus.plugins import RESERVED_COMMANDS, Registry
+    from lazarus.plugins import Registry
 
     info = resolve_target(target)
-    others = Registry()
+    others = Registry(reserved_commands=reserved_commands)
     others.load_builtins(builtins)
     others.load_entry_points(skip=frozenset({info.distribution, *info.entry_points}))
     known_hooks = {name for name in dir(hookspecs) if name.startswith("register_")}
@@ -233,7 +200,7 @@ def check_plugin(target: str) -> list[Check]:
                    for spec in specs if spec.name in others.names(spec.kind)]
         clashes += [f"command {name!r} is also provided by "
                     f"{others.commands[name][0] if name in others.commands else 'lazarus-core'!r}"
-                    for name in commands.commands if name in others.commands or name in RESERVED_COMMANDS]
+                    for name in commands.commands if name in others.commands or name in reserved_commands]
         add("no name collisions", not clashes, "; ".join(clashes))
 
         problems = []

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import traceback
+from collections.abc import Collection
 from importlib import metadata
 from types import ModuleType
 
@@ -22,6 +23,7 @@ import click
 import pluggy
 
 from lazarus import hookspecs
+from lazarus.commands import CORE_COMMAND_NAMES
 from lazarus.errors import PluginError, UnknownNameError
 from lazarus.specs import HOOK_KINDS, KINDS, Spec
 
@@ -69,7 +71,9 @@ def _one_line(exc: BaseException) -> str:
 class Registry:
     """All plugins and everything they registered, by kind and name."""
 
-    def __init__(self) -> None:
+    def __init__(self, reserved_commands: Collection[str] = CORE_COMMAND_NAMES) -> None:
+        #: command names no plugin may register (the core CLI's own)
+        self.reserved_commands = frozenset(reserved_commands)
         self.pm = pluggy.PluginManager("lazarus")
         self.pm.add_hookspecs(hookspecs)
         self.plugins: dict[str, PluginRecord] = {}
@@ -180,14 +184,14 @@ class Registry:
 
         pending: list[Spec] = []
         commands = click.Group()
+        # call this plugin's implementations through pluggy (so its tryfirst/trylast ordering and
+        # hook wrappers apply), leaving out the plugins registered before it
+        others = [plugin for plugin in self.pm.get_plugins() if plugin is not module]
         try:
             for hook_name, spec_cls in HOOK_KINDS.items():
-                for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
-                    if impl.plugin is module:
-                        impl.function(register=_collector(hook_name, spec_cls, pending))
-            for impl in self.pm.hook.register_commands.get_hookimpls():
-                if impl.plugin is module:
-                    impl.function(cli=commands)
+                caller = self.pm.subset_hook_caller(hook_name, remove_plugins=others)
+                caller(register=_collector(hook_name, spec_cls, pending))
+            self.pm.subset_hook_caller("register_commands", remove_plugins=others)(cli=commands)
             self._check_collisions(name, pending, commands)
         except Exception as exc:
             self.pm.unregister(module)
@@ -218,16 +222,12 @@ class Registry:
                     f"LAZARUS_DISABLE_PLUGINS={plugin}"
                 )
         for cmd_name in commands.commands:
-            if cmd_name in self.commands or cmd_name in RESERVED_COMMANDS:
+            if cmd_name in self.commands or cmd_name in self.reserved_commands:
                 other = self.commands[cmd_name][0] if cmd_name in self.commands else CORE_PLUGIN
                 raise PluginError(
                     f"command {cmd_name!r} is provided by both {other!r} and {plugin!r}; "
                     f"uninstall one or set LAZARUS_DISABLE_PLUGINS={plugin}"
                 )
-
-
-#: commands the core CLI defines itself; a plugin may not replace them
-RESERVED_COMMANDS: set[str] = set()
 
 
 def _collector(hook_name: str, spec_cls: type[Spec], pending: list[Spec]):
@@ -259,7 +259,7 @@ def get_registry() -> Registry:
     if _REGISTRY is None:
         from lazarus import builtins
 
-        registry = Registry()
+        registry = Registry(reserved_commands=CORE_COMMAND_NAMES)
         registry.load_builtins(builtins)
         registry.load_entry_points()
         _REGISTRY = registry

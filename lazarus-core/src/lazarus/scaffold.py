@@ -11,43 +11,26 @@ from __future__ import annotations
 
 import keyword
 import os
-import re
 import shutil
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 
+from lazarus.commands import CORE_COMMAND_NAMES
 from lazarus.errors import LazarusError
+from lazarus.specs import KEBAB_CASE, Scaffold
+from lazarus.specs import KINDS as SPEC_KINDS
 
 TEMPLATES = Path(__file__).parent / "templates" / "plugin"
 
-#: kind -> (implementation module, one-line description, how a user runs it)
-KIND_INFO: dict[str, tuple[str, str, str]] = {
-    "family": ("family", "A model family for Lazarus",
-               "lazarus models create --family {name} --output tiny && lazarus generate --model tiny --prompt Hi"),
-    "adapter": ("adapter", "An adapter type for Lazarus",
-                "lazarus train sft --model M --data D --fine-tune-type {name}"),
-    "trainer": ("trainer", "A trainer for Lazarus",
-                "lazarus train {name} --model M --data D --output run"),
-    "checkpoint-format": ("checkpoint_format", "A checkpoint format for Lazarus",
-                          "python -c \"from lazarus import checkpoints; checkpoints.load('{name}', 'DIR')\""),
-    "probe": ("probe", "An introspection probe for Lazarus",
-              "lazarus introspect {name} --model M --prompt 'The answer is'"),
-    "reward-function": ("rewards", "A reward function for Lazarus RL trainers",
-                        "lazarus train grpo --model M --data D --reward {name}"),
-    "expert": ("expert", "A small expert model for Lazarus",
-               "lazarus experts train --expert {name} --env reach --steps 30 --output run"),
-    "environment": ("environment", "An environment for Lazarus experts",
-                    "lazarus experts train --env {name} --steps 30 --output run && lazarus experts eval run"),
-    "command": ("plugin", "A command for the lazarus CLI", "lazarus {name} --help"),
+#: the ``command`` kind is not a spec: a plugin adds click commands through ``register_commands``
+COMMAND_SCAFFOLD = Scaffold("plugin", "A command for the lazarus CLI", "lazarus {name} --help")
+#: kind -> what ``plugins new`` writes for it (each spec class carries its own ``scaffold``)
+SCAFFOLDS: dict[str, Scaffold] = {
+    **{kind: cls.scaffold for kind, cls in SPEC_KINDS.items() if cls.scaffold is not None},
+    "command": COMMAND_SCAFFOLD,
 }
-KINDS = tuple(KIND_INFO)
-#: kinds whose generated tests build a tiny llama checkpoint (so they need lazarus-families)
-NEEDS_FAMILIES = {"adapter", "trainer", "probe"}
-#: kinds that run under another first-party distribution's command group
-RUNTIME_DEPENDENCIES = {"probe": "lazarus-introspect", "expert": "lazarus-experts",
-                        "environment": "lazarus-experts"}
-
-_KEBAB = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+KINDS = tuple(SCAFFOLDS)
 
 
 def core_requirement(dist: str = "lazarus-core") -> str:
@@ -68,16 +51,16 @@ def names_for(name: str) -> dict[str, str]:
             "title": "".join(part.capitalize() for part in name.split("-"))}
 
 
-def check_name(kind: str, name: str) -> None:
-    """Raise :class:`LazarusError` when ``kind`` is unknown, ``name`` is not kebab-case, or ``name``
-    is already taken by an installed plugin, its distribution, a thing of that kind or a command."""
-    if kind not in KIND_INFO:
+def check_name(kind: str, name: str, reserved_commands: Collection[str] = CORE_COMMAND_NAMES) -> None:
+    """Raise :class:`LazarusError` when ``kind`` is unknown, ``name`` is not kebab-case (starting
+    with a letter), or ``name`` is already taken by an installed plugin, its distribution, a thing of
+    that kind or a command (``reserved_commands``: the core CLI's own)."""
+    if kind not in SCAFFOLDS:
         raise LazarusError(f"unknown plugin kind {kind!r}; use one of {', '.join(KINDS)}")
-    if not _KEBAB.match(name):
+    if not (KEBAB_CASE.match(name) and name[0].isalpha()):
         raise LazarusError(f"plugin name {name!r} is not kebab-case: use lowercase letters, digits and "
                            "single dashes, starting with a letter (e.g. my-reward)")
-    import lazarus.cli  # noqa: F401  (fills RESERVED_COMMANDS)
-    from lazarus.plugins import RESERVED_COMMANDS, get_registry
+    from lazarus.plugins import get_registry
 
     registry = get_registry()
     dist = names_for(name)["dist"]
@@ -85,7 +68,7 @@ def check_name(kind: str, name: str) -> None:
         if name in (record.name, record.distribution) or dist == record.distribution:
             raise LazarusError(f"name {name!r} collides with the installed plugin {record.name!r} "
                                f"({record.distribution}); choose another name")
-    taken = set(registry.commands) | RESERVED_COMMANDS if kind == "command" else set(registry.names(kind))
+    taken = set(registry.commands) | set(reserved_commands) if kind == "command" else set(registry.names(kind))
     if name in taken:
         owner = (registry.commands[name][0] if name in registry.commands else "lazarus-core") \
             if kind == "command" else registry.owner(kind, name)
@@ -94,16 +77,16 @@ def check_name(kind: str, name: str) -> None:
 
 def context(kind: str, name: str) -> dict:
     """Everything the templates see."""
-    impl_module, description, usage = KIND_INFO[kind]
+    scaffold = SCAFFOLDS[kind]
     ctx = names_for(name)
     dependencies = [core_requirement()]
-    if kind in RUNTIME_DEPENDENCIES:
-        dependencies.append(core_requirement(RUNTIME_DEPENDENCIES[kind]))
+    if scaffold.runtime_dependency:
+        dependencies.append(core_requirement(scaffold.runtime_dependency))
     test_dependencies = ["pytest>=7"]
-    if kind in NEEDS_FAMILIES:
+    if scaffold.needs_families:
         test_dependencies.append(core_requirement("lazarus-families"))
-    ctx.update(kind=kind, impl_module=impl_module, description=f"{description}: {name}",
-               usage=usage.format(name=name), dependencies=dependencies,
+    ctx.update(kind=kind, impl_module=scaffold.module, description=f"{scaffold.description}: {name}",
+               usage=scaffold.usage.format(name=name), dependencies=dependencies,
                test_dependencies=test_dependencies)
     return ctx
 
@@ -123,13 +106,14 @@ def render(kind: str, ctx: dict) -> dict[str, str]:
     return files
 
 
-def new_plugin(kind: str, name: str, output: str | os.PathLike | None = None) -> Path:
+def new_plugin(kind: str, name: str, output: str | os.PathLike | None = None,
+               reserved_commands: Collection[str] = CORE_COMMAND_NAMES) -> Path:
     """Write the ``kind`` plugin ``name`` to ``output`` (default ``./lazarus-NAME``); returns it.
 
     Refuses a non-empty ``output``. Files are written to a temporary directory beside ``output``
     and renamed into place at the end, so a failure leaves nothing behind.
     """
-    check_name(kind, name)
+    check_name(kind, name, reserved_commands)
     ctx = context(kind, name)
     target = Path(output) if output is not None else Path(ctx["dist"])
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
