@@ -101,6 +101,9 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="8", help="comma-separated batch sizes for the batch level")
     parser.add_argument("--batch-gen-tokens", type=int, default=None, help="new tokens per row (default --gen-tokens)")
     parser.add_argument("--bandwidth-gbs", type=float, default=None, help="device peak memory bandwidth, GB/s")
+    parser.add_argument("--unfused", action="store_true",
+                        help="tokens level: also run a second Lazarus copy loaded without fused q/k/v and gate/up "
+                             "projections (LAZARUS_FUSED_PROJECTIONS=0), alternated with the others")
     parser.add_argument("--json", type=Path, default=None,
                         help="where to write the results (default: CACHE_DIR/generation.json)")
     args = parser.parse_args()
@@ -118,6 +121,13 @@ def main() -> None:
 
     path = args.model or bench_checkpoint(args.cache_dir, args.size, args.dtype)
     model, tokenizer, _ = load_model(str(path))
+    unfused_model = None
+    if args.unfused:
+        import lazarus.models.fused as fused
+
+        fused.FUSE_AT_LOAD = False
+        unfused_model, _, _ = load_model(str(path))
+        fused.FUSE_AT_LOAD = True
     ref_model, ref_tokenizer = mlx_lm.load(str(path))
     weights = tree_flatten(model.parameters())
     n_params = sum(v.size for _, v in weights)
@@ -135,7 +145,7 @@ def main() -> None:
     ref_sampler = mlx_make_sampler(temp=0.0)
     reset, peak = mx.reset_peak_memory, mx.get_peak_memory
 
-    def lazarus_tokens(compiled=True):
+    def lazarus_tokens(compiled=True, model=model):
         steps = generate_tokens(model, prompt[None], sampling=greedy, max_tokens=args.gen_tokens,
                                 prefill_step_size=args.prefill_step_size, compiled=compiled)
         return time_token_loop(steps, len(prompt_ids), args.gen_tokens, reset, peak)
@@ -159,9 +169,14 @@ def main() -> None:
     results: dict = {}
     single_metrics = ("prefill_tps", "decode_tps", "peak_memory_gb")
     if "tokens" in levels:
-        runs = alternate({"lazarus": lazarus_tokens, "mlx_lm": mlx_lm_tokens,
-                          "lazarus_uncompiled": lambda: lazarus_tokens(False)}, args.repeats)
+        engines = {"lazarus": lazarus_tokens, "mlx_lm": mlx_lm_tokens,
+                   "lazarus_uncompiled": lambda: lazarus_tokens(False)}
+        if unfused_model is not None:
+            engines["lazarus_unfused"] = lambda: lazarus_tokens(model=unfused_model)
+        runs = alternate(engines, args.repeats)
         summary = summarise(runs, single_metrics)
+        if unfused_model is not None:
+            summary["same_as_unfused"] = runs["lazarus"][0]["tokens"] == runs["lazarus_unfused"][0]["tokens"]
         summary["same_greedy_tokens"] = runs["lazarus"][0]["tokens"] == runs["mlx_lm"][0]["tokens"]
         summary["same_as_uncompiled"] = runs["lazarus"][0]["tokens"] == runs["lazarus_uncompiled"][0]["tokens"]
         summary["decode_gbs"] = weight_gb * summary["lazarus"]["decode_tps"]
@@ -233,6 +248,10 @@ def main() -> None:
                   f"same tokens as uncompiled: {summary['same_as_uncompiled']}; "
                   f"decode reads {summary['decode_gbs']:.1f} GB/s"
                   + (f" = {summary['decode_fraction_of_bound']:.0%} of the bound" if args.bandwidth_gbs else ""))
+        if "lazarus_unfused" in summary:
+            u = summary["lazarus_unfused"]
+            print(f"{level:<8} unfused projections: decode {u['decode_tps']:.2f} ({u['median_decode_tps']:.2f}) "
+                  f"tok/s; same tokens as fused: {summary['same_as_unfused']}")
         if "same_greedy_tokens" in summary:
             print(f"{level:<8} same greedy tokens as mlx-lm: {summary['same_greedy_tokens']}")
         if "rows_with_same_tokens" in summary:

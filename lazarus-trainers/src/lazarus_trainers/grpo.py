@@ -27,6 +27,7 @@ import time
 import attrs
 import mlx.core as mx
 import numpy as np
+from mlx.utils import tree_map
 
 from lazarus.errors import LazarusError
 from lazarus.training import rl
@@ -38,6 +39,8 @@ COMPLETIONS_FILE = "completions.jsonl"
 RESAMPLE_ROUNDS = 3
 #: the weighted reward at which a rollout counts towards ``accuracy``
 ACCURATE_REWARD = 1.0
+#: rollout rows per loss/gradient evaluation (as mlx-lm-lora's GRPO micro-batches): bounds peak memory
+LOSS_ROWS = 4
 
 
 @attrs.define(kw_only=True)
@@ -436,11 +439,27 @@ class GRPOTrainer(RolloutTrainer):
                 mx.array(a.get("old_logprobs", zeros)), mx.array(a.get("ref_logprobs", zeros)),
                 mx.array(batch.weights))
 
+    def micro_step(self, step, batch) -> tuple:
+        """The loss and gradients of a rollout batch, :data:`LOSS_ROWS` rows at a time (each part
+        evaluated before the next): the backward pass keeps one part's activations, not the whole
+        group's. The sums are those of the whole batch (``bnpo``, normalised per micro-batch, runs
+        whole)."""
+        arrays = self.batch_arrays(batch)
+        rows = arrays[0].shape[0]
+        if self.config.loss_type == "bnpo" or rows <= LOSS_ROWS:
+            return step(*arrays)
+        summed = None
+        for start in range(0, rows, LOSS_ROWS):
+            part = step(*(a[start:start + LOSS_ROWS] for a in arrays))
+            summed = part if summed is None else tree_map(mx.add, summed, part)
+            mx.eval(summed)
+        return summed
+
     def loss(self, model, ids, mask, advantages, old_logprobs, ref_logprobs, weights):
-        from lazarus.training.reference import token_logprobs
+        from lazarus.training.reference import model_token_logprobs
 
         config = self.config
-        logprobs = token_logprobs(model(ids[:, :-1]), ids[:, 1:])
+        logprobs = model_token_logprobs(model, ids)  # float32, the vocabulary projection in chunks
         if config.num_iterations == 1:
             old_logprobs = mx.stop_gradient(logprobs)  # on-policy: the ratio is 1, its gradient is not
         return rl.grpo_loss(logprobs, old_logprobs, ref_logprobs if config.beta > 0 else None, advantages,

@@ -348,6 +348,12 @@ class CausalLM(HookedModel, nn.Module):
 
     # -- forward -------------------------------------------------------------------------------
     def __call__(self, ids: mx.array, cache: list[KVCache] | None = None, mask: Any = None) -> mx.array:
+        return self.unembed(self.final_hidden(ids, cache, mask))
+
+    def final_hidden(self, ids: mx.array, cache: list[KVCache] | None = None, mask: Any = None) -> mx.array:
+        """The final-normed hidden states (B, T, hidden) that :meth:`unembed` turns into logits
+        (``ln_final.hook_normalized`` fired); arguments as for calling the model. Scorers that need
+        a few positions' logits, or the logits chunk by chunk, start here."""
         if ids.ndim != 2:
             raise LazarusError(f"model input must be token ids of shape (batch, length), got {ids.shape}")
         h = self.embed(ids)
@@ -363,7 +369,7 @@ class CausalLM(HookedModel, nn.Module):
         h = self.model.norm(h)
         if self._hook_registry.fns:
             h = self._hook_registry.fire("ln_final.hook_normalized", h)
-        return self.unembed(h)
+        return h
 
     @staticmethod
     def _key_mask(mask, cache, batch: int, new: int, offset: int) -> mx.array | None:

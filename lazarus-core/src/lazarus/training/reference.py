@@ -41,6 +41,35 @@ def token_logprobs(logits: mx.array, targets: mx.array) -> mx.array:
     return picked - mx.logsumexp(logits, axis=-1)
 
 
+#: most bytes of float32 logits that :func:`model_token_logprobs` holds at once (rows x positions x vocab x 4)
+LOGITS_CHUNK_BYTES = 128 * 2**20
+
+
+def model_token_logprobs(model, ids: mx.array, *, start: int = 0) -> mx.array:
+    """``log p(ids[:, t + 1] | ids[:, :t + 1])``, (B, T-1) float32, for ``model`` on ``ids`` (B, T).
+
+    For a model with ``final_hidden`` (Lazarus's decoders) the vocabulary projection runs in
+    chunks of positions, so at most :data:`LOGITS_CHUNK_BYTES` of float32 logits exist at a time,
+    never the (B, T, vocab) block; ``start`` > 0 skips the projection of the first ``start``
+    positions (their log-probs are 0: pass the first position any row scores). Other models: the
+    whole logits, as :func:`token_logprobs`. Under a gradient the chunks' logits are kept for the
+    backward pass all the same: bound those by scoring fewer rows at a time.
+    """
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    if not callable(getattr(model, "final_hidden", None)) or not callable(getattr(model, "unembed", None)):
+        return token_logprobs(model(inputs), targets)
+    hidden = model.final_hidden(inputs)[:, start:]
+    targets = targets[:, start:]
+    rows, length, _ = hidden.shape
+    vocab = getattr(getattr(model, "args", None), "vocab_size", None) or 1
+    step = max(1, LOGITS_CHUNK_BYTES // (rows * vocab * 4))
+
+    parts = [mx.zeros((rows, start), mx.float32)] if start else []
+    parts += [token_logprobs(model.unembed(hidden[:, i:i + step]), targets[:, i:i + step])
+              for i in range(0, length, step)]
+    return parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=1)
+
+
 def sequence_logprobs(model, ids: mx.array, mask: mx.array) -> tuple[mx.array, mx.array]:
     """Per-row sums of token log-probs where ``mask`` is 1, and the per-token log-probs.
 
@@ -59,7 +88,12 @@ def frozen_sequence_logprobs(model, ids: mx.array, mask: mx.array) -> tuple[mx.a
     training = model.training
     model.eval()
     try:
-        sums, per_token = (mx.stop_gradient(a) for a in sequence_logprobs(model, ids, mask))
+        # positions before the first target of any row are never projected onto the vocabulary
+        targets = mask[:, 1:].astype(mx.float32)
+        scored = mx.any(targets > 0, axis=0)
+        start = int(mx.argmax(scored).item()) if scored.any().item() else 0
+        per_token = mx.stop_gradient(model_token_logprobs(model, ids, start=start)) * targets
+        sums = per_token.sum(axis=-1)
         mx.eval(sums, per_token)
     finally:
         model.train(training)

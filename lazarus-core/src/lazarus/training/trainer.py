@@ -183,6 +183,12 @@ class Trainer:
         out = self.loss(model, *arrays)
         return (out[0], out[1], out[2]) if len(out) == 3 else (out[0], out[1], {})
 
+    def micro_step(self, step, batch) -> tuple:
+        """``(total, count, aux, grads)`` of one micro-batch: ``step(*self.batch_arrays(batch))``. A
+        trainer may run ``step`` on parts of the batch and sum what they return (GRPO scores its
+        rollouts a few rows at a time, to bound the activations kept for the backward pass)."""
+        return step(*self.batch_arrays(batch))
+
     def batch_tokens(self, batch) -> int:
         """Real (unpadded) tokens in a batch, for throughput; filler rows do not count."""
         lengths = getattr(batch, "lengths", None)
@@ -571,7 +577,7 @@ class Trainer:
                 for micro in range(config.grad_accumulation):
                     batch = self.next_batch(batches, step, micro)
                     step_tokens += self.batch_tokens(batch)
-                    total, count, aux, grads = micro_step(*self.batch_arrays(batch))
+                    total, count, aux, grads = self.micro_step(micro_step, batch)
                     grads_sum = grads if grads_sum is None else tree_map(mx.add, grads_sum, grads)
                     step_total, step_count = step_total + total, step_count + count
                     window["aux"] = {k: window["aux"].get(k, 0.0) + v for k, v in aux.items()}
