@@ -32,11 +32,7 @@ after it. Everything is checked before anything runs.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -196,13 +192,16 @@ def _where(recipe: Recipe, stage: Stage) -> str:
 
 def check_stage(recipe: Recipe, stage: Stage) -> None:
     """Check that the stage's plugin exists and its options are its own, of the right types."""
+    from lazarus.operations import Operation
     from lazarus.plugins import get_registry
+    from lazarus.recipe_stages import check_references
 
     where = _where(recipe, stage)
     registry = get_registry()
     if stage.adapter not in (None, "none") and stage.adapter not in {s.name for s in recipe.stages[:stage.index - 1]} \
             and not Path(stage.adapter).exists():
         raise LazarusError(f"{where}: adapter = {stage.adapter!r} is neither an earlier stage nor a directory")
+    check_references(recipe.stages[:stage.index - 1], stage, where)
     _check_data_exists(recipe, stage, where)
     if stage.kind == "train":
         if stage.plugin not in registry.names("trainer"):
@@ -222,15 +221,20 @@ def check_stage(recipe: Recipe, stage: Stage) -> None:
                     float(weight)
                 except ValueError:
                     raise LazarusError(f"{where}: reward {spec!r}: the weight after ':' must be a number") from None
-    command = stage_command(stage, where)
-    _check_command_options(where, stage, command)
+    runner = stage_command(stage, where)
+    if isinstance(runner, Operation):
+        _check_operation_options(where, stage, runner)
+    else:
+        _check_command_options(where, stage, runner)
 
 
 def _check_data_exists(recipe: Recipe, stage: Stage, where: str) -> None:
     """A stage's ``data`` must exist before anything runs, unless an earlier stage writes it (a path
     inside the recipe's output directory)."""
+    from lazarus.recipe_stages import has_reference
+
     value = stage.options.get("data")
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str) or not value or has_reference(value):
         return
     path = Path(value).expanduser()
     output = Path(recipe.output).absolute()
@@ -242,6 +246,7 @@ def _check_data_exists(recipe: Recipe, stage: Stage, where: str) -> None:
 
 def _check_train_options(where: str, stage: Stage) -> None:
     from lazarus.plugins import get
+    from lazarus.recipe_stages import has_reference
     from lazarus.training.config import _check_value, config_fields
 
     trainer_cls = get("trainer", stage.plugin).load()
@@ -256,18 +261,22 @@ def _check_train_options(where: str, stage: Stage) -> None:
         if name not in fields:
             raise LazarusError(f"{where}: unknown key {key!r} for trainer {stage.plugin!r}; its keys: "
                                f"{', '.join(n for n in fields if n not in RUNNER_TRAIN_KEYS)}")
-        checked[name] = _check_value(cls, fields[name], value, where=f"{where}: key {key!r}")
+        # a reference to an earlier stage's result is checked when it is filled in
+        checked[name] = value if has_reference(value) else _check_value(cls, fields[name], value,
+                                                                          where=f"{where}: key {key!r}")
     from lazarus.training.config import check_numbers
 
     try:
-        check_numbers(cls(**{k: v for k, v in checked.items()}))
+        check_numbers(cls(**{k: v for k, v in checked.items() if not has_reference(v)}))
     except (ValueError, TypeError) as exc:
         raise LazarusError(f"{where}: {exc}") from None
     stage.options = checked  # under the field names, as build_config takes them
 
 
-def stage_command(stage: Stage, where: str = "") -> click.Command:
-    """The click command that runs an eval, introspect, generate or command stage."""
+def stage_command(stage: Stage, where: str = ""):
+    """What runs an eval, introspect, generate or command stage: an :class:`~lazarus.operations.Operation`
+    (eval, generate, a probe written as one) or a click command (a plugin command, a probe that
+    is a click command)."""
     from lazarus.plugins import get_registry
 
     registry = get_registry()
@@ -276,18 +285,33 @@ def stage_command(stage: Stage, where: str = "") -> click.Command:
             raise LazarusError(f"{where}: no probe named {stage.plugin!r}; installed: "
                                f"{', '.join(registry.names('probe')) or 'none'}")
         return registry.get("probe", stage.plugin).load()
-    if stage.kind in ("eval", "generate"):
-        from lazarus.cli import main
+    if stage.kind == "eval":
+        from lazarus.commands.eval import evaluate
 
-        command = main.get_command(click.Context(main), stage.plugin)
-        if command is None:
-            raise LazarusError(f"{where}: this installation has no `lazarus {stage.plugin}` command")
-        return command
+        return evaluate
+    if stage.kind == "generate":
+        from lazarus.commands.generate import generate_text
+
+        return generate_text
     commands = {name: cmd for name, (_, cmd) in registry.commands.items()}
     if stage.plugin not in commands:
         raise LazarusError(f"{where}: no plugin command named {stage.plugin!r}; installed: "
                            f"{', '.join(sorted(commands)) or 'none'}")
     return commands[stage.plugin]
+
+
+def _check_operation_options(where: str, stage: Stage, op) -> None:
+    from lazarus.operations import check_value, keys
+    from lazarus.recipe_stages import has_reference
+
+    fields = {f.name: f for f in attrs.fields(op.options) if f.metadata.get("cli", True)}
+    for key, value in stage.options.items():
+        name = str(key).replace("-", "_")
+        if name not in fields:
+            raise LazarusError(f"{where}: unknown key {key!r} for {stage.kind} {stage.plugin!r}; its keys: "
+                               f"{', '.join(keys(op))}")
+        if not has_reference(value):
+            check_value(op.options, fields[name], value, where=f"{where}: key {key!r}")
 
 
 def _options_by_key(command: click.Command) -> dict[str, click.Parameter]:
@@ -306,6 +330,8 @@ def _options_by_key(command: click.Command) -> dict[str, click.Parameter]:
 
 
 def _check_command_options(where: str, stage: Stage, command: click.Command) -> None:
+    from lazarus.recipe_stages import has_reference
+
     keys = _options_by_key(command)
     for key, value in stage.options.items():
         param = keys.get(key)
@@ -314,6 +340,8 @@ def _check_command_options(where: str, stage: Stage, command: click.Command) -> 
                              if p.name not in ("help",)})
             raise LazarusError(f"{where}: unknown key {key!r} for {stage.kind} {stage.plugin!r}; its keys: "
                                f"{', '.join(public)}")
+        if has_reference(value):
+            continue  # filled in from an earlier stage's result when it runs
         values = value if isinstance(value, list) else [value]
         if isinstance(value, list) and not (getattr(param, "multiple", False) or param.nargs != 1):
             raise LazarusError(f"{where}: key {key!r} takes one value, got a list {value!r}")
@@ -339,6 +367,7 @@ class StageResult:
     metric: str = ""
     output: Path | None = None
     key: str | None = None  #: the stage's key (see the module docstring)
+    result: dict[str, Any] | None = None  #: what the stage's operation returned (later stages refer to it)
 
 
 def _weights_fingerprint(model: str) -> Any:
@@ -372,6 +401,8 @@ class Runner:
         self.recipe = recipe
         self.console = console or Console(stderr=True)
         self.force_from = force_from
+        #: stage name -> its result (and ``output``: its directory), for ``{{ stages.NAME.FIELD }}``
+        self.results: dict[str, dict] = {}
         if force_from is not None and force_from not in {s.name for s in recipe.stages}:
             raise LazarusError(f"--from {force_from!r}: no such stage; stages: "
                                f"{', '.join(s.name for s in recipe.stages)}")
@@ -396,6 +427,7 @@ class Runner:
         results: list[StageResult] = []
         model, adapter = self.recipe.model, None
         outputs: dict[str, tuple[str, str | None]] = {}  # stage -> (model, adapter) it hands on
+        self.results = {}
         previous_key = sha256_json({"recipe_model": self.recipe.model,
                                     "weights": _weights_fingerprint(self.recipe.model)})
         forced = False
@@ -412,6 +444,7 @@ class Runner:
                                "model_weights": _weights_fingerprint(stage_model) if stage.model else None})
             result = self._run_stage(stage, key, stage_model, stage_adapter, forced)
             results.append(result)
+            self.results[stage.name] = {**(result.result or {}), "output": str(self.stage_dir(stage))}
             if result.status in ("interrupted", "failed"):
                 break
             # a stage that ran (its output was missing, changed or forced) makes every later one run
@@ -442,13 +475,14 @@ class Runner:
     # -- one stage --------------------------------------------------------------------------------
     def _run_stage(self, stage: Stage, key: str, model: str, adapter: str | None, forced: bool) -> StageResult:
         from lazarus.checkpoints.atomic import recover_output
+        from lazarus.recipe_stages import Outcome, resolve, run_command, run_operation, run_train
 
         directory = recover_output(self.stage_dir(stage))  # a stage output a killed save left hidden
         record = _read_stage_file(directory)
         if not forced and record and record.get("key") == key and record.get("status") == "done":
             self.console.print(f"[dim]stage {stage.name}: unchanged, skipped[/]")
             return StageResult(stage, "skipped", record.get("seconds", 0.0), record.get("metric", ""), directory,
-                               key)
+                               key, record.get("result"))
         resume = (not forced and stage.kind == "train" and record is not None and record.get("key") == key
                   and (directory / "checkpoints").is_dir())
         self.console.rule(f"stage {stage.index}/{len(self.recipe.stages)}: {stage.name} ({stage.label})")
@@ -460,114 +494,32 @@ class Runner:
         _write_stage_file(directory, {**record, "status": "running"})
         start = time.perf_counter()
         try:
+            options = resolve(stage.options, self.results, _where(self.recipe, stage))
             if stage.kind == "train":
-                status, metric = self._train(stage, model, adapter, directory, resume=resume)
+                outcome = run_train(stage, options, model, adapter, directory, resume=resume, console=self.console)
             else:
-                status, metric = self._command(stage, model, adapter, directory)
+                from lazarus.operations import Operation
+
+                runner = stage_command(stage)
+                if isinstance(runner, Operation):
+                    outcome = run_operation(stage, runner, options, model, adapter, directory, console=self.console)
+                else:
+                    outcome = run_command(stage, runner, options, model, adapter, directory)
         except BaseException as exc:  # never leave a stage marked "running" by a run that ended
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             _write_stage_file(directory, {**record, "status": status, "error": " ".join(str(exc).split())[:500],
                                           "seconds": time.perf_counter() - start})
             raise
+        assert isinstance(outcome, Outcome)
         seconds = time.perf_counter() - start
+        status = outcome.status
         if status == "done":
-            _write_stage_file(directory, {**record, "status": "done", "seconds": seconds, "metric": metric,
-                                          "options": stage.options})
+            _write_stage_file(directory, {**record, "status": "done", "seconds": seconds, "metric": outcome.metric,
+                                          "options": stage.options, "result": outcome.result})
             status = "resumed" if resume else "ran"
         else:
             _write_stage_file(directory, {**record, "status": status})
-        return StageResult(stage, status, seconds, metric, directory, key)
-
-    def _train(self, stage: Stage, model: str, adapter: str | None, directory: Path, *,
-               resume: bool) -> tuple[str, str]:
-        from lazarus.plugins import get
-        from lazarus.training.config import build_config
-
-        trainer_cls = get("trainer", stage.plugin).load()
-        values = {**stage.options, "model": model, "output": str(directory), "adapter": adapter}
-        if resume:
-            values["resume"] = str(directory)
-        elif (directory / "checkpoints").exists():
-            values["overwrite"] = True  # this stage's inputs changed: its earlier run is stale
-        config = build_config(trainer_cls.config_class, cli_values=values)
-        trainer = trainer_cls(config, console=self.console)
-        trainer.name = stage.plugin
-        result = trainer.train()
-        if result.interrupted:
-            return "interrupted", f"stopped at step {result.step}/{result.total_steps}"
-        return "done", _train_metric(result, getattr(trainer, "headline_metrics", ()))
-
-    def _command(self, stage: Stage, model: str, adapter: str | None, directory: Path) -> tuple[str, str]:
-        command = stage_command(stage)
-        argv = self._argv(stage, command, model, adapter, directory)
-        words = ([stage.kind] if stage.kind == "introspect" else []) + [stage.plugin] + argv
-        self.console.print(f"$ lazarus {shlex.join(words)}", style="dim", markup=False, highlight=False)
-        captured = io.StringIO()
-        # an eval stage prints its summary as JSON for the run table; people get one line (below)
-        streams = (captured,) if stage.kind == "eval" else (sys.stdout, captured)
-        with contextlib.redirect_stdout(_Tee(*streams)):
-            try:
-                command.main(args=argv, prog_name=f"lazarus {stage.plugin}", standalone_mode=False)
-            except click.exceptions.Exit as exc:
-                if exc.exit_code:
-                    raise LazarusError(f"stage {stage.name}: `{stage.plugin}` exited with {exc.exit_code}") from None
-            except click.ClickException as exc:
-                raise LazarusError(f"stage {stage.name}: {exc.format_message()}") from None
-            except click.Abort:
-                return "interrupted", ""
-        (directory / "output.txt").write_text(captured.getvalue(), encoding="utf-8")
-        metric = _command_metric(stage, directory, captured.getvalue())
-        if stage.kind == "eval":
-            from lazarus.commands.eval import summary_line
-
-            summary = _read_json(directory / "summary.json")
-            self.console.print(summary_line(summary) if summary else metric, markup=False, highlight=False)
-        return "done", metric
-
-    def _argv(self, stage: Stage, command: click.Command, model: str, adapter: str | None,
-              directory: Path) -> list[str]:
-        keys = _options_by_key(command)
-        argv: list[str] = []
-        given = {keys[k].name for k in stage.options if k in keys}
-
-        def add(key: str, value: Any) -> None:
-            param = keys[key]
-            if isinstance(param, click.Argument):
-                argv.extend(str(v) for v in (value if isinstance(value, list) else [value]))
-                return
-            name = param.opts[0] if param.opts[0].startswith("--") else next(
-                (o for o in param.opts if o.startswith("--")), param.opts[0])
-            if getattr(param, "is_flag", False):
-                if value:
-                    argv.append(name)
-                elif param.secondary_opts:
-                    argv.append(param.secondary_opts[0])
-                return
-            for item in value if isinstance(value, list) else [value]:
-                argv.extend([name, str(item).lower() if isinstance(item, bool) else str(item)])
-
-        for key, value in (("model", model), ("adapter", adapter)):
-            if value is not None and key in keys and keys[key].name not in given:
-                add(key, value)
-        if stage.kind == "eval":
-            for reward in stage.rewards:
-                add("reward", reward)
-        for key, value in stage.options.items():
-            add(key, value)
-        outputs = {"json": directory / "result.json", "report": directory / "report",
-                   "output": directory / ("results.jsonl" if stage.kind == "eval" else "output")}
-        for key, path in outputs.items():
-            param = keys.get(key)
-            if param is None or param.name in given or isinstance(param, click.Argument):
-                continue
-            if getattr(param, "is_flag", False):
-                if stage.kind == "eval" and key == "json":
-                    add(key, True)  # the summary as JSON on stdout: the stage's key metric
-            else:
-                add(key, str(path))
-        if stage.kind == "eval" and "force" in keys and keys["force"].name not in given:
-            add("force", True)  # the results file is this stage's own, from an earlier run
-        return argv
+        return StageResult(stage, status, seconds, outcome.metric, directory, key, outcome.result)
 
     # -- provenance ------------------------------------------------------------------------------
     def _write_provenance(self, results: list[StageResult]) -> None:
@@ -590,23 +542,6 @@ class Runner:
         provenance.write(self.recipe.output, record)
 
 
-class _Tee(io.TextIOBase):
-    def __init__(self, *streams):
-        self.streams = streams
-
-    def write(self, text):
-        for stream in self.streams:
-            stream.write(text)
-        return len(text)
-
-    def flush(self):
-        for stream in self.streams:
-            stream.flush()
-
-    def isatty(self):
-        return False
-
-
 def _read_stage_file(directory: Path | None) -> dict | None:
     if directory is None:
         return None
@@ -621,51 +556,3 @@ def _write_stage_file(directory: Path, record: dict) -> None:
     from lazarus.data.records import write_text_atomic
 
     write_text_atomic(directory / STAGE_FILE, json.dumps(record, indent=2, default=str) + "\n")
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _train_metric(result, headline: tuple[str, ...] = ()) -> str:
-    rows = [r for r in result.metrics if r.get("split") == "train"]
-    evals = [r for r in result.metrics if r.get("split") == "eval"]
-    parts = []
-    if result.first_eval_loss is not None and result.last_eval_loss is not None:
-        parts.append(f"eval loss {result.first_eval_loss:.3f} → {result.last_eval_loss:.3f}")
-    elif rows:
-        parts.append(f"train loss {rows[-1]['loss']:.3f}")
-    from lazarus.training.metrics import metric_label
-
-    keys = [k for k in headline if k != "loss"] or ["rewards/accuracy", "reward_mean", "classifier/accuracy"]
-    last = next((r for r in reversed(evals) if any(k in r for k in keys)), None) \
-        or next((r for r in reversed(rows) if any(k in r for k in keys)), {})
-    for key in keys:
-        if isinstance(last.get(key), (int, float)):
-            parts.append(f"{metric_label(key)} {last[key]:.2f}")
-    return ", ".join(parts)
-
-
-def _command_metric(stage: Stage, directory: Path, text: str) -> str:
-    """A stage's key figure: an eval's accuracy / mean reward from the JSON summary it printed
-    (kept as ``summary.json``), else nothing."""
-    if stage.kind == "eval":
-        start = text.find("{")
-        try:
-            summary = json.loads(text[start:]) if start >= 0 else None
-        except ValueError:
-            summary = None
-        if isinstance(summary, dict):
-            from lazarus.data.records import write_text_atomic
-
-            write_text_atomic(directory / "summary.json", json.dumps(summary, indent=2) + "\n")
-            for key in ("accuracy", "reward_mean", "mean_reward", "mean"):
-                if isinstance(summary.get(key), (int, float)):
-                    return f"{key} {summary[key]:.3f}"
-        for line in reversed(text.splitlines()):
-            if "accuracy" in line or "mean reward" in line:
-                return " ".join(line.split())[:60]
-    return ""

@@ -15,10 +15,13 @@ import json
 import math
 from pathlib import Path
 
+import attrs
 import click
 
 from lazarus.errors import LazarusError
+from lazarus.operations import operation, result_dict
 from lazarus.options import FINITE_FLOAT, SEED, FiniteFloat
+from lazarus.training.config import setting
 
 Z95 = 1.959963984540054
 #: where results go without --output; eval replaces its own earlier results there
@@ -60,83 +63,131 @@ def _data_file(data: str, split: str) -> Path:
     return path
 
 
-@click.command(name="eval")
-@click.option("--model", "-m", "model_path", required=True, metavar="PATH", help="Model directory (or hub id).")
-@click.option("--adapter", "adapter_path", metavar="DIR", default=None, help="Adapter directory to apply.")
-@click.option("--data", required=True, metavar="PATH",
-              help="Prompt JSONL ({prompt or messages, ...fields the rewards read}), or a directory "
-                   "holding SPLIT.jsonl.")
-@click.option("--split", default="test", show_default=True, help="Which file of a --data directory to read.")
-@click.option("--reward", "rewards", multiple=True, required=True, metavar="NAME[:W]",
-              help="Reward function (repeatable; NAME:WEIGHT weights it).")
-@click.option("--output", "-o", metavar="FILE", default=None,
-              help=f"Per-row results JSONL [default: ./{DEFAULT_OUTPUT}, replaced by the next eval].")
-@click.option("--force", is_flag=True, help="Overwrite an existing --output file.")
-@click.option("--max-tokens", "-n", default=None, type=click.IntRange(min=1),
-              help="Most tokens generated per prompt [default: 256, or what fits the model's context after "
-                   "the longest prompt].")
-@click.option("--temperature", "-t", default=0.0, show_default=True, type=FiniteFloat(0),
-              help="Sampling temperature (0: greedy).")
-@click.option("--top-p", default=1.0, show_default=True, type=FiniteFloat(0, 1), help="Nucleus sampling.")
-@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the sampling.")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1),
-              help="Prompts generated together.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N prompts.")
-@click.option("--chat-template", is_flag=True, help="Wrap string prompts as a user turn of the chat template.")
-@click.option("--success", default=1.0, show_default=True, type=FINITE_FLOAT,
-              help="A row counts as correct when its weighted reward is at least this.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def eval_command(model_path, adapter_path, data, split, rewards, output, force, max_tokens, temperature, top_p,
-                 seed, batch_size, limit, chat_template, success, as_json):
+@attrs.define(kw_only=True)
+class EvalOptions:
+    """The options of ``lazarus eval`` (recipe ``eval`` stage keys; ``--json`` only shapes the CLI's output)."""
+
+    model: str | None = setting(None, "Model directory (or hub id).", required=True, flags=("-m",),
+                                metavar="PATH")
+    adapter: str | None = setting(None, "Adapter directory to apply.", metavar="DIR")
+    data: str | None = setting(None, "Prompt JSONL ({prompt or messages, ...fields the rewards read}), or a "
+                                     "directory holding SPLIT.jsonl.", required=True, metavar="PATH")
+    split: str = setting("test", "Which file of a --data directory to read.")
+    reward: tuple[str, ...] = setting((), "Reward function (repeatable; NAME:WEIGHT weights it).", required=True,
+                                      metavar="NAME[:W]")
+    output: str | None = setting(None, f"Per-row results JSONL [default: ./{DEFAULT_OUTPUT}, replaced by the next "
+                                       "eval].", flags=("-o",), metavar="FILE")
+    force: bool = setting(False, "Overwrite an existing --output file.")
+    max_tokens: int | None = setting(None, "Most tokens generated per prompt [default: 256, or what fits the "
+                                           "model's context after the longest prompt].", flags=("-n",),
+                                     type=click.IntRange(min=1), minimum=1)
+    temperature: float = setting(0.0, "Sampling temperature (0: greedy).", flags=("-t",), type=FiniteFloat(0),
+                                 minimum=0.0)
+    top_p: float = setting(1.0, "Nucleus sampling.", type=FiniteFloat(0, 1), minimum=0.0, maximum=1.0)
+    seed: int = setting(0, "Seed of the sampling.", type=SEED, minimum=0)
+    batch_size: int = setting(32, "Prompts generated together.", type=click.IntRange(min=1), minimum=1)
+    limit: int | None = setting(None, "Only the first N prompts.", type=click.IntRange(min=1), minimum=1)
+    chat_template: bool = setting(False, "Wrap string prompts as a user turn of the chat template.")
+    success: float = setting(1.0, "A row counts as correct when its weighted reward is at least this.",
+                             type=FINITE_FLOAT)
+    json: bool = setting(False, "Print the summary as JSON.")
+
+
+@attrs.frozen(kw_only=True)
+class EvalResult:
+    """What an eval measured: the mean reward and the accuracy with their 95% intervals."""
+
+    rows: int
+    reward_mean: float
+    reward_ci95: list[float]
+    accuracy: float
+    accuracy_ci95: list[float]
+    correct: int
+    rewards: dict[str, float]  #: mean of each reward over the rows it applies to
+    output: str  #: the per-row results JSONL
+    data: str
+    model: str | None
+    adapter: str | None
+    max_tokens: int  #: most tokens generated per prompt (given, or what fitted the context)
+
+
+def _check(options: EvalOptions) -> EvalOptions:
+    """Before the model loads: the data file, the output (an earlier eval's results are replaced
+    with a note; anything else needs --force) and the reward names."""
+    from lazarus.paths import check_output_path
+    from lazarus.rewards import load_rewards
+
+    _data_file(options.data, options.split)
+    out = Path(options.output) if options.output else Path(DEFAULT_OUTPUT)
+    check_output_path(out, kind="file")
+    if out.exists() and not options.force:
+        if options.output is not None or not _is_eval_results(out):
+            raise LazarusError(f"{out} already exists; pass --force to overwrite it or choose another --output")
+        click.echo(f"Note: replacing the results of an earlier eval in {out} (--output FILE keeps them apart)",
+                   err=True)
+    load_rewards(options.reward)  # unknown names fail before the model loads
+    return attrs.evolve(options, output=str(out), force=True)
+
+
+def _show(result: EvalResult, options: EvalOptions) -> None:
+    if options.json:
+        click.echo(json.dumps(result_dict(result), indent=2))
+        return
+    click.echo(f"{result.rows} prompts from {result.data} (at most {result.max_tokens} tokens each)")
+    low, high = result.reward_ci95
+    acc_low, acc_high = result.accuracy_ci95
+    click.echo(f"mean reward {result.reward_mean:.4f}  (95% CI {low:.4f} .. {high:.4f})")
+    click.echo(f"accuracy    {result.accuracy:.4f}  ({result.correct}/{result.rows} rows with reward >= "
+               f"{options.success:g}; 95% CI {acc_low:.4f} .. {acc_high:.4f})")
+    for name, value in result.rewards.items():
+        click.echo(f"  {name}: {value:.4f}")
+    click.echo(f"per-row results: {result.output}")
+
+
+def _summary(result: EvalResult) -> str:
+    return summary_line(result_dict(result))
+
+
+@operation(options=EvalOptions, metric="accuracy", name="eval", check=_check, show=_show, summary=_summary,
+           result_file="summary.json")
+def evaluate(model, tokenizer, options: EvalOptions) -> EvalResult:
     """Score a model on prompts with reward functions: mean reward and accuracy with 95% intervals.
 
     \b
     Example:
       lazarus eval --model M --adapter run --data math/prompts --reward arithmetic
     """
-    from lazarus.paths import check_output_path
-    from lazarus.rewards import load_rewards
-
-    path = _data_file(data, split)
-    out = Path(output) if output else Path(DEFAULT_OUTPUT)
-    check_output_path(out, kind="file")
-    if out.exists() and not force:
-        if output is not None or not _is_eval_results(out):
-            raise LazarusError(f"{out} already exists; pass --force to overwrite it or choose another --output")
-        click.echo(f"Note: replacing the results of an earlier eval in {out} (--output FILE keeps them apart)",
-                   err=True)
-    reward_fns = load_rewards(rewards)  # unknown names fail before the model loads
-
+    if not options.force:
+        options = _check(options)
     from lazarus.data.examples import tokenize_prompts
-    from lazarus.data.records import read_dataset
-    from lazarus.loader import load_model
+    from lazarus.data.records import read_dataset, write_jsonl
+    from lazarus.rewards import check_applies, load_rewards
 
+    path = _data_file(options.data, options.split)
+    out = Path(options.output)
+    reward_fns = load_rewards(options.reward)
     dataset = read_dataset(path, format="prompt")
     if not len(dataset):
         raise LazarusError(f"{path}: no records (the file is empty)")
-    from lazarus.rewards import check_applies
-
     check_applies(reward_fns, dataset, str(path))  # a reward that scores no row measures nothing
-    model, tokenizer, _ = load_model(model_path, adapter_path=adapter_path)
-    examples = list(tokenize_prompts(dataset, tokenizer, chat_template=chat_template))[:limit]
+    examples = list(tokenize_prompts(dataset, tokenizer, chat_template=options.chat_template))[:options.limit]
     from lazarus.commands.generate import fitting_max_tokens
     from lazarus.generate import context_warning
 
     longest = max((len(e.prompt_ids) for e in examples), default=0)
+    max_tokens = options.max_tokens
     if max_tokens is None:
         max_tokens = fitting_max_tokens(model, longest)
     past_context = context_warning(model, longest, max_tokens, option="--max-tokens")
     if past_context:  # said once here, not once per batch
         click.echo(f"Warning: {past_context}", err=True)
-    rows, totals = _run(model, tokenizer, examples, reward_fns, max_tokens=max_tokens, temperature=temperature,
-                        top_p=top_p, seed=seed, batch_size=batch_size, success=success)
+    rows, totals = _run(model, tokenizer, examples, reward_fns, max_tokens=max_tokens,
+                        temperature=options.temperature, top_p=options.top_p, seed=options.seed,
+                        batch_size=options.batch_size, success=options.success)
     if rows and all(v is None for row in rows for v in row["rewards"].values()):
         raise LazarusError(f"--reward {','.join(r.label for r in reward_fns)} scored none of the {len(rows)} "
                            f"completions (each reward returned None, 'not applicable'): nothing was scored, so "
                            "there is no accuracy to report; check the reward against the data's fields")
-
-    from lazarus.data.records import write_jsonl
-
     write_jsonl(out, rows, force=True)
     correct = sum(1 for r in rows if r["correct"])
     mean, low, high = mean_interval(totals)
@@ -146,20 +197,13 @@ def eval_command(model_path, adapter_path, data, split, rewards, output, force, 
         values = [row["rewards"][r.name] for row in rows if row["rewards"][r.name] is not None]
         if values:
             by_reward[r.name] = sum(values) / len(values)
-    summary = {"rows": len(rows), "reward_mean": mean, "reward_ci95": [low, high],
-               "accuracy": correct / len(rows) if rows else 0.0, "accuracy_ci95": [acc_low, acc_high],
-               "correct": correct, "rewards": by_reward, "output": str(out), "data": str(path),
-               "model": model_path, "adapter": adapter_path}
-    if as_json:
-        click.echo(json.dumps(summary, indent=2))
-        return
-    click.echo(f"{len(rows)} prompts from {path} (at most {max_tokens} tokens each)")
-    click.echo(f"mean reward {mean:.4f}  (95% CI {low:.4f} .. {high:.4f})")
-    click.echo(f"accuracy    {summary['accuracy']:.4f}  ({correct}/{len(rows)} rows with reward >= {success:g}; "
-               f"95% CI {acc_low:.4f} .. {acc_high:.4f})")
-    for name, value in by_reward.items():
-        click.echo(f"  {name}: {value:.4f}")
-    click.echo(f"per-row results: {out}")
+    return EvalResult(rows=len(rows), reward_mean=mean, reward_ci95=[low, high],
+                      accuracy=correct / len(rows) if rows else 0.0, accuracy_ci95=[acc_low, acc_high],
+                      correct=correct, rewards=by_reward, output=str(out), data=str(path), model=options.model,
+                      adapter=options.adapter, max_tokens=max_tokens)
+
+
+eval_command = evaluate.command("eval")
 
 
 def summary_line(summary: dict) -> str:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import sys
 
+import attrs
 import click
 
 from lazarus.errors import LazarusError
+from lazarus.operations import operation
 from lazarus.options import SEED, TEXT, FiniteFloat
+from lazarus.training.config import setting
 
 #: most tokens generated when --max-tokens is not given (fewer when the model's context is shorter)
 DEFAULT_MAX_TOKENS = 256
@@ -24,41 +27,85 @@ def fitting_max_tokens(model, prompt_tokens: int, wanted: int = DEFAULT_MAX_TOKE
     return max(1, min(wanted, limit - prompt_tokens))
 
 
-@click.command()
-@click.option("--model", "-m", "model_path", required=True, metavar="PATH",
-              help="Model directory in Hugging Face layout (config.json, *.safetensors, tokenizer.json).")
-@click.option("--prompt", "-p", required=True, metavar="TEXT", type=TEXT,
-              help="The prompt; '-' reads it from standard input.")
-@click.option("--chat", is_flag=True,
-              help="Wrap the prompt as a user message in the model's chat template.")
-@click.option("--system", metavar="TEXT", type=TEXT, help="System message for --chat (implies --chat).")
-@click.option("--raw", is_flag=True,
-              help="Feed the prompt exactly: no chat template and no BOS/special tokens added.")
-@click.option("--max-tokens", "-n", default=None, type=click.IntRange(min=1), help=MAX_TOKENS_HELP)
-@click.option("--temperature", "-t", "--temp", default=0.0, show_default=True, type=FiniteFloat(0),
-              help="Sampling temperature; 0 is greedy (always the most likely token).")
-@click.option("--top-p", default=1.0, show_default=True, type=FiniteFloat(0, 1),
-              help="Nucleus sampling: keep the most likely tokens up to this probability mass (1 = off).")
-@click.option("--top-k", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Keep only the K most likely tokens (0 = off).")
-@click.option("--min-p", default=0.0, show_default=True, type=FiniteFloat(0, 1),
-              help="Drop tokens less likely than MIN_P times the best token (0 = off).")
-@click.option("--repetition-penalty", default=1.0, show_default=True, type=FiniteFloat(0, min_open=True),
-              help="Penalise recently seen tokens (> 1 discourages repeats; 1 = off).")
-@click.option("--repetition-context-size", default=20, show_default=True, type=click.IntRange(min=1),
-              help="How many recent tokens the repetition penalty looks at.")
-@click.option("--stop", multiple=True, metavar="TEXT", type=TEXT,
-              help="Stop when the output contains TEXT (not printed). Repeat for several.")
-@click.option("--seed", type=SEED, default=None, help="Random seed for reproducible sampling.")
-@click.option("--adapter", "adapter_path", metavar="DIR", default=None,
-              help="Adapter directory (mlx-lm layout) to apply on top of the model.")
-@click.option("--prefill-step-size", default=2048, show_default=True, type=click.IntRange(min=1),
-              help="Prompt tokens processed per forward pass while prefilling.")
-@click.option("--verbose/--quiet", default=True, show_default=True,
-              help="Print speed and memory figures to stderr at the end.")
-def generate(model_path, prompt, chat, system, raw, max_tokens, temperature, top_p, top_k, min_p,
-             repetition_penalty, repetition_context_size, stop, seed, adapter_path, prefill_step_size,
-             verbose):
+@attrs.define(kw_only=True)
+class GenerateOptions:
+    """The options of ``lazarus generate`` (recipe ``generate`` stage keys)."""
+
+    model: str | None = setting(None, "Model directory in Hugging Face layout (config.json, *.safetensors, "
+                                      "tokenizer.json).", required=True, flags=("-m",), metavar="PATH")
+    prompt: str | None = setting(None, "The prompt; '-' reads it from standard input.", required=True,
+                                 flags=("-p",), metavar="TEXT", type=TEXT)
+    chat: bool = setting(False, "Wrap the prompt as a user message in the model's chat template.")
+    system: str | None = setting(None, "System message for --chat (implies --chat).", metavar="TEXT", type=TEXT)
+    raw: bool = setting(False, "Feed the prompt exactly: no chat template and no BOS/special tokens added.")
+    max_tokens: int | None = setting(None, MAX_TOKENS_HELP, flags=("-n",), type=click.IntRange(min=1), minimum=1)
+    temperature: float = setting(0.0, "Sampling temperature; 0 is greedy (always the most likely token).",
+                                 flags=("-t", "--temp"), type=FiniteFloat(0), minimum=0.0)
+    top_p: float = setting(1.0, "Nucleus sampling: keep the most likely tokens up to this probability mass "
+                                "(1 = off).", type=FiniteFloat(0, 1), minimum=0.0, maximum=1.0)
+    top_k: int = setting(0, "Keep only the K most likely tokens (0 = off).", type=click.IntRange(min=0), minimum=0)
+    min_p: float = setting(0.0, "Drop tokens less likely than MIN_P times the best token (0 = off).",
+                           type=FiniteFloat(0, 1), minimum=0.0, maximum=1.0)
+    repetition_penalty: float = setting(1.0, "Penalise recently seen tokens (> 1 discourages repeats; 1 = off).",
+                                        type=FiniteFloat(0, min_open=True))
+    repetition_context_size: int = setting(20, "How many recent tokens the repetition penalty looks at.",
+                                           type=click.IntRange(min=1), minimum=1)
+    stop: tuple[str, ...] = setting((), "Stop when the output contains TEXT (not printed). Repeat for several.",
+                                    metavar="TEXT", type=TEXT)
+    seed: int | None = setting(None, "Random seed for reproducible sampling.", type=SEED, minimum=0)
+    adapter: str | None = setting(None, "Adapter directory (mlx-lm layout) to apply on top of the model.",
+                                  metavar="DIR")
+    prefill_step_size: int = setting(2048, "Prompt tokens processed per forward pass while prefilling.",
+                                     type=click.IntRange(min=1), minimum=1)
+    verbose: bool = setting(True, "Print speed and memory figures to stderr at the end.", off="--quiet")
+    stream: bool = setting(False, "Print the text as it is generated (the command does).", cli=False)
+
+
+@attrs.frozen(kw_only=True)
+class GenerateResult:
+    """The generated text and how it went."""
+
+    text: str
+    finish_reason: str | None  #: stop, length, interrupted (Ctrl-C), or None when nothing was generated
+    prompt_tokens: int
+    generation_tokens: int
+    prompt_tps: float
+    generation_tps: float
+    peak_memory_gb: float
+
+
+def _check(options: GenerateOptions) -> GenerateOptions:
+    """The prompt (``-``: standard input, which must be UTF-8) and --chat/--raw."""
+    prompt, chat = options.prompt, options.chat
+    if prompt == "-":
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+        try:
+            prompt = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise LazarusError(f"--prompt -: byte 0x{data[exc.start]:02x} at byte {exc.start + 1} of standard "
+                               "input is not UTF-8; pass UTF-8 text") from None
+    if options.system is not None:
+        chat = True
+    if chat and options.raw:
+        raise LazarusError("--chat/--system and --raw exclude each other: pick one")
+    return attrs.evolve(options, prompt=prompt, chat=chat)
+
+
+def _show(result: GenerateResult, options: GenerateOptions) -> None:
+    if not options.stream:
+        click.echo(result.text, nl=False)
+    click.echo()
+    if options.verbose and result.finish_reason is not None:
+        click.echo(f"prompt: {result.prompt_tokens} tokens, {result.prompt_tps:.1f} tokens/s | "
+                   f"generation: {result.generation_tokens} tokens, {result.generation_tps:.1f} tokens/s | "
+                   f"peak memory: {result.peak_memory_gb:.3f} GB | stopped: {result.finish_reason}", err=True)
+    if result.finish_reason == "interrupted":
+        sys.exit(130)
+
+
+@operation(options=GenerateOptions, metric="generation_tokens", name="generate", check=_check, show=_show,
+           cli_values={"stream": True})
+def generate_text(model, tokenizer, options: GenerateOptions) -> GenerateResult:
     """Generate text from a prompt, streaming it to the terminal.
 
     \b
@@ -69,33 +116,21 @@ def generate(model_path, prompt, chat, system, raw, max_tokens, temperature, top
 
     Prompt/generation speed (tokens per second) and peak memory go to stderr.
     """
-    if prompt == "-":
-        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
-        try:
-            prompt = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise LazarusError(f"--prompt -: byte 0x{data[exc.start]:02x} at byte {exc.start + 1} of standard "
-                               "input is not UTF-8; pass UTF-8 text") from None
-    if system is not None:
-        chat = True
-    if chat and raw:
-        raise LazarusError("--chat/--system and --raw exclude each other: pick one")
-
     import warnings
 
     from lazarus.generate import ContextLengthWarning, SamplingConfig, context_warning, stream_generate
-    from lazarus.loader import load_model
 
-    model, tokenizer, _ = load_model(model_path, adapter_path=adapter_path)
+    chat = options.chat or options.system is not None
     if chat:
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": prompt}]
+        messages = ([{"role": "system", "content": options.system}] if options.system else []) + [
+            {"role": "user", "content": options.prompt}]
         prompt_ids = tokenizer.encode_chat(messages, add_generation_prompt=True)
     else:
-        prompt_ids = tokenizer.encode(prompt, add_special_tokens=not raw)
-    sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                              repetition_penalty=repetition_penalty,
-                              repetition_context_size=repetition_context_size, seed=seed)
+        prompt_ids = tokenizer.encode(options.prompt, add_special_tokens=not options.raw)
+    sampling = SamplingConfig(temperature=options.temperature, top_k=options.top_k, top_p=options.top_p,
+                              min_p=options.min_p, repetition_penalty=options.repetition_penalty,
+                              repetition_context_size=options.repetition_context_size, seed=options.seed)
+    max_tokens = options.max_tokens
     if max_tokens is None:
         max_tokens = fitting_max_tokens(model, len(prompt_ids))
     past_context = context_warning(model, len(prompt_ids), max_tokens, option="--max-tokens")
@@ -103,21 +138,26 @@ def generate(model_path, prompt, chat, system, raw, max_tokens, temperature, top
         click.echo(f"Warning: {past_context}", err=True)
     chunk = None
     finish = None
+    parts: list[str] = []
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ContextLengthWarning)  # said once, above
             for chunk in stream_generate(model, tokenizer, prompt_ids, max_tokens=max_tokens, sampling=sampling,
-                                         stop=stop, prefill_step_size=prefill_step_size):
+                                         stop=options.stop, prefill_step_size=options.prefill_step_size):
                 if chunk.text:
-                    click.echo(chunk.text, nl=False)  # echo flushes, so text appears as it is generated
+                    parts.append(chunk.text)
+                    if options.stream:
+                        click.echo(chunk.text, nl=False)  # echo flushes: text appears as it is generated
                 finish = chunk.finish_reason
     except KeyboardInterrupt:  # Ctrl-C ends generation early; still report what was done
         finish = "interrupted"
-    click.echo()
-    if verbose and chunk is not None:
-        s = chunk.stats
-        click.echo(f"prompt: {s.prompt_tokens} tokens, {s.prompt_tps:.1f} tokens/s | "
-                   f"generation: {s.generation_tokens} tokens, {s.generation_tps:.1f} tokens/s | "
-                   f"peak memory: {s.peak_memory_gb:.3f} GB | stopped: {finish}", err=True)
-    if finish == "interrupted":
-        sys.exit(130)
+    stats = chunk.stats if chunk is not None else None
+    return GenerateResult(text="".join(parts), finish_reason=finish if chunk is not None or finish else None,
+                          prompt_tokens=stats.prompt_tokens if stats else len(prompt_ids),
+                          generation_tokens=stats.generation_tokens if stats else 0,
+                          prompt_tps=stats.prompt_tps if stats else 0.0,
+                          generation_tps=stats.generation_tps if stats else 0.0,
+                          peak_memory_gb=stats.peak_memory_gb if stats else 0.0)
+
+
+generate = generate_text.command("generate")

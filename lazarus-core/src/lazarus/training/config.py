@@ -110,7 +110,8 @@ def resolve_num_layers(num_layers: int | None, blocks: int) -> int:
 def setting(default: Any = None, help: str = "", *, choices: tuple[str, ...] | None = None,
             minimum: float | None = None, metavar: str | None = None, many: bool = False,
             cli: bool = True, shown_default: Any = None, maximum: float | None = None,
-            nonzero: str | None = None) -> Any:
+            nonzero: str | None = None, flags: tuple[str, ...] = (), required: bool = False,
+            type: click.ParamType | None = None, off: str | None = None) -> Any:
     """Declare one config field: its default, the help shown by ``--help``, and optional checks.
 
     ``choices`` limits a string field; ``minimum`` and ``maximum`` are inclusive bounds for numbers
@@ -120,6 +121,11 @@ def setting(default: Any = None, help: str = "", *, choices: tuple[str, ...] | N
     out of the CLI; ``nonzero`` (a hint) refuses 0. ``default`` may be an ``attrs.Factory(fn, takes_self=True)`` (a default that
     depends on earlier fields); ``shown_default`` (text, or ``fn(config class) -> text``) is what
     ``--help`` shows as its default.
+
+    For operations (:mod:`lazarus.operations`) besides: ``flags`` are more option names (``"-m"``),
+    ``required`` makes the option required, ``type`` is the click type that checks a value where it
+    is typed (``click.IntRange(min=1)``, ``FiniteFloat(0, 1)``), ``off`` names a bool's off switch
+    (``"--quiet"``).
     """
     validators = []
     if choices is not None:
@@ -130,7 +136,8 @@ def setting(default: Any = None, help: str = "", *, choices: tuple[str, ...] | N
         validators.append(_at_most(maximum))
     metadata = {"help": help, "choices": choices, "metavar": metavar, "cli": cli, "minimum": minimum,
                 "maximum": maximum,
-                "shown_default": shown_default}
+                "shown_default": shown_default, "flags": tuple(flags), "required": required, "type": type,
+                "off": off}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple or None as the default of a config field")
     if nonzero is not None:
