@@ -1,6 +1,7 @@
 """Registers the introspection probes of this distribution and the ``lazarus introspect`` group.
 
-Each probe is a :class:`~lazarus.specs.ProbeSpec` whose ``entry`` names a click command; the
+Each probe is a :class:`~lazarus.specs.ProbeSpec` whose ``entry`` names an operation
+(:mod:`lazarus.operations`) or a click command; the
 ``introspect`` group lists every registered probe (ours and other plugins') and imports a probe's
 module only when that probe is run, so ``lazarus --help`` never imports mlx.
 """
@@ -68,10 +69,14 @@ class IntrospectGroup(click.Group):
             raise click.ClickException(
                 f"probe {name!r} from plugin {registry.owner('probe', name)!r} could not be loaded: "
                 f"{type(exc).__name__}: {exc}") from None
+        from lazarus.operations import Operation
+
+        if isinstance(command, Operation):  # a probe written as an operation: its command is derived
+            return command.command(name)
         if not isinstance(command, click.Command):
             raise click.ClickException(
                 f"probe {name!r} ({registry.owner('probe', name)}) names {type(command).__name__}, "
-                "not a click command; its ProbeSpec.entry must point at a click command")
+                "not an operation or a click command; its ProbeSpec.entry must point at one")
         return command
 
     def format_commands(self, ctx, formatter):
