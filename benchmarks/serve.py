@@ -190,8 +190,9 @@ def main() -> None:
             port = free_port()
             servers[engine] = (start(engine, path, port, max(levels), args.max_tokens), port)
         model_ids = {"lazarus": str(path), "mlx_lm": str(path)}
-        for engine, (_, port) in servers.items():  # warm-up: first request compiles / allocates
-            run_level(port, model_ids[engine], 2, 1, prompts, args.max_tokens, tokenizer)
+        for engine, (_, port) in servers.items():  # warm-up at every batch size: kernels, allocations
+            for n in levels:
+                run_level(port, model_ids[engine], n, 1, prompts, args.max_tokens, tokenizer)
         runs = {(e, n): [] for e in engines for n in levels}
         for repeat in range(args.repeats):
             order = engines if repeat % 2 == 0 else engines[::-1]
