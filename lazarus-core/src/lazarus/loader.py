@@ -23,6 +23,8 @@ HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model
                 "chat_template.json", "chat_template.jinja", "lazarus.json"]
 
 DTYPES = ("float32", "bfloat16", "float16")
+#: other spellings :func:`parse_dtype` accepts
+DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
@@ -43,7 +45,7 @@ def load_model(model: str | os.PathLike, adapter_path: str | os.PathLike | None 
     from lazarus.models.quantize import apply_quantization, quantization_from_config
     from lazarus.models.transformer import ModelSource, sanitize_weights
 
-    target = _parse_dtype(dtype)
+    target = parse_dtype(dtype)
     path = resolve_model_path(model)
     config = read_config(path)
     spec = detect_family(config, path / "config.json")
@@ -124,7 +126,7 @@ def resolve_model_path(model: str | os.PathLike) -> Path:
                            "link the directory")
     path = Path(text).expanduser()
     if not path.exists():
-        from lazarus.checkpoints.atomic import recover_output
+        from lazarus.io import recover_output
 
         recover_output(path, "--model")  # an output directory an interrupted save left hidden
     if path.is_dir():
@@ -221,14 +223,19 @@ def _load_family_module(spec):
                            f"{type(exc).__name__}: {exc}; reinstall the plugin that provides it") from None
 
 
-def _parse_dtype(dtype: str | None):
-    if dtype is None:
+def parse_dtype(value):
+    """The one dtype parser: an ``mx.Dtype`` from None (None), an ``mx.Dtype`` or a name: one of
+    :data:`DTYPES`, an alias of :data:`DTYPE_ALIASES` (fp16, bf16 ...), with or without ``mx.``."""
+    if value is None:
         return None
     import mlx.core as mx
 
-    name = str(dtype).removeprefix("mlx.core.").removeprefix("mx.")
+    if isinstance(value, mx.Dtype):
+        return value
+    text = str(value).lower().removeprefix("mlx.core.").removeprefix("mx.")
+    name = DTYPE_ALIASES.get(text, text)
     if name not in DTYPES:
-        raise LazarusError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
+        raise LazarusError(f"dtype {value!r} is not supported; use one of {', '.join(DTYPES)}")
     return getattr(mx, name)
 
 

@@ -9,6 +9,7 @@ import math
 import click
 
 from lazarus.options import SEED, FiniteFloat
+from lazarus_experts.config import train_options
 
 
 def _options(pairs: tuple[str, ...], option: str) -> dict:
@@ -58,30 +59,10 @@ def list_command(as_json):
 
 
 @experts.command()
-@click.option("--expert", "expert_kind", default="gru", show_default=True, help="Expert kind (a registered expert name).")
-@click.option("--env", "env_name", default="reach", show_default=True, help="Environment (a registered name).")
-@click.option("--env-option", "env_options", multiple=True, metavar="KEY=VALUE",
-              help="Keyword for the environment's constructor, e.g. max_steps=30 (repeatable).")
-@click.option("--steps", default=60, show_default=True, type=click.IntRange(1, 10**7), help="PPO updates (each: --num-envs episodes).")
-@click.option("--output", required=True, help="Directory for the expert, metrics.jsonl, return.png, checkpoints.")
-@click.option("--num-envs", default=16, show_default=True, type=click.IntRange(1, 65536), help="Episodes per update, run as one batch.")
-@click.option("--hidden-size", default=32, show_default=True, type=click.IntRange(1, 65536))
-@click.option("--num-layers", default=1, show_default=True, type=click.IntRange(1, 64))
-@click.option("--no-value-head", is_flag=True, help="Train without a value head (no learned baseline).")
-@click.option("--learning-rate", default=3e-3, show_default=True, type=FiniteFloat(0, min_open=True))
-@click.option("--epochs", default=4, show_default=True, type=click.IntRange(1, 10_000), help="PPO passes over each batch of episodes.")
-@click.option("--gamma", default=0.95, show_default=True, type=FiniteFloat(0, 1), help="Discount.")
-@click.option("--lam", default=0.95, show_default=True, type=FiniteFloat(0, 1), help="GAE lambda.")
-@click.option("--clip", default=0.2, show_default=True, type=FiniteFloat(0, min_open=True), help="PPO clip range epsilon.")
-@click.option("--entropy-coef", default=0.0, show_default=True, type=FiniteFloat(0))
-@click.option("--max-episode-steps", default=200, show_default=True, type=click.IntRange(1, 10**6), help="Episodes longer than this are cut.")
-@click.option("--seed", default=0, show_default=True, type=SEED)
-@click.option("--save-interval", default=20, show_default=True, type=click.IntRange(0, 10**7), help="Checkpoint every N updates (0: only at the end).")
-@click.option("--resume", default=None, help="A checkpoint or an output directory to continue from.")
-@click.option("--overwrite", is_flag=True, help="Start afresh in an --output that holds an earlier run.")
-def train(expert_kind, env_name, env_options, steps, output, num_envs, hidden_size, num_layers, no_value_head,
-          learning_rate, epochs, gamma, lam, clip, entropy_coef, max_episode_steps, seed, save_interval, resume,
-          overwrite):
+@train_options
+def train(output, expert, env, env_options, steps, num_envs, hidden_size, num_layers, value_head, learning_rate,
+          epochs, gamma, lam, clip, value_coef, entropy_coef, max_episode_steps, seed, save_interval,
+          keep_checkpoints, resume, overwrite):
     """Train an expert with PPO, e.g. `lazarus experts train --expert gru --env reach --steps 60 --output run`."""
     from rich.console import Console
 
@@ -89,16 +70,16 @@ def train(expert_kind, env_name, env_options, steps, output, num_envs, hidden_si
     from lazarus.plugins import get
 
     out = check_output_path(output, kind="dir", option="--output")
-    get("expert", expert_kind)
-    get("environment", env_name)
+    get("expert", expert)
+    get("environment", env)
     from lazarus_experts.training import ExpertTrainConfig, ExpertTrainer
 
     config = ExpertTrainConfig(
-        output=str(out), expert=expert_kind, env=env_name, env_options=_options(env_options, "--env-option"),
-        steps=steps, num_envs=num_envs, hidden_size=hidden_size, num_layers=num_layers, value_head=not no_value_head,
-        learning_rate=learning_rate, epochs=epochs, gamma=gamma, lam=lam, clip=clip, entropy_coef=entropy_coef,
-        max_episode_steps=max_episode_steps, seed=seed, save_interval=save_interval, resume=resume,
-        overwrite=overwrite)
+        output=str(out), expert=expert, env=env, env_options=_options(env_options, "--env-option"),
+        steps=steps, num_envs=num_envs, hidden_size=hidden_size, num_layers=num_layers, value_head=value_head,
+        learning_rate=learning_rate, epochs=epochs, gamma=gamma, lam=lam, clip=clip, value_coef=value_coef,
+        entropy_coef=entropy_coef, max_episode_steps=max_episode_steps, seed=seed, save_interval=save_interval,
+        keep_checkpoints=keep_checkpoints, resume=resume, overwrite=overwrite)
     ExpertTrainer(config, console=Console(stderr=True)).train()
 
 

@@ -26,6 +26,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from lazarus.errors import LazarusError
+from lazarus.specs import KEBAB_CASE
 from lazarus_experts.distributions import Categorical, SquashedNormal
 from lazarus_experts.spaces import Box, Discrete, as_space
 
@@ -33,7 +34,7 @@ CONFIG_FILE = "expert_config.json"
 WEIGHTS_FILE = "expert.safetensors"
 REGISTRY_FILE = "experts.json"
 FORMAT = 1
-_NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+_NAME = KEBAB_CASE  # the one kebab-case rule (lazarus.specs)
 
 
 def _positive(instance, attribute, value):
@@ -191,7 +192,7 @@ def save_expert(expert, path: str | Path, **provenance: Any) -> Path:
     """Write ``expert`` to directory ``path`` atomically: config, weights and ``lazarus.json``
     (``provenance`` keys are added to it, e.g. ``environment``, ``steps``). Other files already in
     ``path`` (a training log) are kept."""
-    from lazarus.checkpoints.atomic import atomic_directory
+    from lazarus.io import atomic_directory
     from lazarus.provenance import FILENAME
 
     path = Path(path)
@@ -279,7 +280,7 @@ class ExpertRegistry:
     def save(self, path: str | Path) -> Path:
         """Write every instance under ``path`` (one atomic directory)."""
         from lazarus import provenance as prov
-        from lazarus.checkpoints.atomic import atomic_directory
+        from lazarus.io import atomic_directory
 
         path = Path(path)
         with atomic_directory(path) as tmp:

@@ -35,6 +35,7 @@ from lazarus.errors import LazarusError, TrainingDiverged
 from lazarus.training import checkpoint as ckpt
 from lazarus.training import rl
 from lazarus.training.metrics import MetricsLog, read_metrics
+from lazarus_experts.config import ExpertTrainConfig
 from lazarus_experts.environments import VectorEnv, check_trainable, make_environment, to_env_actions
 from lazarus_experts.experts import ExpertConfig, create_expert, load_expert, save_expert, write_expert_files
 from lazarus_experts.spaces import Discrete
@@ -42,37 +43,6 @@ from lazarus_experts.spaces import Discrete
 METRICS_FILE = "metrics.jsonl"
 RETURN_PNG = "return.png"
 TRAINER = "experts-ppo"
-
-
-@attrs.define(kw_only=True)
-class ExpertTrainConfig:
-    """Options of ``lazarus experts train`` (one field per option)."""
-
-    output: str
-    expert: str = "gru"
-    env: str = "reach"
-    env_options: dict = attrs.field(factory=dict)
-    steps: int = 60
-    num_envs: int = 16
-    hidden_size: int = 32
-    num_layers: int = 1
-    value_head: bool = True
-    learning_rate: float = 3e-3
-    epochs: int = 4
-    gamma: float = 0.95
-    lam: float = 0.95
-    clip: float = 0.2
-    value_coef: float = 0.5
-    entropy_coef: float = 0.0
-    max_episode_steps: int = 200
-    seed: int = 0
-    save_interval: int = 20
-    keep_checkpoints: int = 2
-    resume: str | None = None
-    overwrite: bool = False
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in attrs.asdict(self).items() if k not in ("resume", "overwrite")}
 
 
 @attrs.define
@@ -369,7 +339,6 @@ def prov_extra(c: ExpertTrainConfig, last_return: float | None) -> dict[str, Any
 
 def plot_returns(metrics_path: Path, png_path: Path, title: str = "") -> Path:
     """Draw the mean episode return against the update step into ``png_path`` (temp + rename)."""
-    import os
 
     import matplotlib
 
@@ -390,10 +359,13 @@ def plot_returns(metrics_path: Path, png_path: Path, title: str = "") -> Path:
     axes.set_title(title or "Expert training")
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    tmp = png_path.with_name(png_path.stem + ".tmp.png")
-    figure.savefig(tmp)
-    plt.close(figure)
-    os.replace(tmp, png_path)
+    from lazarus.io import atomic_path
+
+    try:
+        with atomic_path(png_path, suffix=png_path.suffix) as tmp:
+            figure.savefig(tmp)
+    finally:
+        plt.close(figure)
     return png_path
 
 

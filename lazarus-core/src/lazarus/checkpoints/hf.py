@@ -17,6 +17,7 @@ from typing import Any
 
 from lazarus.checkpoints.base import CheckpointFormat, write_provenance
 from lazarus.errors import LazarusError
+from lazarus.loader import parse_dtype
 
 CONFIG_FILE = "config.json"
 INDEX_FILE = "model.safetensors.index.json"
@@ -30,8 +31,6 @@ TOKENIZER_FILES = (
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "k": 10**3, "m": 10**6, "g": 10**9}
-DTYPES = {"float16": "float16", "fp16": "float16", "half": "float16", "bfloat16": "bfloat16",
-          "bf16": "bfloat16", "float32": "float32", "fp32": "float32", "float": "float32"}
 
 
 def parse_size(value: int | str) -> int:
@@ -47,18 +46,6 @@ def parse_size(value: int | str) -> int:
     if size <= 0:
         raise LazarusError(f"shard size must be positive, got {value!r}")
     return size
-
-
-def parse_dtype(value):
-    """An ``mx.Dtype`` from ``None``, an ``mx.Dtype`` or a name (float16, bfloat16, float32, fp16 ...)."""
-    import mlx.core as mx
-
-    if value is None or isinstance(value, mx.Dtype):
-        return value
-    name = DTYPES.get(str(value).lower().replace("mx.", ""))
-    if name is None:
-        raise LazarusError(f"unknown dtype {value!r}; use float16, bfloat16 or float32")
-    return getattr(mx, name)
 
 
 def dtype_name(dtype) -> str:
@@ -139,7 +126,7 @@ class HFModelFormat(CheckpointFormat):
         """
         import mlx.core as mx
 
-        from lazarus.checkpoints.atomic import atomic_directory
+        from lazarus.io import atomic_directory
 
         if (model is None) == (weights is None):
             raise LazarusError("hf format: pass exactly one of model= or weights=")
