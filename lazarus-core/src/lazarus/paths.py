@@ -8,7 +8,7 @@ reading data, so a wrong ``--output`` costs a second, not a training run::
 
 The CLI turns what can still go wrong while writing (a disk that fills up, a permission that changes)
 into one line through :func:`write_error_message`; writers use temp + rename
-(:mod:`lazarus.checkpoints.atomic`), so such a failure leaves the previous output as it was.
+(:mod:`lazarus.io`), so such a failure leaves the previous output as it was.
 This module imports only the standard library.
 """
 

@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -153,21 +152,9 @@ def for_model(model, **kwargs: Any) -> dict:
 
 def write(output_dir: str | os.PathLike, record: dict) -> Path:
     """Write ``record`` as ``output_dir/lazarus.json`` atomically (temp file, then rename)."""
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".lazarus.json.", dir=out)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2, default=str)
-            f.write("\n")
-        from lazarus.checkpoints.atomic import file_mode
+    from lazarus.io import write_text
 
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, out / FILENAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out / FILENAME
+    return write_text(Path(output_dir) / FILENAME, json.dumps(record, indent=2, default=str) + "\n")
 
 
 def read(directory: str | os.PathLike) -> dict | None:

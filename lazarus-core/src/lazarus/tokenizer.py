@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -247,15 +246,6 @@ class Tokenizer:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
     @property
-    def all_special_ids(self) -> set[int]:
-        ids = {i for i in (self.bos_token_id, self.pad_token_id, self.unk_token_id) if i is not None}
-        ids |= self.eos_token_ids
-        for key, entry in (self.config.get("added_tokens_decoder") or {}).items():
-            if isinstance(entry, dict) and entry.get("special") and str(key).isdigit():
-                ids.add(int(key))
-        return ids
-
-    @property
     def add_bos_token(self) -> bool:
         """Whether ``encode(text)`` starts with BOS."""
         if self.bos_token_id is None:
@@ -486,17 +476,9 @@ def default_corpus() -> list[str]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        from lazarus.checkpoints.atomic import file_mode
+    from lazarus.io import write_text
 
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, text)
 
 
 def _fill_vocab(backend, vocab_size: int):

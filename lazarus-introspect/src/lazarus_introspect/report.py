@@ -17,7 +17,7 @@ import math
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,18 +48,15 @@ def _atomic_write_bytes(path: Path, payload: bytes) -> None:
     if path.is_dir():
         raise LazarusError(f"{path} is a directory; give a file name")
     parent = path.parent if str(path.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    except OSError as exc:
-        raise LazarusError(f"cannot write {path}: {exc.strerror or exc}; check the folder exists and is writable") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from lazarus.io import atomic_path
+
+    with ExitStack() as stack:
+        try:
+            tmp = stack.enter_context(atomic_path(parent / path.name))
+        except OSError as exc:
+            raise LazarusError(f"cannot write {path}: {exc.strerror or exc}; check the folder exists and is "
+                               "writable") from None
+        tmp.write_bytes(payload)
 
 
 def write_json(path: str | Path, data: Any) -> Path:

@@ -223,7 +223,7 @@ def save_sae(sae: SAE, path: str | Path, provenance: dict | None = None) -> Path
     The folder is written whole to a temporary sibling and renamed into place; other files in an
     existing folder (a training run's checkpoints and metrics) are kept.
     """
-    from lazarus.checkpoints.atomic import atomic_directory
+    from lazarus.io import atomic_directory
 
     weights = {"W_enc": sae.W_enc, "W_dec": sae.W_dec, "b_enc": sae.b_enc, "b_dec": sae.b_dec}
     if sae.architecture == "jumprelu":

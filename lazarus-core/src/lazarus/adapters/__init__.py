@@ -111,7 +111,7 @@ def load_adapter(model: nn.Module, path: str | Path) -> AdapterConfig:
     restored to its state before the call.
     """
     from lazarus.adapters.base import model_blocks
-    from lazarus.checkpoints.atomic import recover_output
+    from lazarus.io import recover_output
     from lazarus.options import utf8_problem
 
     problem = utf8_problem(os.fspath(path))

@@ -7,7 +7,7 @@ plugins can add more):
 - ``hf``: a whole model in Hugging Face layout (``config.json``, sharded safetensors, tokenizer)
 - ``npz-legacy``: read-only, old ``.npz`` LoRA adapters
 
-Every write is atomic (see :mod:`lazarus.checkpoints.atomic`) and adds ``lazarus.json``.
+Every write is atomic (see :mod:`lazarus.io`) and adds ``lazarus.json``.
 
     from lazarus import checkpoints
     checkpoints.save("mlx-lm", "out/adapter", weights=..., config=adapter_config)
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lazarus.checkpoints.atomic import atomic_directory
 from lazarus.checkpoints.base import (
     PROVENANCE_FILE,
     AdapterCheckpoint,
@@ -32,6 +31,7 @@ from lazarus.checkpoints.base import (
     write_provenance,
 )
 from lazarus.errors import LazarusError
+from lazarus.io import atomic_directory
 
 
 def get_format(name: str) -> CheckpointFormat:

@@ -66,7 +66,7 @@ class MlxLmAdapterFormat(CheckpointFormat):
         :func:`lazarus.checkpoints.base.provenance_record`). Returns the path."""
         import mlx.core as mx
 
-        from lazarus.checkpoints.atomic import atomic_directory
+        from lazarus.io import atomic_directory
 
         if not weights:
             raise LazarusError(f"{path}: refusing to save an empty adapter; apply an adapter to the model "

@@ -18,7 +18,6 @@ import errno
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -184,24 +183,16 @@ def write_gguf(model, config: dict, tokenizer_dir: Path, output: str | os.PathLi
         raise LazarusError(f"--output {output}: already exists; choose another file name")
     tensors = gguf_tensors(model, dtype)
     metadata = gguf_metadata(model, config, tokenizer_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.gguf", dir=out.parent)
-    os.close(fd)
-    try:
+    from lazarus.io import atomic_path
+
+    with atomic_path(out, suffix=".tmp.gguf") as tmp:
         mx.eval(list(tensors.values()))
         try:
-            mx.save_gguf(tmp, tensors, metadata)
+            mx.save_gguf(str(tmp), tensors, metadata)
         except RuntimeError as exc:  # mlx says only "gguf_... failed": find out whether the disk is full
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             needed = sum(t.nbytes for t in tensors.values())
             if shutil.disk_usage(out.parent).free < needed:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out)) from None
             raise LazarusError(f"cannot write {out}: {' '.join(str(exc).split())}") from None
-        from lazarus.checkpoints.atomic import file_mode
-
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out

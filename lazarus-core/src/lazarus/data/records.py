@@ -26,8 +26,6 @@ naming ``FILE:LINE``. Blank lines are skipped.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -334,22 +332,11 @@ def dumps_jsonl(rows: Iterable[dict]) -> str:
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same directory and a
-    rename, so a crash never leaves a half-written file and an old file survives a failed write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        from lazarus.checkpoints.atomic import file_mode
+    rename, so a crash never leaves a half-written file and an old file survives a failed write
+    (:func:`lazarus.io.write_text`)."""
+    from lazarus.io import write_text
 
-        os.chmod(tmp, file_mode())  # mkstemp's 0600 would make results unreadable to others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, text)
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict], force: bool = False) -> int:

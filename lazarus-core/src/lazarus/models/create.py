@@ -7,11 +7,10 @@ tokenizer files of a small BPE trained offline (``lazarus.tokenizer.train_tokeni
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -94,12 +93,15 @@ def create_checkpoint(family: str, output: str | os.PathLike, *, size: str = "ti
     config.update(config_overrides or {})
     vocab = int(config["vocab_size"])
 
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    except OSError as exc:
-        raise LazarusError(f"{out}: cannot write there ({exc.strerror}); choose another --output") from None
-    try:
+    from lazarus.io import atomic_directory
+
+    with contextlib.ExitStack() as stack:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            # renamed onto out when the block ends, or discarded on an error (out untouched)
+            tmp = stack.enter_context(atomic_directory(out))
+        except OSError as exc:
+            raise LazarusError(f"{out}: cannot write there ({exc.strerror}); choose another --output") from None
         tokenizer = train_tokenizer(tmp, vocab_size=min(vocab, DEFAULT_VOCAB["small"]))
         eos = sorted(tokenizer.eos_token_ids)
         special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": eos[0] if len(eos) == 1 else eos,
@@ -121,35 +123,4 @@ def create_checkpoint(family: str, output: str | os.PathLike, *, size: str = "ti
             size=size, seed=seed, dtype=dtype,
             files={p.name: provenance.sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
         ))
-        _make_readable(tmp)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
-
-
-def _make_readable(directory: Path) -> None:
-    """Give the temp directory and its files the modes a plain mkdir/open would have had."""
-    umask = os.umask(0)
-    os.umask(umask)
-    directory.chmod(0o777 & ~umask)
-    for p in directory.iterdir():
-        if p.is_file():
-            p.chmod(0o666 & ~umask)
-
-
-def _replace_dir(new: Path, out: Path) -> None:
-    """Move ``new`` to ``out``; an existing ``out`` is moved aside first and removed only afterwards."""
-    if not out.exists():
-        os.replace(new, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-    os.replace(out, old / "previous")
-    try:
-        os.replace(new, out)
-    except BaseException:
-        os.replace(old / "previous", out)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)

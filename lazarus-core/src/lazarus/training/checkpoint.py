@@ -13,7 +13,7 @@ Layout of an output directory::
           optimizer.safetensors     the optimizer state, flattened ("step", "model.layers.0...m")
 
 A checkpoint directory is written whole into a temporary directory and renamed into place
-(:func:`lazarus.checkpoints.atomic.atomic_directory`); ``latest`` is replaced only afterwards. A
+(:func:`lazarus.io.atomic_directory`); ``latest`` is replaced only afterwards. A
 save that dies half-way leaves the previous checkpoint and ``latest`` as they were.
 """
 
@@ -41,12 +41,9 @@ def checkpoint_name(step: int) -> str:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    from lazarus.io import write_text
+
+    write_text(path, text)
 
 
 def save_checkpoint(output: str | os.PathLike, step: int, *, write_weights: Callable[[Path], None],
@@ -59,7 +56,7 @@ def save_checkpoint(output: str | os.PathLike, step: int, *, write_weights: Call
     """
     import mlx.core as mx
 
-    from lazarus.checkpoints.atomic import atomic_directory
+    from lazarus.io import atomic_directory
 
     root = Path(output) / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
@@ -118,7 +115,7 @@ def _step_of(path: Path) -> int:
 def find_checkpoint(path: str | os.PathLike) -> Path:
     """The checkpoint directory ``path`` names: itself, or an output directory's latest checkpoint
     (an output directory an interrupted save left hidden is restored first)."""
-    from lazarus.checkpoints.atomic import recover_output
+    from lazarus.io import recover_output
 
     path = recover_output(path, "--resume")
     if (path / STATE_FILE).is_file():

@@ -32,9 +32,9 @@ class MetricsLog:
         if not self.enabled or not self.path.exists():
             return
         kept = [row for row in read_metrics(self.path) if row.get("step", 0) <= step]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(strict_json(row) + "\n" for row in kept))
-        os.replace(tmp, self.path)
+        from lazarus.io import write_text
+
+        write_text(self.path, "".join(strict_json(row) + "\n" for row in kept))
 
 
 def strict_json(row: dict) -> str:
@@ -100,12 +100,14 @@ def plot_loss_curve(metrics_path: str | os.PathLike, png_path: str | os.PathLike
     import matplotlib.pyplot as plt
 
     figure = loss_figure(read_metrics(metrics_path), title=title, loss_label=loss_label, headline=headline)
+    from lazarus.io import atomic_path
+
     png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png_path.with_name(png_path.stem + ".tmp.png")
-    figure.savefig(tmp)
-    plt.close(figure)
-    os.replace(tmp, png_path)
+    try:
+        with atomic_path(png_path, suffix=png_path.suffix) as tmp:
+            figure.savefig(tmp)
+    finally:
+        plt.close(figure)
     return png_path
 
 
