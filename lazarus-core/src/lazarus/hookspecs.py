@@ -49,7 +49,7 @@ def register_experts(register):
 
 @hookspec
 def register_environments(register):
-    """Register environments experts act in: ``register(EnvironmentSpec(...))``. Since 0.2."""
+    """Register environments experts act in: ``register(EnvironmentSpec(...))``. Since 0.1."""
 
 
 @hookspec

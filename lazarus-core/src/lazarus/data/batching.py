@@ -22,7 +22,7 @@ next. Save ``iterator.position.as_dict()`` (JSON-ready) with a checkpoint and pa
 were still to come, on any number of ranks.
 
 Arrays are numpy (``ids`` int32 (B, T), masks float32 (B, T), lengths int32 (B,)); convert with
-``mx.array(batch.ids)`` or :meth:`SFTBatch.as_mlx`.
+``mx.array(batch.ids)``.
 """
 
 from __future__ import annotations
@@ -89,13 +89,6 @@ class SFTBatch:
         """Targets that carry loss in this (local) batch, following the shifted-target convention."""
         return int(self.loss_mask[:, 1:].sum())
 
-    def as_mlx(self) -> dict:
-        """``{"ids", "loss_mask", "lengths"}`` as ``mx.array``."""
-        import mlx.core as mx
-
-        return {"ids": mx.array(self.ids), "loss_mask": mx.array(self.loss_mask),
-                "lengths": mx.array(self.lengths)}
-
 
 @attrs.frozen(eq=False)
 class PreferenceBatch:
@@ -115,13 +108,6 @@ class PreferenceBatch:
 
     def __len__(self) -> int:
         return int(self.chosen_ids.shape[0])
-
-    def as_mlx(self) -> dict:
-        import mlx.core as mx
-
-        return {name: mx.array(getattr(self, name)) for name in (
-            "chosen_ids", "chosen_mask", "chosen_lengths", "rejected_ids", "rejected_mask",
-            "rejected_lengths")}
 
 
 @attrs.frozen(eq=False)

@@ -24,11 +24,6 @@ EMBEDDED = {
 HERE = Path(__file__).resolve().parent
 
 
-def is_embedded_name(model: object) -> bool:
-    """Whether ``model`` is a ``lazarus:NAME`` short name (not a path)."""
-    return isinstance(model, str) and model.startswith(PREFIX)
-
-
 def embedded_path(model: str) -> Path:
     """The directory of the embedded model ``lazarus:NAME`` (or bare ``NAME``).
 

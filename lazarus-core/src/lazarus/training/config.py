@@ -486,7 +486,7 @@ def build_config(cls: type, *, cli_values: dict[str, Any] | None = None, config_
     if saved:
         values.update({k: v for k, v in saved.items() if k in names})
         if saved.get("num_layers") == DEFAULT_NUM_LAYERS and "num_layers" in names:
-            values["num_layers"] = None  # runs saved before 0.2 stored the default; keep its meaning
+            values["num_layers"] = None  # earlier 0.1 builds saved the default itself; keep its meaning
     if config_file:
         values.update(read_config_file(config_file, cls))
     values.update({k: v for k, v in (cli_values or {}).items() if v is not None and k in names})
