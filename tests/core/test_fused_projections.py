@@ -14,9 +14,8 @@ import lazarus.models.fused as fused
 from lazarus.adapters import AdapterConfig, LoraParameters, apply_adapter
 from lazarus.generate import generate_tokens
 from lazarus.models.fused import refresh_fused
+from tests.conftest import FAMILIES
 
-FAMILIES = ("llama", "mistral", "qwen2", "gemma", "gemma2", "granite", "qwen3", "gemma3", "phi3",
-            "starcoder2")
 IDS = mx.array([[(i * 37 + 11) % 500 + 6 for i in range(20)],
                 [(i * 53 + 7) % 500 + 6 for i in range(20)]], dtype=mx.int32)
 

@@ -7,8 +7,8 @@ import pytest
 
 import lazarus
 from lazarus.models.cache import KVCache
+from tests.conftest import FAMILIES
 
-FAMILIES = ("llama", "mistral", "qwen2", "gemma", "gemma2", "granite", "qwen3", "gemma3", "phi3", "starcoder2")
 TOKENS = [(i * 41 + 5) % 500 + 6 for i in range(20)]
 
 

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 import lazarus
 from lazarus.cli import main
+from tests.conftest import FAMILIES
 
-FAMILIES = ("llama", "mistral", "qwen2", "gemma", "gemma2", "granite", "qwen3", "gemma3", "phi3", "starcoder2")
 HF_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
             "generation_config.json", "lazarus.json"}
 

@@ -29,9 +29,8 @@ import pytest
 
 import lazarus
 from lazarus.generate import generate_tokens
+from tests.conftest import FAMILIES
 
-FAMILIES = ("llama", "mistral", "qwen2", "gemma", "gemma2", "granite", "qwen3", "gemma3", "phi3",
-            "starcoder2")
 #: families whose sliding windows mlx-lm ignores
 WINDOWED = {"mistral", "gemma2", "phi3", "starcoder2"}
 IDS = mx.array([[(i * 37 + 11) % 500 + 6 for i in range(24)],

@@ -11,8 +11,6 @@ import json
 
 import pytest
 
-FAMILIES = ["llama", "mistral", "qwen2", "gemma", "gemma2", "granite", "qwen3", "gemma3", "phi3", "starcoder2"]
-
 
 @pytest.fixture(scope="session")
 def checkpoint(tiny_checkpoint):

@@ -19,7 +19,7 @@ from lazarus_introspect.attribution import (
     compare_with_patching,
     direct_logit_attribution,
 )
-from tests.introspect.conftest import FAMILIES
+from tests.conftest import FAMILIES
 
 PROMPT = "The cat sat on the mat"
 CLEAN, CORRUPTED = "The cat sat on the mat", "The hat sat on the mat"

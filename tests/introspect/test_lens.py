@@ -16,7 +16,7 @@ from lazarus_introspect.tuned_lens import (
     translator_kl,
     translator_transform,
 )
-from tests.introspect.conftest import FAMILIES
+from tests.conftest import FAMILIES
 
 
 def _ids(tokenizer, text="The cat sat on the mat and looked"):

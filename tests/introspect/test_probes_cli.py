@@ -13,7 +13,7 @@ import math
 
 import pytest
 
-from tests.introspect.conftest import FAMILIES
+from tests.conftest import FAMILIES
 
 PROBES = ["logit-lens", "tuned-lens", "probe", "patch", "ablate", "steer", "attention", "neurons", "embeddings"]
 PROMPT = "The cat sat on the mat"

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import FAMILIES
 from tests.trainers.conftest import quiet_console, sft_config
-
-FAMILIES = ("llama", "mistral", "qwen2", "gemma", "gemma2", "granite", "qwen3", "gemma3", "phi3", "starcoder2")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
