@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DISTS := lazarus-core lazarus-families lazarus-trainers lazarus-introspect lazarus-experts plugins/lazarus-example plugins/lazarus-mlx-lm plugins/lazarus-serve
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-fast lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# the tests that take under ~5 s each (those over are marked @pytest.mark.slow)
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .

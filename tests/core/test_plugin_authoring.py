@@ -82,6 +82,7 @@ def test_every_kind_is_a_complete_distribution(generated):
         assert project["dependencies"][0] == "lazarus-core>=0.1,<0.2"
 
 
+@pytest.mark.slow
 def test_every_kind_installed_is_loaded_and_its_own_tests_pass(generated, tmp_path):
     env = installed_env(*generated.values(), site=tmp_path / "site")
     listed = lazarus("plugins", "list", "--json", env=env)
@@ -178,6 +179,7 @@ def test_plugins_check_of_an_installed_plugin_and_of_nothing(lazarus_cli, tmp_pa
     assert empty.exit_code == 2 and "no pyproject.toml" in empty.stderr
 
 
+@pytest.mark.slow
 def test_install_and_uninstall_a_local_directory_in_a_temp_venv(generated, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=120)

@@ -12,6 +12,7 @@ import pytest
 from tests.experts.toy_envs import MatchCuePlugin
 
 
+@pytest.mark.slow
 def test_short_training_on_reach_beats_random_over_seeds(tmp_path):
     from lazarus_experts.experts import load_expert
     from lazarus_experts.training import ExpertTrainConfig, ExpertTrainer, expert_returns, random_returns
