@@ -127,7 +127,7 @@ def load_adapter(model: nn.Module, path: str | Path) -> AdapterConfig:
         raise _does_not_fit(source, config, model, f"it adapts {config.num_layers} blocks, this model has "
                                                    f"{blocks}")
     # keep the base weights a full adapter would overwrite, so a failed load can be undone
-    before = adapter_type.weights(model, config) if config.fine_tune_type == "full" else {}
+    before = adapter_type.weights(model, config) if adapter_type.replaces_weights else {}
     adapter_type.apply(model, config)
     try:
         expected = adapter_type.weights(model, config)
@@ -148,7 +148,7 @@ def load_adapter(model: nn.Module, path: str | Path) -> AdapterConfig:
                                f"its config (num_layers={config.num_layers}, keys) implies; the files "
                                "are incomplete or the config was edited")
         weights = checkpoint.weights
-        if config.fine_tune_type == "full":
+        if adapter_type.replaces_weights:
             # full weights replace the model's own: keep the dtype the model was loaded in
             weights = {k: v.astype(expected[k].dtype) for k, v in weights.items()}
         model.load_weights(list(weights.items()), strict=False)

@@ -78,6 +78,10 @@ class AdapterType:
     """Base of an adapter type. Subclasses set ``name`` and implement the three methods."""
 
     name: str = ""
+    #: True when the adapter's tensors are the model's own weights, which loading it overwrites
+    #: (full fine-tuning); False for types that add parameters beside them (LoRA, DoRA). Code asks
+    #: this instead of comparing ``fine_tune_type`` with ``"full"``.
+    replaces_weights: bool = False
 
     def apply(self, model: nn.Module, config: AdapterConfig) -> nn.Module:
         """Change ``model`` in place for training/inference with this adapter and freeze everything

@@ -82,6 +82,14 @@ class AdapterConfig:
         return self.lora_parameters.scale
 
     @property
+    def replaces_weights(self) -> bool:
+        """Whether this adapter's tensors are the model's own weights (full fine-tuning): the
+        registered adapter type's :attr:`~lazarus.adapters.base.AdapterType.replaces_weights`."""
+        from lazarus.adapters import get_adapter_type
+
+        return get_adapter_type(self.fine_tune_type).replaces_weights
+
+    @property
     def keys(self) -> tuple[str, ...] | None:
         return self.lora_parameters.keys
 
@@ -124,7 +132,7 @@ class AdapterConfig:
         out = {k: v for k, v in self.extra.items() if k != "lora_parameters_extra"}
         out["fine_tune_type"] = self.fine_tune_type
         out["num_layers"] = self.num_layers
-        if self.fine_tune_type == "full":
+        if self.replaces_weights:
             out["lora_parameters"] = None
         else:
             out["lora_parameters"] = self.lora_parameters.to_dict() | self.extra.get(

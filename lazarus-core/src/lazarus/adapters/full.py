@@ -18,6 +18,7 @@ from lazarus.errors import LazarusError
 
 class FullAdapter(AdapterType):
     name = "full"
+    replaces_weights = True
 
     def apply(self, model: nn.Module, config: AdapterConfig) -> nn.Module:
         blocks = select_blocks(model, config.num_layers)

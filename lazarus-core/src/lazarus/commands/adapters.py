@@ -37,10 +37,10 @@ def describe_adapter(path: str) -> dict:
         match = _LAYER_KEY.search(key)
         if match:
             layers.add(int(match.group(1)))
-            keys.add(match.group(2) if config.fine_tune_type != "full" else f"{match.group(2)}.{match.group(3)}")
+            keys.add(f"{match.group(2)}.{match.group(3)}" if config.replaces_weights else match.group(2))
         else:
             keys.add(key.rsplit(".", 1)[0])
-    low_rank = config.fine_tune_type != "full"
+    low_rank = not config.replaces_weights
     return {
         "path": str(checkpoint.path),
         "format": checkpoint.format,
