@@ -249,7 +249,7 @@ def test_grpo_advantages_keep_their_precision_with_a_large_reward_offset(offset,
     weights[-group:] = 0
     trainer = GRPOTrainer(GRPOConfig(model="toy", data="toy", output=str(tmp_path), beta=0.0,
                                      scale_rewards=scale_rewards))
-    got = trainer.score_rollout(ro, Scores(total=list(rewards), by_reward={}), weights)["advantages"]
+    got = trainer.score_rollout(ro, Scores(total=list(rewards), by_reward={}), weights)[0]["advantages"]
 
     grouped = rewards.reshape(-1, group)
     centred = grouped - grouped.mean(1, keepdims=True)
@@ -352,7 +352,7 @@ def test_ppo_rollout_scoring_equals_the_reference(tmp_path):
     weights = np.ones(7, dtype=np.float32)
     weights[-1] = 0
     scores = rng.normal(5.0, 2.0, 7)
-    got = trainer.score_rollout(ro, Scores(total=list(scores), by_reward={}), weights)
+    got, metrics = trainer.score_rollout(ro, Scores(total=list(scores), by_reward={}), weights)
 
     ids = ro.ids.astype(np.int64)
     mask = ro.mask[:, 1:].astype(np.float64)
@@ -370,7 +370,6 @@ def test_ppo_rollout_scoring_equals_the_reference(tmp_path):
     np.testing.assert_allclose(got["old_logprobs"], logp, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(got["old_values"], values, rtol=RTOL, atol=ATOL)
     real = weights > 0
-    metrics = got["_metrics"]
     np.testing.assert_allclose(metrics["return"], rewards.sum(1)[real].sum(), rtol=RTOL)
     np.testing.assert_allclose(metrics["kl"], ((np.exp(-kl) + kl - 1) * mask).sum(1)[real].sum(), rtol=1e-4)
     np.testing.assert_allclose(metrics["value_mean"], (values.sum(1) / mask.sum(1))[real].sum(), rtol=RTOL)

@@ -96,7 +96,6 @@ class DualRewardTrainer(Trainer):
                                f"(use 0..{blocks - 1}, or -1..-{blocks} from the end)")
         self.layer = layer % blocks
         self.hook = f"blocks.{self.layer}.hook_resid_post"
-        self._example_labels: dict[int, np.ndarray] = {}
 
     def setup(self) -> None:
         self.log(f"Classifier: {', '.join(self.labels)} read at {self.hook} through the final norm and head; "
@@ -124,16 +123,16 @@ class DualRewardTrainer(Trainer):
         if examples.num_truncated:
             self.log(f"[yellow]{dataset.path}: {examples.num_truncated} examples were cut to --max-seq-length "
                      f"{self.config.max_seq_length}[/]")
-        self._example_labels[id(examples)] = np.array([labels[e.record_index] for e in examples], dtype=np.int32)
-        return examples
+        # the label travels with each example into its batch (SFTBatch.extra)
+        return attrs.evolve(examples, examples=tuple(
+            attrs.evolve(e, extra={**e.extra, "label": labels[e.record_index], "prompt_length": e.prompt_length})
+            for e in examples))
 
     def batch_arrays(self, batch, training: bool = True) -> tuple:
-        examples = self.train_examples if training else self.valid_examples
-        index = np.where(batch.indices >= 0, batch.indices, 0)
-        labels = self._example_labels[id(examples)][index]
+        labels = batch.extra["label"].astype(np.int32)
         # the last prompt token: where the classifier reads (kept inside the input ids[:, :-1])
         width = batch.ids.shape[1] - 1
-        positions = np.array([min(max(examples[i].prompt_length, 1), width) - 1 for i in index], dtype=np.int32)
+        positions = (np.minimum(np.maximum(batch.extra["prompt_length"], 1), width) - 1).astype(np.int32)
         weight = (batch.indices >= 0).astype(np.float32)
         return (mx.array(batch.ids), mx.array(batch.loss_mask), mx.array(labels), mx.array(positions),
                 mx.array(weight))

@@ -29,7 +29,7 @@ import numpy as np
 
 from lazarus.training.config import TrainingConfig, setting
 from lazarus.training.reference import sequence_logprobs
-from lazarus_trainers.dpo import PreferenceTrainer, pair_metrics
+from lazarus_trainers.preference import PreferenceTrainer, pair_metrics
 
 #: log(1 - e^x) switches formula here (Mächler 2012): below, log1p(-e^x); above, log(-expm1(x))
 LOG_HALF = -math.log(2.0)

@@ -28,7 +28,7 @@ import numpy as np
 from lazarus.errors import LazarusError
 from lazarus.training import rl
 from lazarus.training.config import setting
-from lazarus_trainers.grpo import RolloutConfig, RolloutTrainer
+from lazarus_trainers.rollout import RolloutConfig, RolloutTrainer
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 HIDDEN_HOOK = "ln_final.hook_normalized"
@@ -137,7 +137,7 @@ class PPOTrainer(RolloutTrainer):
             self._early_stops = getattr(self, "_early_stops", 0) + 1
         return stop
 
-    def score_rollout(self, ro, scores, weights) -> dict:
+    def score_rollout(self, ro, scores, weights) -> tuple[dict, dict]:
         config = self.config
         ids, mask = mx.array(ro.ids), ro.mask[:, 1:].astype(np.float32)
         training = self.model.training
@@ -167,17 +167,12 @@ class PPOTrainer(RolloutTrainer):
             advantages = rl.whiten(advantages, live,
                                    sum_over_ranks=self.world.sum_floats if self.world.distributed else None)
         real = weights > 0
-        return {"advantages": advantages.astype(np.float32), "returns": returns.astype(np.float32),
-                "old_logprobs": old_logprobs.astype(np.float32), "old_values": old_values.astype(np.float32),
-                "_metrics": {"return": float((rewards * mask).sum(axis=1)[real].sum()),
-                             "kl": float(((np.exp(-kl) + kl - 1.0) * mask).sum(axis=1)[real].sum()
-                                         if config.beta > 0 else 0.0),
-                             "value_mean": float((old_values.sum(axis=1) / np.maximum(mask.sum(axis=1), 1))[real].sum())}}
-
-    def make_rollout(self, batch, step: int, micro: int):
-        out = super().make_rollout(batch, step, micro)
-        out.extra_metrics = out.arrays.pop("_metrics")
-        return out
+        arrays = {"advantages": advantages.astype(np.float32), "returns": returns.astype(np.float32),
+                  "old_logprobs": old_logprobs.astype(np.float32), "old_values": old_values.astype(np.float32)}
+        metrics = {"return": float((rewards * mask).sum(axis=1)[real].sum()),
+                   "kl": float(((np.exp(-kl) + kl - 1.0) * mask).sum(axis=1)[real].sum() if config.beta > 0 else 0.0),
+                   "value_mean": float((old_values.sum(axis=1) / np.maximum(mask.sum(axis=1), 1))[real].sum())}
+        return arrays, metrics
 
     def extra_metrics(self) -> dict:
         row = super().extra_metrics()

@@ -80,6 +80,8 @@ class SFTBatch:
     epoch: int = 0
     step: int = 0  #: index of this global batch within its epoch
     position: BatchPosition | None = None  #: where the iterator stands after this batch
+    #: name -> (B,) array of the examples' ``extra`` values (a filler row has its example's)
+    extra: dict = attrs.field(factory=dict)
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -301,9 +303,10 @@ class BatchIterator:
         if self.example_type is SFTExample:
             mask = _pad([e.loss_mask for e in examples], width, 0, np.float32)
             mask[filler] = 0
+            extra = {k: np.asarray([e.extra[k] for e in examples]) for k in examples[0].extra} if examples else {}
             return SFTBatch(ids=_pad([e.ids for e in examples], width, self.pad_id, np.int32),
                             loss_mask=mask, lengths=np.array([e.length for e in examples], dtype=np.int32),
-                            **meta)
+                            extra=extra, **meta)
         assert self.example_type is PreferenceExample
         chosen_mask = _pad([e.chosen_mask for e in examples], width, 0, np.float32)
         rejected_mask = _pad([e.rejected_mask for e in examples], width, 0, np.float32)

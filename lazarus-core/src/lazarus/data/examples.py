@@ -55,6 +55,8 @@ class SFTExample:
     prompt_length: int = 0  #: number of leading prompt tokens (loss-free when the prompt is masked)
     record_index: int = 0  #: index of the record in its Dataset
     truncated: bool = False
+    #: per-example numbers a trainer adds (dual-reward's class label); the batch stacks them (``SFTBatch.extra``)
+    extra: dict = attrs.field(factory=dict)
 
     num_sequences = 1
 
