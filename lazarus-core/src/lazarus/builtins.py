@@ -28,3 +28,6 @@ def register_checkpoint_formats(register):
     register(CheckpointFormatSpec(
         name="npz-legacy", entry="lazarus.checkpoints.npz_legacy:NPZ_LEGACY", can_write=False,
         description="read-only: old .npz LoRA adapters, keys renamed to today's (no pickle)"))
+    register(CheckpointFormatSpec(
+        name="gguf", entry="lazarus.checkpoints.gguf:GGUF", can_read=False,
+        description="write-only: a whole model as one llama.cpp GGUF file (lazarus export gguf)"))

@@ -40,13 +40,31 @@ def load_model(model: str | os.PathLike, adapter_path: str | os.PathLike | None 
     stored dtype. ``config`` is the ``config.json`` dict. The model carries ``model.source``
     (:class:`lazarus.models.transformer.ModelSource`) for :func:`lazarus.provenance.for_model`.
     """
+    import attrs
+
+    from lazarus.checkpoints import detect_model_format
+
+    parse_dtype(dtype)  # an unknown dtype fails before any download
+    path = resolve_model_path(model)
+    net, tokenizer, config = detect_model_format(path).read(path, dtype=dtype)
+    if getattr(net, "source", None) is not None:  # what the user passed, and the adapter put on top
+        net.source = attrs.evolve(net.source, model=str(model), adapter_path=(
+            str(adapter_path) if adapter_path is not None else None))
+    if adapter_path is not None:
+        apply_adapter(net, adapter_path)
+        warn_if_other_base(adapter_path, net.source)
+    return net, tokenizer, config
+
+
+def read_hf_model(path: Path, dtype=None):
+    """Read the Hugging Face layout directory ``path`` (the ``hf`` model format): ``(model,
+    tokenizer, config)``, ``model.source`` set. :func:`load_model` is the public entry."""
     import mlx.core as mx
 
     from lazarus.models.quantize import apply_quantization, quantization_from_config
     from lazarus.models.transformer import ModelSource, sanitize_weights
 
     target = parse_dtype(dtype)
-    path = resolve_model_path(model)
     config = read_config(path)
     spec = detect_family(config, path / "config.json")
     quant = quantization_from_config(config, path / "config.json")
@@ -85,13 +103,9 @@ def load_model(model: str | os.PathLike, adapter_path: str | os.PathLike | None 
         fuse_projections(net)
 
 
-    net.source = ModelSource(model=str(model), path=str(path), family=spec.name,
-                             weight_files=tuple(sorted(set(origin.values()))),
-                             adapter_path=str(adapter_path) if adapter_path is not None else None)
+    net.source = ModelSource(model=str(path), path=str(path), family=spec.name,
+                             weight_files=tuple(sorted(set(origin.values()))))
     tokenizer = load_tokenizer(path)
-    if adapter_path is not None:
-        apply_adapter(net, adapter_path)
-        warn_if_other_base(adapter_path, net.source)
     return net, tokenizer, config
 
 

@@ -19,6 +19,7 @@ class ModelArgs(TransformerArgs):
 
 class Model(CausalLM):
     family = "llama"
+    gguf_architecture = "llama"
 
 
 

@@ -18,6 +18,7 @@ class ModelArgs(TransformerArgs):
 
 class Model(CausalLM):
     family = "mistral"
+    gguf_architecture = "llama"  # llama.cpp runs Mistral as llama (without a sliding window)
 
 
 

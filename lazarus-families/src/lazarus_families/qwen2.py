@@ -42,6 +42,7 @@ class ModelArgs(TransformerArgs):
 
 class Model(CausalLM):
     family = "qwen2"
+    gguf_architecture = "qwen2"  # without sliding windows
 
 
 

@@ -12,8 +12,8 @@ Every write is atomic (see :mod:`lazarus.io`) and adds ``lazarus.json``.
     from lazarus import checkpoints
     checkpoints.save("mlx-lm", "out/adapter", weights=..., config=adapter_config)
     checkpoints.save("hf", "out/fused", model=model, source="path/to/base")
-    ckpt = checkpoints.load("mlx-lm", "out/adapter")    # AdapterCheckpoint
-    model, tokenizer, config = checkpoints.load("hf", "out/fused")
+    ckpt = checkpoints.load("mlx-lm", "out/adapter")    # AdapterCheckpoint (an AdapterFormat)
+    model, tokenizer, config = checkpoints.load("hf", "out/fused")   # a ModelFormat
 
 Trainers usually call :func:`lazarus.adapters.save_adapter` instead of ``save("mlx-lm", ...)``.
 This module imports no mlx at import time.
@@ -26,7 +26,9 @@ from pathlib import Path
 from lazarus.checkpoints.base import (
     PROVENANCE_FILE,
     AdapterCheckpoint,
+    AdapterFormat,
     CheckpointFormat,
+    ModelFormat,
     read_provenance,
     write_provenance,
 )
@@ -64,7 +66,30 @@ def load(format_name: str, path: str | Path, **options):
     return spec.load().read(path, **options)
 
 
-def detect_adapter_format(path: str | Path) -> CheckpointFormat:
+def detect_model_format(path: str | Path) -> ModelFormat:
+    """The readable model format whose layout the local ``path`` has: every registered format that
+    holds models is asked (``hf`` first, then by name). When none recognises it the ``hf`` format
+    is returned, whose ``read`` says precisely what is missing."""
+    from lazarus.plugins import get_registry
+
+    path = Path(path)
+    specs = get_registry().all("checkpoint-format")
+    fallback = None
+    for spec in sorted(specs.values(), key=lambda s: (s.name != "hf", s.name)):
+        if not spec.can_read:
+            continue
+        fmt = spec.load()
+        if fmt.holds != "model":
+            continue
+        fallback = fallback or fmt
+        if fmt.detect(path):
+            return fmt
+    if fallback is None:
+        raise LazarusError(f"{path}: no installed checkpoint format reads models; reinstall lazarus-core")
+    return fallback
+
+
+def detect_adapter_format(path: str | Path) -> AdapterFormat:
     """The readable adapter format whose layout ``path`` has (``mlx-lm`` first, then the others).
 
     Raises :class:`LazarusError` naming the path when no format recognises it.
@@ -80,7 +105,7 @@ def detect_adapter_format(path: str | Path) -> CheckpointFormat:
         if not spec.can_read:
             continue
         fmt = spec.load()
-        if getattr(fmt, "holds", "adapter") == "adapter" and fmt.detect(path):
+        if fmt.holds == "adapter" and fmt.detect(path):
             return fmt
     raise LazarusError(f"{path}: not an adapter checkpoint (expected a directory with adapter_config.json "
                        "and adapters.safetensors, or a legacy .npz)")
@@ -89,9 +114,12 @@ def detect_adapter_format(path: str | Path) -> CheckpointFormat:
 __all__ = [
     "PROVENANCE_FILE",
     "AdapterCheckpoint",
+    "AdapterFormat",
     "CheckpointFormat",
+    "ModelFormat",
     "atomic_directory",
     "detect_adapter_format",
+    "detect_model_format",
     "get_format",
     "load",
     "read_provenance",

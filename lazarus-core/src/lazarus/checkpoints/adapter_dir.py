@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lazarus.checkpoints.base import AdapterCheckpoint, CheckpointFormat, read_provenance, write_provenance
+from lazarus.checkpoints.base import AdapterCheckpoint, AdapterFormat, read_provenance, write_provenance
 from lazarus.errors import LazarusError
 
 CONFIG_FILE = "adapter_config.json"
@@ -29,7 +29,7 @@ def load_safetensors(path: Path) -> dict:
                            "the file is corrupt or incomplete, save it again") from None
 
 
-class MlxLmAdapterFormat(CheckpointFormat):
+class MlxLmAdapterFormat(AdapterFormat):
     name = "mlx-lm"
     holds = "adapter"
 

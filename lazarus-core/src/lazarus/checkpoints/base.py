@@ -1,8 +1,11 @@
 """What checkpoint formats share: the format protocol, the adapter checkpoint record, provenance.
 
 A checkpoint format (registered with ``register_checkpoint_formats``; ``entry`` names an instance
-of a :class:`CheckpointFormat` subclass) reads and/or writes one on-disk layout. ``holds`` says
-whether it stores an ``"adapter"`` (loaded onto a base model) or a whole ``"model"``.
+of a :class:`CheckpointFormat` subclass) reads and/or writes one on-disk layout. What it holds
+decides its base class and the type its ``read`` returns: an :class:`AdapterFormat` reads an
+:class:`AdapterCheckpoint` (loaded onto a base model), a :class:`ModelFormat` reads a whole model as
+``(model, tokenizer, config)``; :func:`lazarus.load_model` asks the registered model formats which
+one a path is. A write-only format (GGUF export) implements ``detect`` and ``write`` only.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ class AdapterCheckpoint:
 
 
 class CheckpointFormat:
-    """Base of a checkpoint format: ``name``, ``holds`` and the methods its spec flags promise."""
+    """Base of a checkpoint format: ``name``, ``holds`` and the methods its spec flags promise.
+    Readable formats subclass :class:`AdapterFormat` or :class:`ModelFormat` (their typed ``read``)."""
 
     name: str = ""
     holds: str = "adapter"  # or "model"
@@ -37,11 +41,6 @@ class CheckpointFormat:
     def detect(self, path: Path) -> bool:
         """Whether ``path`` looks like a checkpoint of this format (cheap: file names only)."""
         return False
-
-    def read(self, path: str | Path, **options):
-        """Read the checkpoint at ``path``. Adapter formats return an :class:`AdapterCheckpoint` and
-        accept (and may ignore) ``num_blocks``, the block count of the model it will be loaded on."""
-        raise NotImplementedError(f"checkpoint format {self.name!r} cannot read")
 
     def write(self, path: str | Path, **options) -> Path:
         """Write a checkpoint at ``path`` atomically (with ``lazarus.json``); returns the path."""
@@ -51,6 +50,29 @@ class CheckpointFormat:
         """Whether a top-level file ``name`` of an existing checkpoint directory belongs to this
         format (replaced on save) rather than to the user (carried over)."""
         return name == PROVENANCE_FILE
+
+
+class AdapterFormat(CheckpointFormat):
+    """A format that stores an adapter; ``read`` returns an :class:`AdapterCheckpoint`."""
+
+    holds = "adapter"
+
+    def read(self, path: str | Path, *, num_blocks: int | None = None, **options) -> AdapterCheckpoint:
+        """Read the adapter at ``path``. ``num_blocks`` is the block count of the model it will be
+        loaded on (formats that store it ignore it)."""
+        raise NotImplementedError(f"checkpoint format {self.name!r} cannot read")
+
+
+class ModelFormat(CheckpointFormat):
+    """A format that stores a whole model; ``read`` returns ``(model, tokenizer, config)`` with
+    ``config`` the model's Hugging Face ``config.json`` dict (what :func:`lazarus.load_model` returns)."""
+
+    holds = "model"
+
+    def read(self, path: str | Path, *, dtype=None, **options) -> tuple[Any, Any, dict]:
+        """Read the model at the local directory or file ``path``; ``dtype`` (an ``mx.Dtype``, a
+        name or None) converts floating weights."""
+        raise NotImplementedError(f"checkpoint format {self.name!r} cannot read")
 
 
 def provenance_record(directory: Path, fmt: str, holds: str, *, model=None,

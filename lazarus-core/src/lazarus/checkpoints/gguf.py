@@ -7,9 +7,14 @@ token ids) read from the checkpoint's ``tokenizer.json``. For the ``llama`` arch
 projection rows are permuted from Hugging Face's rotate-half layout to llama.cpp's interleaved
 one (as llama.cpp's converter does), and llama3 RoPE scaling becomes the ``rope_freqs`` tensor.
 
-Families llama.cpp can run exactly: llama, mistral (without a sliding window), qwen2 (without
-windows). Others raise a LazarusError. Quantized models are refused: export the full-precision
-checkpoint (GGUF quantization is llama.cpp's job: ``llama-quantize``).
+A family says which GGUF architecture its checkpoints are (its model class's
+``gguf_architecture``, e.g. ``"llama"``; None, the default: llama.cpp cannot run it exactly).
+Models with sliding-window attention raise a LazarusError, as do families without an architecture.
+Quantized models are refused: export the full-precision checkpoint (GGUF quantization is
+llama.cpp's job: ``llama-quantize``).
+
+Registered as the write-only checkpoint format ``gguf`` (:data:`GGUF`):
+``checkpoints.save("gguf", "model.gguf", model=model, config=config, tokenizer_dir=DIR)``.
 """
 
 from __future__ import annotations
@@ -22,10 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lazarus.checkpoints.base import CheckpointFormat
 from lazarus.errors import LazarusError
 
-#: Lazarus family -> GGUF architecture
-ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
 _NAMES = (
     ("model.layers.", "blk."), ("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"),
     ("self_attn.v_proj", "attn_v"), ("self_attn.o_proj", "attn_output"), ("mlp.gate_proj", "ffn_gate"),
@@ -53,11 +57,11 @@ def permute_rows(weight, heads: int):
 def architecture(model) -> str:
     """The GGUF architecture for a loaded model, or a LazarusError saying why it has none."""
     family = getattr(model, "family", "?")
-    arch = ARCHITECTURES.get(family)
+    arch = getattr(model, "gguf_architecture", None)  # models of other libraries (mlx-lm's) have none
     windows = [b.window for b in getattr(model, "blocks", []) if getattr(b, "window", None)]
     if arch is None or windows:
         why = "sliding-window attention" if arch else f"the {family} family"
-        raise LazarusError(f"GGUF export cannot express {why} exactly; supported: llama, mistral and qwen2 "
+        raise LazarusError(f"GGUF export cannot express {why} exactly; supported: {', '.join(gguf_families())} "
                            "without sliding windows (use the Hugging Face checkpoint with other tools)")
     import mlx.nn as nn
 
@@ -65,6 +69,22 @@ def architecture(model) -> str:
         raise LazarusError("GGUF export takes a full-precision model; export the unquantized checkpoint "
                            "(llama.cpp's llama-quantize quantizes GGUF files)")
     return arch
+
+
+def gguf_families() -> list[str]:
+    """The installed families whose model class declares a ``gguf_architecture``."""
+    from lazarus.plugins import get_registry
+
+    registry = get_registry()
+    found = []
+    for name, spec in registry.all("family").items():
+        try:
+            model_cls = getattr(spec.load(), "Model", None)
+        except Exception:  # a broken family is reported elsewhere; it exports nothing
+            continue
+        if getattr(model_cls, "gguf_architecture", None):
+            found.append(name)
+    return found
 
 
 def gguf_tensors(model, dtype=None) -> dict:
@@ -196,3 +216,24 @@ def write_gguf(model, config: dict, tokenizer_dir: Path, output: str | os.PathLi
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out)) from None
             raise LazarusError(f"cannot write {out}: {' '.join(str(exc).split())}") from None
     return out
+
+
+class GGUFFormat(CheckpointFormat):
+    """Write-only: a whole model as one llama.cpp GGUF file (``can_read=False`` in its spec)."""
+
+    name = "gguf"
+    holds = "model"
+
+    def detect(self, path: Path) -> bool:
+        return Path(path).suffix == ".gguf" and Path(path).is_file()
+
+    def write(self, path: str | Path, *, model, config: dict, tokenizer_dir: str | Path, dtype=None) -> Path:
+        """:func:`write_gguf`: ``model`` (fused, full precision), its ``config.json`` dict and the
+        directory of its ``tokenizer.json``; ``dtype`` an ``mx.Dtype`` or a name (float16, float32)."""
+        from lazarus.loader import parse_dtype
+
+        return write_gguf(model, config, Path(tokenizer_dir), path, dtype=parse_dtype(dtype))
+
+
+#: the registered ``gguf`` format (``lazarus.builtins``)
+GGUF = GGUFFormat()

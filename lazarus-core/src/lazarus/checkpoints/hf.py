@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lazarus.checkpoints.base import CheckpointFormat, write_provenance
+from lazarus.checkpoints.base import ModelFormat, write_provenance
 from lazarus.errors import LazarusError
 from lazarus.loader import parse_dtype
 
@@ -93,7 +93,7 @@ def _has_quantized_layers(model) -> bool:
     return model is not None and any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules())
 
 
-class HFModelFormat(CheckpointFormat):
+class HFModelFormat(ModelFormat):
     name = "hf"
     holds = "model"
 
@@ -105,11 +105,14 @@ class HFModelFormat(CheckpointFormat):
         return (name in (CONFIG_FILE, INDEX_FILE, *TOKENIZER_FILES) or name.endswith(".safetensors")
                 or super().owned(name))
 
-    def read(self, path: str | Path, *, dtype=None, adapter_path=None, **options):
-        """Load the checkpoint with :func:`lazarus.load_model`: returns ``(model, tokenizer, config)``."""
-        from lazarus.loader import load_model
+    def read(self, path: str | Path, *, dtype=None, adapter_path=None, **options) -> tuple[Any, Any, dict]:
+        """Read the Hugging Face layout directory ``path``: ``(model, tokenizer, config)``;
+        ``adapter_path`` applies an adapter on top (through :func:`lazarus.load_model`)."""
+        from lazarus.loader import load_model, read_hf_model
 
-        return load_model(str(path), adapter_path=adapter_path, dtype=dtype)
+        if adapter_path is not None:
+            return load_model(str(path), adapter_path=adapter_path, dtype=dtype)
+        return read_hf_model(Path(path), dtype=dtype)
 
     def write(self, path: str | Path, *, model=None, weights: dict | None = None,
               config: dict | None = None, source: str | Path | None = None, dtype=None,

@@ -17,7 +17,7 @@ import re
 import zipfile
 from pathlib import Path
 
-from lazarus.checkpoints.base import AdapterCheckpoint, CheckpointFormat, read_provenance
+from lazarus.checkpoints.base import AdapterCheckpoint, AdapterFormat, read_provenance
 from lazarus.errors import LazarusError
 
 #: old module names (mlx examples' llama) -> Hugging Face names used by Lazarus and mlx-lm
@@ -54,7 +54,7 @@ def modern_key(key: str) -> str:
     return key
 
 
-class NpzLegacyFormat(CheckpointFormat):
+class NpzLegacyFormat(AdapterFormat):
     name = "npz-legacy"
     holds = "adapter"
 

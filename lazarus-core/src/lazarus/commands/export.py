@@ -34,8 +34,9 @@ def gguf(model_name: str, adapter_path: Path | None, output: Path, dtype: str | 
     """
     from rich.console import Console
 
+    from lazarus import checkpoints
     from lazarus.adapters import fuse_adapter, load_adapter
-    from lazarus.checkpoints.gguf import architecture, write_gguf
+    from lazarus.checkpoints.gguf import architecture
     from lazarus.errors import LazarusError
     from lazarus.loader import load_model
     from lazarus.paths import check_output_path
@@ -51,8 +52,6 @@ def gguf(model_name: str, adapter_path: Path | None, output: Path, dtype: str | 
         with console.status(f"Folding in {adapter_path}"):
             fuse_adapter(model, load_adapter(model, adapter_path))
     with console.status(f"Writing {output}"):
-        import mlx.core as mx
-
-        write_gguf(model, config, Path(model.source.path), output,
-                   dtype=getattr(mx, dtype) if dtype else None)
+        checkpoints.save("gguf", output, model=model, config=config, tokenizer_dir=Path(model.source.path),
+                         dtype=dtype)
     console.print(f"[green]Wrote[/] {output} ({output.stat().st_size / 1e6:.1f} MB)")

@@ -298,6 +298,9 @@ class CausalLM(HookedModel, nn.Module):
     """
 
     family: ClassVar[str] = ""
+    #: the GGUF (llama.cpp) architecture this family's checkpoints export as, when llama.cpp runs
+    #: it exactly (``lazarus export gguf``); None: no GGUF export
+    gguf_architecture: ClassVar[str | None] = None
 
     def __init__(self, args: TransformerArgs):
         super().__init__()
