@@ -43,6 +43,8 @@ def token_logprobs(logits: mx.array, targets: mx.array) -> mx.array:
 
 #: most bytes of float32 logits that :func:`model_token_logprobs` holds at once (rows x positions x vocab x 4)
 LOGITS_CHUNK_BYTES = 128 * 2**20
+#: rows :func:`frozen_sequence_logprobs` scores at a time
+SCORE_ROWS = 8
 
 
 def model_token_logprobs(model, ids: mx.array, *, start: int = 0) -> mx.array:
@@ -84,7 +86,8 @@ def sequence_logprobs(model, ids: mx.array, mask: mx.array) -> tuple[mx.array, m
 
 def frozen_sequence_logprobs(model, ids: mx.array, mask: mx.array) -> tuple[mx.array, mx.array]:
     """:func:`sequence_logprobs` in eval mode (no dropout), without gradient, evaluated now (so
-    that weights swapped in for the call are the ones used)."""
+    that weights swapped in for the call are the ones used). Scores :data:`SCORE_ROWS` rows at a
+    time, projecting onto the vocabulary only from the first target position of any row on."""
     training = model.training
     model.eval()
     try:
@@ -92,7 +95,11 @@ def frozen_sequence_logprobs(model, ids: mx.array, mask: mx.array) -> tuple[mx.a
         targets = mask[:, 1:].astype(mx.float32)
         scored = mx.any(targets > 0, axis=0)
         start = int(mx.argmax(scored).item()) if scored.any().item() else 0
-        per_token = mx.stop_gradient(model_token_logprobs(model, ids, start=start)) * targets
+        parts = []
+        for i in range(0, ids.shape[0], SCORE_ROWS):  # a few rows at a time: activations stay small
+            parts.append(mx.stop_gradient(model_token_logprobs(model, ids[i:i + SCORE_ROWS], start=start)))
+            mx.eval(parts[-1])
+        per_token = (parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=0)) * targets
         sums = per_token.sum(axis=-1)
         mx.eval(sums, per_token)
     finally:
