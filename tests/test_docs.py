@@ -105,3 +105,26 @@ def test_readme_commands_run_verbatim(tmp_path, monkeypatch, lazarus_cli):
     assert (tmp_path / "run-grpo" / "metrics.jsonl").is_file()
     assert (tmp_path / "fused" / "config.json").is_file() and (tmp_path / "M-4bit" / "config.json").is_file()
     assert re.search(r'"reward_mean"', (tmp_path / "run-grpo" / "metrics.jsonl").read_text())
+
+
+def doc_block(path: Path, containing: str) -> list[str]:
+    """The commands of the ```bash block of ``path`` that contains ``containing`` (continuation
+    lines joined, comments dropped)."""
+    blocks = re.findall(r"```bash\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)
+    block = next(b for b in blocks if containing in b)
+    return [line for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_dual_reward_example_of_docs_preference_runs_verbatim(tmp_path, monkeypatch, lazarus_cli):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    commands = doc_block(ROOT / "docs" / "preference.md", "train dual-reward")
+    assert len(commands) == 2
+    for line in commands:
+        result = lazarus_cli(*_argv(line))
+        assert result.exit_code == 0, f"{line}\n{result.output}"
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "dual" / "metrics.jsonl").read_text().splitlines()]
+    accuracy = [r["classifier/accuracy"] for r in rows if r.get("split") == "train"]
+    assert accuracy[-1] > accuracy[0], accuracy  # the classifier at layer -2 learns the operation
