@@ -55,3 +55,11 @@ def register_environments(register):
 @hookspec
 def register_commands(cli):
     """Add click commands or groups to the ``lazarus`` CLI with ``cli.add_command(...)``. Since 0.1."""
+
+
+@hookspec
+def register_training_callbacks(register):
+    """Contribute callbacks to every training run: ``register(factory)``, where ``factory(trainer)``
+    returns a callback (an object with any of ``on_step``, ``on_log``, ``on_eval``,
+    ``on_checkpoint``; see :mod:`lazarus.training.callbacks`) or None. Called when a run starts:
+    a progress UI or a run logger lives here. Since 0.1."""

@@ -556,3 +556,10 @@ def _write_stage_file(directory: Path, record: dict) -> None:
     from lazarus.data.records import write_text_atomic
 
     write_text_atomic(directory / STAGE_FILE, json.dumps(record, indent=2, default=str) + "\n")
+
+
+def _train_metric(result, headline: tuple[str, ...] = ()) -> str:
+    """A training stage's key figure for the run table (:func:`lazarus.recipe_stages.train_metric`)."""
+    from lazarus.recipe_stages import train_metric
+
+    return train_metric(result, headline)

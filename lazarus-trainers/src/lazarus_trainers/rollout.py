@@ -272,7 +272,7 @@ class RolloutTrainer(Trainer):
         reward_std = self._window_reward_std(w["rewards"], mean, rows)
         ranks = self.world.size
         gen_s, score_s = gen_s / ranks, score_s / ranks  # per-rank seconds (ranks run side by side)
-        window_seconds = getattr(self, "window_seconds", gen_s + score_s)
+        window_seconds = self.window_seconds if self.window_seconds is not None else gen_s + score_s
         row = {
             "reward_mean": mean,
             "reward_std": reward_std,
