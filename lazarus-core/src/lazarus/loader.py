@@ -62,7 +62,7 @@ def read_hf_model(path: Path, dtype=None):
     import mlx.core as mx
 
     from lazarus.models.quantize import apply_quantization, quantization_from_config
-    from lazarus.models.transformer import ModelSource, sanitize_weights
+    from lazarus.models.transformer import ModelSource
 
     target = parse_dtype(dtype)
     config = read_config(path)
@@ -77,16 +77,11 @@ def read_hf_model(path: Path, dtype=None):
         raise LazarusError(f"{path / 'config.json'}: {exc}") from None
 
     weights, origin = read_safetensors(path)
-    # families with no key quirks of their own use the shared clean-up (rotary buffers, tied head);
-    # a model class with its own sanitize(weights) (mlx-lm's, through the bridge plugin) uses that
-    if hasattr(family, "sanitize"):
-        weights = family.sanitize(weights, args)
-    elif callable(getattr(type(net), "sanitize", None)):
-        weights = net.sanitize(weights)
-    else:
-        weights = sanitize_weights(weights, args)
+    # the model contract (lazarus.models.contract): CausalLM's default drops rotary buffers and a
+    # tied head; a family with key quirks (Phi-3's fused layers, mlx-lm's models) overrides it
+    weights = net.sanitize(weights)
     if quant is not None:  # mlx-lm's layout: layers stored with `scales` become quantized layers
-        fused = args.fused() if callable(getattr(args, "fused", None)) else {}
+        fused = args.fused()
         apply_quantization(net, quant, weights,
                            {part: name for name, parts in fused.items() for part, _ in parts})
     check_weights(net, weights, origin, path)

@@ -130,6 +130,9 @@ class OutputLock:
         self.option = option
         self._fd: int | None = None
         self._depth = 0
+        #: the lock this process already holds on the same directory (re-entered, not re-taken)
+        self._shared: OutputLock | None = None
+        self.note: str | None = None
 
     @property
     def path(self) -> Path:
@@ -207,7 +210,7 @@ class OutputLock:
 
     def release(self) -> None:
         """Give the lock back (the file is emptied, not deleted: deleting it would race a new run)."""
-        if getattr(self, "_shared", None) is not None:
+        if self._shared is not None:
             self._shared._depth -= 1
             self._shared = None
             return
@@ -230,9 +233,8 @@ class OutputLock:
         self.note = self.acquire()
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> None:
         self.release()
-        return False
 
 
 def _holder_text(content: str) -> str:

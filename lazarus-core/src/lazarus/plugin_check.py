@@ -20,9 +20,10 @@ import importlib
 import json
 import subprocess
 import sys
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import attrs
 import click
@@ -124,13 +125,13 @@ def _import_in_fresh_interpreter(module: str, paths: list[str]) -> dict:
         return {"error": (result.stderr.strip().splitlines() or ["the interpreter failed"])[-1]}
 
 
-def _hook_functions(module) -> dict[str, object]:
+def _hook_functions(module) -> dict[str, Callable[..., Any]]:
     """hook name -> function, for every ``@lazarus.hookimpl`` in ``module``."""
-    found = {}
+    found: dict[str, Callable[..., Any]] = {}
     for attr in dir(module):
         value = getattr(module, attr, None)
         opts = getattr(value, "lazarus_impl", None)
-        if isinstance(opts, dict):
+        if isinstance(opts, dict) and callable(value):
             found[opts.get("specname") or attr] = value
     return found
 

@@ -167,7 +167,7 @@ def read(directory: str | os.PathLike) -> dict | None:
 
 def _same_directory(a: str | None, b: str | None) -> bool:
     try:
-        return bool(a and b) and Path(a).resolve() == Path(b).resolve()
+        return a is not None and b is not None and bool(a and b) and Path(a).resolve() == Path(b).resolve()
     except (OSError, RuntimeError):
         return False
 

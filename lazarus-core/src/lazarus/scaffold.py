@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 from lazarus.commands import CORE_COMMAND_NAMES
 from lazarus.errors import LazarusError
@@ -78,7 +79,7 @@ def check_name(kind: str, name: str, reserved_commands: Collection[str] = CORE_C
 def context(kind: str, name: str) -> dict:
     """Everything the templates see."""
     scaffold = SCAFFOLDS[kind]
-    ctx = names_for(name)
+    ctx: dict[str, Any] = dict(names_for(name))
     dependencies = [core_requirement()]
     if scaffold.runtime_dependency:
         dependencies.append(core_requirement(scaffold.runtime_dependency))

@@ -107,9 +107,10 @@ class FamilySpec(Spec):
 
     ``model_types`` are the ``config.json`` ``model_type`` values it loads; ``architectures`` the
     ``architectures`` entries used as a fallback. ``entry`` names the family module, which defines
-    ``ModelArgs`` (with ``from_hf_config(dict)``), ``Model`` and optionally ``sanitize(weights, args)``
-    (default: :func:`lazarus.models.transformer.sanitize_weights`)
-    and ``tiny_config(vocab_size)``.
+    ``ModelArgs`` (with ``from_hf_config(dict)``), ``Model`` and optionally ``tiny_config(vocab_size)``:
+    :class:`lazarus.models.contract.FamilyModule`. ``Model(args)`` is a
+    :class:`lazarus.models.contract.CausalModel`; subclassing ``lazarus.models.transformer.CausalLM``
+    supplies its defaults (``sanitize``, ``hf_weights``, ``block_class`` ...).
     """
 
     kind: ClassVar[str] = "family"

@@ -44,13 +44,13 @@ class ModelArgs(TransformerArgs):
 class Model(CausalLM):
     family = "phi3"
 
+    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+        """The checkpoint's fused qkv_proj / gate_up_proj split into the separate layers."""
+        return split_fused(sanitize_weights(weights, self.args), self.args.fused())
+
     def hf_weights(self) -> dict[str, mx.array]:
         """The parameters under Phi-3's checkpoint keys (q/k/v and gate/up fused again)."""
         return join_fused(dict(tree_flatten(self.parameters())), self.args.fused())
-
-
-def sanitize(weights: dict[str, mx.array], args: ModelArgs) -> dict[str, mx.array]:
-    return split_fused(sanitize_weights(weights, args), args.fused())
 
 
 def tiny_config(vocab_size: int = 512) -> dict:

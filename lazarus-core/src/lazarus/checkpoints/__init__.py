@@ -22,6 +22,7 @@ This module imports no mlx at import time.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lazarus.checkpoints.base import (
     PROVENANCE_FILE,
@@ -35,6 +36,28 @@ from lazarus.checkpoints.base import (
 from lazarus.errors import LazarusError
 from lazarus.io import atomic_directory
 
+if TYPE_CHECKING:  # pragma: no cover
+    from lazarus.specs import CheckpointFormatSpec
+
+
+def _spec(name: str) -> CheckpointFormatSpec:
+    from lazarus.plugins import get
+    from lazarus.specs import CheckpointFormatSpec
+
+    spec = get("checkpoint-format", name)
+    assert isinstance(spec, CheckpointFormatSpec)  # the registry files specs by kind
+    return spec
+
+
+def _readable(first: str) -> list[CheckpointFormatSpec]:
+    """The registered readable formats, ``first`` first and then by name."""
+    from lazarus.plugins import get_registry
+    from lazarus.specs import CheckpointFormatSpec
+
+    specs = [spec for spec in get_registry().all("checkpoint-format").values()
+             if isinstance(spec, CheckpointFormatSpec) and spec.can_read]
+    return sorted(specs, key=lambda spec: (spec.name != first, spec.name))
+
 
 def get_format(name: str) -> CheckpointFormat:
     """The format object registered under ``name`` (``mlx-lm``, ``hf``, ``npz-legacy``, or a plugin's)."""
@@ -46,9 +69,7 @@ def get_format(name: str) -> CheckpointFormat:
 def save(format_name: str, path: str | Path, **options) -> Path:
     """Write a checkpoint at ``path`` in the named format; ``options`` are that format's ``write``
     arguments. Raises :class:`LazarusError` for a read-only format."""
-    from lazarus.plugins import get
-
-    spec = get("checkpoint-format", format_name)
+    spec = _spec(format_name)
     if not spec.can_write:
         raise LazarusError(f"checkpoint format {format_name!r} is read-only; save with 'mlx-lm' "
                            "(adapters) or 'hf' (models)")
@@ -58,9 +79,7 @@ def save(format_name: str, path: str | Path, **options) -> Path:
 def load(format_name: str, path: str | Path, **options):
     """Read the checkpoint at ``path`` in the named format (an :class:`AdapterCheckpoint` for
     adapter formats, ``(model, tokenizer, config)`` for ``hf``)."""
-    from lazarus.plugins import get
-
-    spec = get("checkpoint-format", format_name)
+    spec = _spec(format_name)
     if not spec.can_read:
         raise LazarusError(f"checkpoint format {format_name!r} is write-only")
     return spec.load().read(path, **options)
@@ -70,14 +89,9 @@ def detect_model_format(path: str | Path) -> ModelFormat:
     """The readable model format whose layout the local ``path`` has: every registered format that
     holds models is asked (``hf`` first, then by name). When none recognises it the ``hf`` format
     is returned, whose ``read`` says precisely what is missing."""
-    from lazarus.plugins import get_registry
-
     path = Path(path)
-    specs = get_registry().all("checkpoint-format")
     fallback = None
-    for spec in sorted(specs.values(), key=lambda s: (s.name != "hf", s.name)):
-        if not spec.can_read:
-            continue
+    for spec in _readable("hf"):
         fmt = spec.load()
         if fmt.holds != "model":
             continue
@@ -94,16 +108,10 @@ def detect_adapter_format(path: str | Path) -> AdapterFormat:
 
     Raises :class:`LazarusError` naming the path when no format recognises it.
     """
-    from lazarus.plugins import get_registry
-
     path = Path(path)
     if not path.exists():
         raise LazarusError(f"{path}: adapter path not found")
-    specs = get_registry().all("checkpoint-format")
-    ordered = sorted(specs.values(), key=lambda s: (s.name != "mlx-lm", s.name))
-    for spec in ordered:
-        if not spec.can_read:
-            continue
+    for spec in _readable("mlx-lm"):
         fmt = spec.load()
         if fmt.holds == "adapter" and fmt.detect(path):
             return fmt

@@ -55,16 +55,11 @@ def dtype_name(dtype) -> str:
 def model_weights(model) -> dict:
     """The model's tensors under their Hugging Face keys.
 
-    A family whose module tree differs from its checkpoint layout provides ``model.hf_weights()``;
-    otherwise the flattened parameters are the keys. A model still carrying adapter layers is
-    refused: fuse it first.
+    ``model.hf_weights()`` (the model contract: the flattened parameters unless the family's module
+    tree differs from its checkpoint layout). A model still carrying adapter layers is refused:
+    fuse it first.
     """
-    from mlx.utils import tree_flatten
-
-    if callable(getattr(model, "hf_weights", None)):
-        weights = dict(model.hf_weights())
-    else:
-        weights = dict(tree_flatten(model.parameters()))
+    weights = dict(model.hf_weights())
     for key in weights:
         if key.endswith((".lora_a", ".lora_b")) or ".linear." in key:
             raise LazarusError(f"the model still carries adapter layers ({key}); fold them in with "

@@ -111,9 +111,8 @@ def create_checkpoint(family: str, output: str | os.PathLike, *, size: str = "ti
         args = module.ModelArgs.from_hf_config(config)
         model = module.Model(args)
         weights = random_weights(model, seed)
-        if callable(getattr(model, "hf_weights", None)):  # the checkpoint layout differs (fused layers)
-            model.load_weights(list(weights.items()))
-            weights = model.hf_weights()
+        model.load_weights(list(weights.items()))
+        weights = model.hf_weights()  # under the checkpoint's keys (Phi-3 fuses layers again)
         weights = {k: v.astype(getattr(mx, dtype)) for k, v in weights.items()}
         mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -190,6 +190,11 @@ class TransformerArgs:
         """``(theta, scaling)`` of layer ``layer``'s RoPE (Gemma 3 gives sliding layers their own)."""
         return self.rope_theta, self.rope_scaling
 
+    def fused(self) -> dict[str, tuple[tuple[str, int], ...]]:
+        """The checkpoint's fused layers (``"self_attn.qkv_proj"`` -> ``((part, rows), ...)``) that
+        this family splits on load (Phi-3); none by default."""
+        return {}
+
 
 class DecoderBlock(nn.Module):
     """One pre-norm decoder layer: ``x + attn(norm(x))`` then ``h + mlp(norm(h))``.
@@ -260,7 +265,7 @@ class DecoderBlock(nn.Module):
 class DecoderModel(nn.Module):
     """The HF ``model.`` sub-tree: ``embed_tokens``, ``layers``, ``norm``."""
 
-    def __init__(self, args: TransformerArgs, hooks: HookRegistry):
+    def __init__(self, args: TransformerArgs, hooks: HookRegistry, block_class: type[nn.Module] = DecoderBlock):
         super().__init__()
         self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
         ropes: dict[str, RoPE] = {}  # one RoPE per distinct setting, shared by the layers using it
@@ -269,7 +274,7 @@ class DecoderModel(nn.Module):
             theta, scaling = args.rope_for_layer(i)
             key = f"{theta!r}/{sorted((scaling or {}).items())!r}"
             rope = ropes.setdefault(key, RoPE(args.rope_dims, theta, scaling))
-            self.layers.append(DecoderBlock(args, i, rope, hooks))
+            self.layers.append(block_class(args, i, rope, hooks))
         self.norm = args.norm(args.hidden_size)
 
 
@@ -301,12 +306,16 @@ class CausalLM(HookedModel, nn.Module):
     #: the GGUF (llama.cpp) architecture this family's checkpoints export as, when llama.cpp runs
     #: it exactly (``lazarus export gguf``); None: no GGUF export
     gguf_architecture: ClassVar[str | None] = None
+    #: the block every layer is, built as ``block_class(args, layer, rope, hooks)``: a family with
+    #: another block shape (MoE, parallel residual) supplies its own (a :class:`DecoderBlock`
+    #: subclass, or any module with ``window`` and ``__call__(x, mask, cache)``)
+    block_class: ClassVar[type[nn.Module]] = DecoderBlock
 
     def __init__(self, args: TransformerArgs):
         super().__init__()
         self.args = args
         self._hook_registry = HookRegistry()
-        self.model = DecoderModel(args, self._hook_registry)
+        self.model = DecoderModel(args, self._hook_registry, self.block_class)
         if not args.tie_word_embeddings:
             self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
         self._windows = tuple(sorted({b.window for b in self.model.layers}, key=lambda w: (w is not None, w or 0)))
@@ -402,6 +411,19 @@ class CausalLM(HookedModel, nn.Module):
     def make_cache(self) -> list[KVCache]:
         """A fresh KV cache, one :class:`KVCache` per block."""
         return [KVCache() for _ in self.model.layers]
+
+    # -- checkpoint layout (defaults; a family whose module tree differs overrides both) ---------
+    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+        """The checkpoint's tensors as this model's parameters: :func:`sanitize_weights` by default
+        (Phi-3 also splits its fused layers)."""
+        return sanitize_weights(weights, self.args)
+
+    def hf_weights(self) -> dict[str, mx.array]:
+        """The parameters under the checkpoint's keys (the inverse of :meth:`sanitize`): the
+        flattened parameters by default."""
+        from mlx.utils import tree_flatten
+
+        return dict(tree_flatten(self.parameters()))
 
     @property
     def num_parameters(self) -> int:

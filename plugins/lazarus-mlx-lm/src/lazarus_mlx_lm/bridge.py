@@ -29,9 +29,11 @@ from types import ModuleType
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 
 from lazarus.errors import LazarusError
 from lazarus.models.hooks import HookedModel, HookRegistry
+from lazarus.models.transformer import sanitize_weights
 
 FAMILY = "mlx-lm"
 #: names of the final norm, most likely first, when a model holds more than one norm beside its layers
@@ -132,6 +134,10 @@ class ModelArgs:
     def window_for_layer(self, layer: int) -> int | None:
         return None  # not known across architectures; mlx-lm's model applies its own
 
+    def fused(self) -> dict:
+        """The model contract's fused checkpoint layers: mlx-lm's models load theirs themselves."""
+        return {}
+
     @property
     def tie_word_embeddings(self) -> bool:
         return bool(getattr(self.inner, "tie_word_embeddings", self.config.get("tie_word_embeddings", False)))
@@ -207,6 +213,16 @@ class Bridged(HookedModel):
             _attach(block, registry, f"blocks.{i}.hook_resid_post", f"blocks.{i}.hook_resid_pre")
         if hooked is not None:
             _attach(hooked, registry, "ln_final.hook_normalized")
+
+    def sanitize(self, weights: dict) -> dict:
+        """mlx-lm's model's own ``sanitize`` when it has one, else the shared clean-up (rotary
+        buffers, a tied head): the model contract's default."""
+        own = getattr(super(), "sanitize", None)
+        return own(weights) if own is not None else sanitize_weights(weights, self.family_args)
+
+    def hf_weights(self) -> dict:
+        """The parameters under their keys (mlx-lm's module tree is its checkpoint layout)."""
+        return dict(tree_flatten(self.parameters()))
 
     def _find_embedding(self) -> nn.Module:
         inner = getattr(self, "model", None)
