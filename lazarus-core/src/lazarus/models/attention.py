@@ -75,17 +75,17 @@ class Attention(nn.Module):
 
     def __call__(self, x: mx.array, mask: Mask = None, cache=None) -> mx.array:
         batch, length, _ = x.shape
-        fused = self._qkv(self, x) if self._qkv is not None else None
+        fused = self._qkv(self, x, self.head_dim) if self._qkv is not None else None
         if fused is None:
-            fused = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        queries, keys, values = fused
-        queries = queries.reshape(batch, length, self.num_heads, -1)
-        keys = keys.reshape(batch, length, self.num_kv_heads, -1)
+            fused = (self.q_proj(x).reshape(batch, length, self.num_heads, -1),
+                     self.k_proj(x).reshape(batch, length, self.num_kv_heads, -1),
+                     self.v_proj(x).reshape(batch, length, self.num_kv_heads, -1))
+        queries, keys, values = fused  # (B, T, heads, head_dim)
         if self.has_qk_norm:
             queries, keys = self.q_norm(queries), self.k_norm(keys)
         queries = queries.transpose(0, 2, 1, 3)
         keys = keys.transpose(0, 2, 1, 3)
-        values = values.reshape(batch, length, self.num_kv_heads, -1).transpose(0, 2, 1, 3)
+        values = values.transpose(0, 2, 1, 3)
         offset = cache.offset if cache is not None else 0
         queries = self._rope(queries, offset)
         keys = self._rope(keys, offset)

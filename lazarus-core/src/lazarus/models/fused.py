@@ -94,7 +94,8 @@ class ProjectionGroup:
     slices of the result (views of its buffer), so memory is unchanged and every module,
     parameter name, adapter, hook and checkpoint key stays where it was.
 
-    ``group(owner, x)`` returns the parts' outputs, or None when the owner must run its separate
+    ``group(owner, x)`` returns the parts' outputs (``head_dim``: shaped ``(..., heads, head_dim)``),
+    or None when the owner must run its separate
     layers: a part was replaced by anything but a LoRA layer around it (whose update is then added
     exactly as :class:`~lazarus.adapters.lora.LoRALinear` adds it), or a part's weight is not the
     array fused (swapped, traced by ``value_and_grad`` or a compiled training step, reloaded), or
@@ -181,7 +182,7 @@ class ProjectionGroup:
         self.weights = tuple(b["weight"] for b in self.bases)
         return True
 
-    def __call__(self, owner, x: mx.array) -> list[mx.array] | None:
+    def __call__(self, owner, x: mx.array, head_dim: int | None = None) -> list[mx.array] | None:
         if owner.training and any("weight" not in b._no_grad for b in self.bases):
             self.leaves = None  # the base weights train: let the fused copy go
             return None
@@ -196,10 +197,14 @@ class ProjectionGroup:
                                     transpose=True, **self.quant)
             if "bias" in leaves:
                 y = y + leaves["bias"]
-        parts = mx.split(y, self.splits, axis=-1)
+        if head_dim:  # (..., heads, head_dim) parts: split whole heads, so no part needs a copy to reshape
+            y = y.reshape(*y.shape[:-1], -1, head_dim)
+            parts = mx.split(y, [s // head_dim for s in self.splits], axis=-2)
+        else:
+            parts = mx.split(y, self.splits, axis=-1)
         for i, lora in loras.items():  # as LoRALinear.__call__ adds its update
-            update = (lora.dropout(x) @ lora["lora_a"]) @ lora["lora_b"]
-            parts[i] = parts[i] + (lora.scale * update).astype(x.dtype)
+            update = (lora.scale * ((lora.dropout(x) @ lora["lora_a"]) @ lora["lora_b"])).astype(x.dtype)
+            parts[i] = parts[i] + (update.reshape(parts[i].shape) if head_dim else update)
         return parts
 
 
