@@ -3,9 +3,9 @@
 Measures, for each engine, prefill speed (prompt tokens / time to the first sampled token),
 decode speed (tokens after the first / time after the first) and peak memory, at three levels:
 
-- ``tokens``: the bare token loops (``lazarus.generate.generate_tokens`` vs ``mlx_lm.generate_step``),
+- ``tokens``: the bare token loops (``lazarus.generation.generate_tokens`` vs ``mlx_lm.generate_step``),
   plus Lazarus with its compiled decode step turned off (``compiled=False``) as a third engine;
-- ``text``: streaming text generation (``lazarus.generate.stream_generate`` vs
+- ``text``: streaming text generation (``lazarus.generation.stream_generate`` vs
   ``mlx_lm.stream_generate``), detokenisation included;
 - ``batch``: ``lazarus.batch_generate`` vs ``mlx_lm.batch_generate`` at each ``--batch-sizes``
   (prompts of different lengths, left-padded), as generated tokens per second of wall time
@@ -116,7 +116,7 @@ def main() -> None:
     from mlx_lm.generate import generate_step
     from mlx_lm.sample_utils import make_sampler as mlx_make_sampler
 
-    from lazarus.generate import SamplingConfig, batch_generate, generate_tokens, stream_generate
+    from lazarus.generation import SamplingConfig, batch_generate, generate_tokens, stream_generate
     from lazarus.loader import load_model
 
     path = args.model or bench_checkpoint(args.cache_dir, args.size, args.dtype)
