@@ -4,7 +4,8 @@ Measures, for each engine, prefill speed (prompt tokens / time to the first samp
 decode speed (tokens after the first / time after the first) and peak memory, at three levels:
 
 - ``tokens``: the bare token loops (``lazarus.generation.generate_tokens`` vs ``mlx_lm.generate_step``),
-  plus Lazarus with its compiled decode step turned off (``compiled=False``) as a third engine;
+  plus Lazarus with its compiled decode step turned off (``compiled=False``) as a third engine and,
+  with ``--unfused``, a copy loaded without fused q/k/v and gate/up projections as a fourth;
 - ``text``: streaming text generation (``lazarus.generation.stream_generate`` vs
   ``mlx_lm.stream_generate``), detokenisation included;
 - ``batch``: ``lazarus.batch_generate`` vs ``mlx_lm.batch_generate`` at each ``--batch-sizes``

@@ -9,7 +9,9 @@ base), an exact-answer reward (``arithmetic``; for mlx-lm-lora the same function
 signature). Lazarus's split is read from metrics.jsonl (``seconds_generation``,
 ``seconds_scoring`` = rewards + reference/old log-probs, ``seconds_update``); mlx-lm-lora's from
 timers wrapped around its module-level ``generate_grpo`` and ``_rollout_rewards`` (update = the
-rest of the step). The first ``--warmup`` steps (compilation) are left out of both.
+rest of the step). The first ``--warmup`` steps (compilation) are left out of both. Each engine runs in
+a process of its own, so its peak memory (``mx.get_peak_memory``) is its own; the ratios printed are
+Lazarus / mlx-lm-lora for step time (goal <= 0.3) and peak memory (goal <= 1.0).
 
 mlx-lm-lora is not a dependency; ``pip install mlx-lm-lora`` (or ``--target DIR --no-deps`` and
 ``PYTHONPATH=DIR``) to compare.
