@@ -7,7 +7,7 @@ import pytest
 
 from lazarus.batch_generator import BatchGenerator
 from lazarus.errors import LazarusError
-from lazarus.generate import SamplingConfig, generate
+from lazarus.generation import SamplingConfig, generate
 from lazarus.loader import load_model
 
 PROMPTS = [

@@ -7,7 +7,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from lazarus.generate import SamplingConfig, batch_generate, generate, generate_tokens
+from lazarus.generation import SamplingConfig, batch_generate, generate, generate_tokens
 
 PROMPTS = ["What is 12 + 7?", "The cat", "Hello! How are you today? I am fine, thank you. " * 2,
            "1 2 3", "a b", "Once upon a time", "x", "Why is the sky blue? Because"]

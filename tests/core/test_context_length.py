@@ -8,7 +8,7 @@ import warnings
 import pytest
 
 import lazarus
-from lazarus.generate import ContextLengthWarning, generate
+from lazarus.generation import ContextLengthWarning, generate
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from mlx.utils import tree_flatten
 import lazarus
 import lazarus.models.fused as fused
 from lazarus.adapters import AdapterConfig, LoraParameters, apply_adapter
-from lazarus.generate import generate_tokens
+from lazarus.generation import generate_tokens
 from lazarus.models.fused import refresh_fused
 from tests.conftest import FAMILIES
 

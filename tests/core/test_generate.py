@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 
 from lazarus.errors import LazarusError
-from lazarus.generate import (
+from lazarus.generation import (
     SamplingConfig,
-    _StopStrings,
     apply_min_p,
     apply_repetition_penalty,
     apply_top_k,
     apply_top_p,
     make_sampler,
 )
+from lazarus.generation.text import _StopStrings
 
 # probabilities 0.5, 0.25, 0.15, 0.06, 0.04 in a shuffled order
 PROBS = np.array([0.06, 0.25, 0.04, 0.5, 0.15])
@@ -155,7 +155,7 @@ FAMILIES_FOR_CACHE = ["llama", "mistral", "gemma2"]
 
 @pytest.mark.parametrize("family", FAMILIES_FOR_CACHE)
 def test_kv_cache_decode_equals_full_recompute(tiny_checkpoint, family):
-    from lazarus.generate import generate
+    from lazarus.generation import generate
     from lazarus.loader import load_model
 
     model, tok, _ = load_model(tiny_checkpoint(family))
@@ -175,7 +175,7 @@ def test_kv_cache_decode_equals_full_recompute(tiny_checkpoint, family):
 
 @pytest.mark.parametrize("family", FAMILIES_FOR_CACHE)
 def test_batched_equals_one_by_one(tiny_checkpoint, family):
-    from lazarus.generate import batch_generate, generate
+    from lazarus.generation import batch_generate, generate
     from lazarus.loader import load_model
 
     model, tok, _ = load_model(tiny_checkpoint(family))
@@ -188,7 +188,7 @@ def test_batched_equals_one_by_one(tiny_checkpoint, family):
 
 
 def test_batched_rows_stop_independently(tiny_llama):
-    from lazarus.generate import batch_generate, generate
+    from lazarus.generation import batch_generate, generate
 
     _, model, tok = tiny_llama
     free = [generate(model, tok, p, max_tokens=12) for p in PROMPTS]
@@ -223,7 +223,7 @@ def test_batched_rows_stop_independently(tiny_llama):
 
 
 def test_seed_reproducibility(tiny_llama):
-    from lazarus.generate import SamplingConfig, batch_generate, generate
+    from lazarus.generation import SamplingConfig, batch_generate, generate
 
     _, model, tok = tiny_llama
     sampling = SamplingConfig(temperature=1.0, seed=11)
@@ -241,7 +241,7 @@ def test_seed_reproducibility(tiny_llama):
 
 
 def test_stop_strings_stop_and_are_not_emitted(tiny_llama):
-    from lazarus.generate import generate, stream_generate
+    from lazarus.generation import generate, stream_generate
 
     _, model, tok = tiny_llama
     free = generate(model, tok, PROMPTS[0], max_tokens=30, stop_token_ids=[])
@@ -259,7 +259,7 @@ def test_stop_strings_stop_and_are_not_emitted(tiny_llama):
 
 
 def test_stop_tokens_and_max_tokens(tiny_llama):
-    from lazarus.generate import generate, stream_generate
+    from lazarus.generation import generate, stream_generate
 
     _, model, tok = tiny_llama
     free = generate(model, tok, PROMPTS[0], max_tokens=15, stop_token_ids=[])
@@ -283,7 +283,7 @@ def test_greedy_matches_mlx_lm(tiny_checkpoint, family):
     mlx_lm = pytest.importorskip("mlx_lm")
     from mlx_lm.sample_utils import make_sampler as mlx_make_sampler
 
-    from lazarus.generate import generate
+    from lazarus.generation import generate
     from lazarus.loader import load_model
 
     # mlx-lm's mistral ignores sliding_window (HF applies it), so compare on full attention there
@@ -313,7 +313,7 @@ def _run_cli(args, input=None):
 
 
 def test_cli_streams_text_and_reports_speed(tiny_llama):
-    from lazarus.generate import generate
+    from lazarus.generation import generate
 
     path, model, tok = tiny_llama
     res = _run_cli(["generate", "--model", str(path), "--prompt", PROMPTS[0], "--max-tokens", "12"])
@@ -339,7 +339,7 @@ def test_cli_streams_text_and_reports_speed(tiny_llama):
 
 def test_cli_applies_an_adapter(tiny_llama, tmp_path):
     from lazarus.adapters import AdapterConfig, adapter_weights, apply_adapter, save_adapter
-    from lazarus.generate import generate
+    from lazarus.generation import generate
     from lazarus.loader import load_model
 
     path, base_model, tok = tiny_llama
@@ -383,7 +383,7 @@ def test_cli_errors_are_one_line(tiny_llama, tmp_path):
 def test_public_api_names(tiny_llama):
     """`lazarus.generate(...)` works even after `lazarus.generate` the module was imported."""
     import lazarus
-    import lazarus.generate as generate_module
+    import lazarus.generation as generate_module
 
     _, model, tok = tiny_llama
     result = lazarus.generate(model, tok, PROMPTS[0], max_tokens=5)

@@ -12,7 +12,7 @@ import mlx.nn as nn
 import pytest
 
 import lazarus
-from lazarus.generate import generate_tokens
+from lazarus.generation import generate_tokens
 
 IDS = mx.array([[(i * 37 + 11) % 500 + 6 for i in range(20)]], dtype=mx.int32)
 

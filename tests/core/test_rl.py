@@ -141,7 +141,7 @@ def test_ppo_loss_matches_its_formula_on_a_fixed_batch():
 
 def test_batched_rollouts_equal_one_by_one_generation_with_greedy_sampling(tiny_checkpoint):
     import lazarus
-    from lazarus.generate import SamplingConfig
+    from lazarus.generation import SamplingConfig
     from lazarus.training.rl import rollout
 
     model, tokenizer, _ = lazarus.load_model(str(tiny_checkpoint("llama")))

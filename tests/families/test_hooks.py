@@ -7,7 +7,7 @@ import pytest
 
 import lazarus
 from lazarus.errors import LazarusError
-from lazarus.generate import generate_tokens
+from lazarus.generation import generate_tokens
 
 IDS = mx.array([[(i * 29 + 3) % 500 + 6 for i in range(12)]] * 2, dtype=mx.int32)
 

@@ -28,7 +28,7 @@ import mlx.nn as nn
 import pytest
 
 import lazarus
-from lazarus.generate import generate_tokens
+from lazarus.generation import generate_tokens
 from tests.conftest import FAMILIES
 
 #: families whose sliding windows mlx-lm ignores

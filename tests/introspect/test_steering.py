@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from lazarus.generate import generate
+from lazarus.generation import generate
 from lazarus_introspect.steering import mean_difference_direction, steer, steering_hooks
 
 PROMPT = "The cat sat on"

@@ -166,7 +166,7 @@ def test_a_row_samples_the_same_tokens_in_any_batch(tiny_llama):
     """Per-row seeds: a row's sampled completion does not depend on which rows share its batch,
     nor on when they finish (what lets ranks split a rollout), in the compiled and eager paths."""
     from lazarus import load_model
-    from lazarus.generate import SamplingConfig, batch_generate
+    from lazarus.generation import SamplingConfig, batch_generate
 
     model, tokenizer, _ = load_model(str(tiny_llama))
     prompts = [[1, 5, 9, 12], [1, 7], [1, 3, 3, 3, 3, 3, 8], [1, 2, 4]]
@@ -175,7 +175,7 @@ def test_a_row_samples_the_same_tokens_in_any_batch(tiny_llama):
     stops = list(range(0, 512, 23))  # common enough that rows finish at different steps
 
     def tokens(rows, row_seeds, compiled):
-        import lazarus.generate as generate
+        import lazarus.generation.decode as generate
 
         before = generate._COMPILED_DECODE
         generate._COMPILED_DECODE = "1" if compiled else "0"

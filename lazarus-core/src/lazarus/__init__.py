@@ -23,8 +23,8 @@ hookimpl = HookimplMarker("lazarus")
 # public name -> module that defines it; imported lazily so `import lazarus` stays light
 _LAZY = {
     "load_model": "lazarus.loader",
-    "generate": "lazarus.generate",
-    "stream_generate": "lazarus.generate",
+    "generate": "lazarus.generation",
+    "stream_generate": "lazarus.generation",
 }
 
 

@@ -8,7 +8,7 @@ decoding one token for the others) and returns one :class:`RowStep` per row, and
 when it finishes (EOS, stop token, stop string, ``max_tokens``); each row has its own sampling
 settings, stop strings, seed and log-probability request.
 
-All rows share one KV cache with one position counter, as :func:`lazarus.generate.batch_generate`'s
+All rows share one KV cache with one position counter, as :func:`lazarus.generation.batch_generate`'s
 left-padded batches do: a row that joins later is prefilled so that its prompt ends where the
 running rows are, its earlier slots masked out. Attention with rotary embeddings depends only on
 distances between positions, so a row's tokens are the ones it would get alone (exactly with
@@ -38,15 +38,9 @@ import attrs
 import mlx.core as mx
 
 from lazarus.errors import LazarusError
-from lazarus.generate import (
-    SamplingConfig,
-    _cache_arrays,
-    _prompt_ids,
-    _stop_ids,
-    _TextStream,
-    apply_repetition_penalty,
-    make_sampler,
-)
+from lazarus.generation.decode import _cache_arrays
+from lazarus.generation.sampling import SamplingConfig, apply_repetition_penalty, make_sampler
+from lazarus.generation.text import _prompt_ids, _stop_ids, _TextStream
 
 __all__ = ["BatchGenerator", "RowStep"]
 
@@ -95,7 +89,7 @@ class BatchGenerator:
     """Continuous batching over one model: rows join with :meth:`add` and leave when finished or
     :meth:`remove`\\ d; :meth:`step` advances every row by one token.
 
-    ``tokenizer`` turns prompts and tokens into text (as in :func:`lazarus.generate.stream_generate`).
+    ``tokenizer`` turns prompts and tokens into text (as in :func:`lazarus.generation.stream_generate`).
     ``max_batch`` caps how many rows decode together (rows added beyond it wait, in order, for a
     free place). ``prefill_step_size`` is the most prompt tokens per forward pass while prefilling.
     ``before_forward(tags)``, ``prefix_cache_tokens`` (0: off) and ``min_prefix``: see the module

@@ -221,7 +221,7 @@ def calculator(expression: str):
 def llm_from_model(model, tokenizer, *, max_tokens: int = 96, temperature: float = 0.0, seed: int | None = None):
     """A callable ``llm(messages) -> text`` over a model loaded with ``lazarus.load_model``: the
     chat template when the tokenizer has one, else a plain "Role: text" transcript."""
-    from lazarus.generate import SamplingConfig, generate
+    from lazarus.generation import SamplingConfig, generate
 
     sampling = SamplingConfig(temperature=temperature, seed=seed)
 

@@ -251,7 +251,7 @@ def resolve_positions(positions, length: int, option: str = "--position") -> lis
 
 def generate_text(model, tokenizer, prompt: str, max_tokens: int, hooks=()) -> dict:
     """Greedy generation through ``lazarus.generate`` with ``hooks`` attached; ``{"text", "token_ids"}``."""
-    from lazarus.generate import generate
+    from lazarus.generation import generate
     from lazarus_introspect import activations
 
     with activations.attached(model, hooks):

@@ -156,7 +156,7 @@ class RolloutTrainer(Trainer):
         return self.rollouts_used_up()
 
     def sampling(self, step: int, micro: int):
-        from lazarus.generate import SamplingConfig
+        from lazarus.generation import SamplingConfig
 
         c = self.config
         seed = int(np.random.SeedSequence([c.seed, step, micro]).generate_state(1)[0] >> 1)

@@ -62,7 +62,7 @@ def test_plugin_is_listed_and_claims_only_what_others_do_not(lazarus_cli, tiny_c
 def test_olmo2_loads_with_mlx_lm_logits_and_generates(tiny_olmo2, lazarus_cli):
     from mlx_lm.generate import generate_step
 
-    from lazarus.generate import generate_tokens
+    from lazarus.generation import generate_tokens
 
     model, tokenizer, config = lazarus.load_model(tiny_olmo2)
     assert model.family == "mlx-lm" and model.source.family == "mlx-lm" and len(model.blocks) == 2

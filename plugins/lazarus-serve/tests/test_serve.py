@@ -196,7 +196,7 @@ def test_mixed_adapter_batch_equals_each_alone_in_process(files):
 
 
 def test_sixteen_concurrent_clients_each_get_their_own_answer(client, files):
-    from lazarus.generate import generate
+    from lazarus.generation import generate
 
     model, tokenizer = files["loaded"]
     prompts = [f"Story number {i} begins" for i in range(16)]
@@ -212,7 +212,7 @@ def test_sixteen_concurrent_clients_each_get_their_own_answer(client, files):
 
 
 def test_a_client_that_disconnects_does_not_disturb_the_rest(client, server, files):
-    from lazarus.generate import generate
+    from lazarus.generation import generate
 
     model, tokenizer = files["loaded"]
     prompts = [f"Another tale {i}" for i in range(4)]
@@ -261,7 +261,7 @@ def test_a_non_streamed_request_whose_client_leaves_is_dropped(server):
 
 
 def test_a_slow_client_does_not_stall_the_others(client, server, files):
-    from lazarus.generate import generate
+    from lazarus.generation import generate
 
     model, tokenizer = files["loaded"]
     prompts = [f"Yet another tale {i}" for i in range(4)]
@@ -337,7 +337,7 @@ def test_the_api_key_is_required(server):
 
 
 def test_the_next_chat_turn_reuses_the_first_and_answers_the_same(client, server, files):
-    from lazarus.generate import generate
+    from lazarus.generation import generate
 
     model, tokenizer = files["loaded"]
     messages = [{"role": "system", "content": "You are a patient storyteller who likes rivers."},

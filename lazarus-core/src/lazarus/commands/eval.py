@@ -172,7 +172,7 @@ def evaluate(model, tokenizer, options: EvalOptions) -> EvalResult:
     check_applies(reward_fns, dataset, str(path))  # a reward that scores no row measures nothing
     examples = list(tokenize_prompts(dataset, tokenizer, chat_template=options.chat_template))[:options.limit]
     from lazarus.commands.generate import fitting_max_tokens
-    from lazarus.generate import context_warning
+    from lazarus.generation import context_warning
 
     longest = max((len(e.prompt_ids) for e in examples), default=0)
     max_tokens = options.max_tokens
@@ -265,7 +265,7 @@ class _Progress:
 def _run(model, tokenizer, examples, reward_fns, *, max_tokens, temperature, top_p, seed, batch_size, success):
     import warnings
 
-    from lazarus.generate import ContextLengthWarning, SamplingConfig, batch_generate
+    from lazarus.generation import ContextLengthWarning, SamplingConfig, batch_generate
     from lazarus.rewards import score
 
     rows: list[dict] = []

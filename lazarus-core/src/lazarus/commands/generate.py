@@ -118,7 +118,7 @@ def generate_text(model, tokenizer, options: GenerateOptions) -> GenerateResult:
     """
     import warnings
 
-    from lazarus.generate import ContextLengthWarning, SamplingConfig, context_warning, stream_generate
+    from lazarus.generation import ContextLengthWarning, SamplingConfig, context_warning, stream_generate
 
     chat = options.chat or options.system is not None
     if chat:

@@ -2,7 +2,7 @@
 advantages, KL and the clipped losses. One module, so that no trainer carries its own copy.
 
 Rollouts (:func:`rollout`): each prompt is repeated ``group_size`` times and all of them are
-generated in **one** batched, KV-cached pass (:func:`lazarus.generate.batch_generate`: left-padded,
+generated in **one** batched, KV-cached pass (:func:`lazarus.generation.batch_generate`: left-padded,
 masked; finished rows leave the batch). The result holds the token ids of prompt + completion per
 row, right-padded, with a target mask that is 1 on the completion tokens (EOS included).
 
@@ -74,14 +74,14 @@ def rollout(model, tokenizer, prompts: Sequence[Sequence[int]], *, group_size: i
             pad_to_multiple: int = 8, row_seeds: Sequence[int] | None = None) -> Rollout:
     """Generate ``group_size`` completions for each prompt (token id lists) in one batched pass.
 
-    ``sampling`` is a :class:`lazarus.generate.SamplingConfig` (its ``seed`` makes the rollout
+    ``sampling`` is a :class:`lazarus.generation.SamplingConfig` (its ``seed`` makes the rollout
     reproducible). ``row_seeds`` (``len(prompts) × group_size``, row order) seeds each row on its
     own instead, so a row draws the same completion in whatever batch (or on whatever rank) it is
     generated. The model runs in eval mode (no dropout) and without gradients.
     """
     import time
 
-    from lazarus.generate import SamplingConfig, batch_generate
+    from lazarus.generation import SamplingConfig, batch_generate
 
     rows = [list(map(int, p)) for p in prompts for _ in range(group_size)]
     training = model.training

@@ -142,7 +142,7 @@ class Server:
 
     def rows(self, body: dict, prompts: list[list[int]], adapter: int, param: str, logprobs: int | None,
              n: int) -> list[RowRequest]:
-        from lazarus.generate import SamplingConfig
+        from lazarus.generation import SamplingConfig
 
         for name in ("frequency_penalty", "presence_penalty"):
             if _number(body, name, 0.0, -2.0, 2.0):
