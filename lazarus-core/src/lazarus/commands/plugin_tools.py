@@ -1,6 +1,7 @@
 """``lazarus plugins new`` and ``lazarus plugins check``: the plugin author's commands.
 
-Imports only click at top level; templates and checks are imported when a command runs.
+Imports only click and the light scaffold tables at top level; templates and checks are imported
+when a command runs.
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ import json
 
 import click
 
-#: the kinds ``plugins new`` knows (kept here too so ``--help`` needs no import of the scaffolder)
-NEW_KINDS = ("family", "adapter", "trainer", "checkpoint-format", "probe", "reward-function", "expert",
-             "environment", "command")
+from lazarus.scaffold import KINDS
+
+#: the kinds ``plugins new`` knows: one per spec class, plus ``command`` (lazarus.scaffold; light)
+NEW_KINDS = KINDS
 
 
 @click.command("new")
