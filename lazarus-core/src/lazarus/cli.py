@@ -73,14 +73,14 @@ class LazarusGroup(click.Group):
             try:
                 return super().main(*args, **kwargs)
             except LazarusError as exc:  # raised outside a command, e.g. while listing plugin commands
-                click.echo(f"Error: {one_line(str(exc))}", err=True)
+                click.echo(f"Error: {one_line(exc.cli_message())}", err=True)
                 sys.exit(exc.exit_code)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except LazarusError as exc:
-            raise _UserError(one_line(str(exc))) from None
+            raise _UserError(one_line(exc.cli_message())) from None
         except (OSError, RuntimeError) as exc:  # a full disk, no permission: one line, not a traceback
             from lazarus.paths import write_error_message
 

@@ -4,9 +4,32 @@ from __future__ import annotations
 
 
 class LazarusError(Exception):
-    """A problem with the user's input or setup: the message says what, where and what to do."""
+    """A problem with the user's input or setup: the message says what, where and what to do.
+
+    A library error about one setting names its config field (``num_layers 20 is more than ...``)
+    and passes ``field="num_layers"``; the CLI prints :meth:`cli_message`, where that leading field
+    reads as its command-line flag (``--num-layers 20 is more than ...``). ``flag`` overrides the
+    flag when it is not ``--`` plus the field in kebab-case.
+    """
 
     exit_code = 2
+
+    def __init__(self, *args: object, field: str | None = None, flag: str | None = None) -> None:
+        super().__init__(*args)
+        self.field = field
+        self.flag = flag
+
+    def cli_message(self) -> str:
+        """The message as the CLI shows it: a leading config field named as its flag."""
+        text = str(self)
+        if self.field and text.startswith(self.field):
+            return (self.flag or option_flag(self.field)) + text[len(self.field):]
+        return text
+
+
+def option_flag(field: str) -> str:
+    """The command-line flag of a config field: ``num_layers`` -> ``--num-layers``."""
+    return "--" + field.replace("_", "-")
 
 
 class PluginError(LazarusError):

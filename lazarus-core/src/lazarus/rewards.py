@@ -107,14 +107,15 @@ def parse_reward(option: str) -> tuple[str, float]:
     """``"NAME"`` -> ``(NAME, 1.0)``; ``"NAME:WEIGHT"`` -> ``(NAME, WEIGHT)``."""
     match = _OPTION.match(option.strip()) if isinstance(option, str) else None
     if match is None:
-        raise LazarusError(f"--reward {option!r}: expected NAME or NAME:WEIGHT (e.g. arithmetic, format:0.2)")
+        raise LazarusError(f"reward {option!r}: expected NAME or NAME:WEIGHT (e.g. arithmetic, format:0.2)",
+                           field="reward")
     weight = match.group("weight")
     try:
         value = float(weight) if weight is not None else 1.0
     except ValueError:
-        raise LazarusError(f"--reward {option!r}: the weight {weight!r} is not a number") from None
+        raise LazarusError(f"reward {option!r}: the weight {weight!r} is not a number", field="reward") from None
     if not math.isfinite(value):
-        raise LazarusError(f"--reward {option!r}: the weight must be a finite number")
+        raise LazarusError(f"reward {option!r}: the weight must be a finite number", field="reward")
     return match.group("name"), value
 
 
@@ -131,7 +132,8 @@ def load_rewards(options: Sequence[str]) -> list[Reward]:
     for option in options:
         name, weight = parse_reward(option)
         if any(r.name == name for r in rewards):
-            raise LazarusError(f"--reward {name} is given twice; give each reward once (with a weight)")
+            raise LazarusError(f"reward {name} is given twice; give each reward once (with a weight)",
+                               field="reward")
         spec = get("reward-function", name)
         try:
             fn = spec.load()
@@ -192,7 +194,7 @@ def check_applies(rewards: Sequence[Reward], records: Sequence[Any], where: str,
             return
     names = ", ".join(r.name for r in rewards)
     keys = sorted({k for e in extras for k in e})
-    raise LazarusError(f"--reward {names} scores none of the first {len(rows)} records of {where} (it returns "
+    raise LazarusError(f"reward {names} scores none of the first {len(rows)} records of {where} (it returns "
                        f"None, 'not applicable', for each; their keys: {', '.join(keys) or 'prompt only'}): "
                        "nothing would be scored; use data with the fields the reward reads (arithmetic: "
-                       "answer or expression) or another --reward")
+                       "answer or expression) or another reward", field="reward")

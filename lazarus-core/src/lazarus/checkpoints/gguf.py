@@ -198,9 +198,9 @@ def write_gguf(model, config: dict, tokenizer_dir: Path, output: str | os.PathLi
 
     out = Path(output)
     if out.suffix != ".gguf":
-        raise LazarusError(f"--output {output}: a GGUF file name must end in .gguf")
+        raise LazarusError(f"output {output}: a GGUF file name must end in .gguf", field="output")
     if out.exists():
-        raise LazarusError(f"--output {output}: already exists; choose another file name")
+        raise LazarusError(f"output {output}: already exists; choose another file name", field="output")
     tensors = gguf_tensors(model, dtype)
     metadata = gguf_metadata(model, config, tokenizer_dir)
     from lazarus.io import atomic_path

@@ -128,9 +128,9 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
         raise LazarusError(f"{latest} names {candidate.name}, which is missing or incomplete; pass one of "
                            f"the step-* directories in {latest.parent} to --resume")
     if not path.exists():
-        raise LazarusError(f"--resume {path}: no such directory")
-    raise LazarusError(f"--resume {path}: not a training checkpoint (no {STATE_FILE}) and not an output "
-                       f"directory with {CHECKPOINTS_DIR}/{LATEST_FILE}")
+        raise LazarusError(f"resume {path}: no such directory", field="resume")
+    raise LazarusError(f"resume {path}: not a training checkpoint (no {STATE_FILE}) and not an output "
+                       f"directory with {CHECKPOINTS_DIR}/{LATEST_FILE}", field="resume")
 
 
 def run_directory(checkpoint: str | os.PathLike) -> str | None:

@@ -102,8 +102,9 @@ def resolve_num_layers(num_layers: int | None, blocks: int) -> int:
     if num_layers <= 0:
         return num_layers
     if num_layers > blocks:
-        raise LazarusError(f"--num-layers {num_layers} is more than the model's {blocks} blocks; use at most "
-                           f"{blocks}, -1 for all, or leave it out (default: {DEFAULT_NUM_LAYERS} or all)")
+        raise LazarusError(f"num_layers {num_layers} is more than the model's {blocks} blocks; use at most "
+                           f"{blocks}, -1 for all, or leave it out (default: {DEFAULT_NUM_LAYERS} or all)",
+                           field="num_layers")
     return num_layers
 
 

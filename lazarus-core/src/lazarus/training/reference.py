@@ -168,9 +168,9 @@ class ReferenceModel:
             model.freeze()
             model.eval()
             if getattr(model.args, "vocab_size", None) != getattr(policy.args, "vocab_size", None):
-                raise LazarusError(f"--ref-model {ref_model}: its vocabulary ({model.args.vocab_size}) differs "
+                raise LazarusError(f"ref_model {ref_model}: its vocabulary ({model.args.vocab_size}) differs "
                                    f"from the policy's ({policy.args.vocab_size}); use a checkpoint of the "
-                                   "same model")
+                                   "same model", field="ref_model")
             return cls("separate", policy, model=model, source=ref_model)
         trainable = dict(tree_flatten(policy.trainable_parameters()))
         # copies: the optimizer replaces the policy's arrays, never mutates them, but be explicit
