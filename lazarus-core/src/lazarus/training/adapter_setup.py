@@ -16,7 +16,10 @@ class AdapterSetup:
 
     @property
     def full_fine_tune(self) -> bool:
-        return self.config.fine_tune_type == "full"
+        """Whether the adapter type trains the model's own weights (its ``replaces_weights``)."""
+        from lazarus.adapters import get_adapter_type
+
+        return get_adapter_type(self.config.fine_tune_type).replaces_weights
 
     def load(self) -> None:
         """Load the base model and tokenizer and apply the configured adapter."""
