@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import keyword
 import os
-import shutil
-import tempfile
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -122,24 +120,12 @@ def new_plugin(kind: str, name: str, output: str | os.PathLike | None = None,
                            "(nothing was written)")
     files = render(kind, ctx)
     target = target.absolute()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    from lazarus.io import atomic_directory
+
+    with atomic_directory(target) as tmp:  # an empty target is replaced; a failure writes nothing
         for relative, text in files.items():
             path = tmp / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
-        os.chmod(tmp, 0o777 & ~_umask())
-        if target.exists():
-            target.rmdir()  # empty, checked above
-        os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
