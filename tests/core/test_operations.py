@@ -93,6 +93,8 @@ def test_a_third_party_probe_operation_runs_from_the_cli(tiny_llama, plugin_env)
     assert bad.returncode == 2 and "extra must be >= 0" in bad.stderr and "Traceback" not in bad.stderr
     missing = lazarus("introspect", "count-blocks", env=plugin_env)
     assert missing.returncode == 2 and "--model" in missing.stderr
+    checked = lazarus("plugins", "check", "op-probe-plugin", env=plugin_env)
+    assert checked.returncode == 0, checked.stdout + checked.stderr  # an operation is a valid probe entry
 
 
 def test_a_third_party_probe_operation_runs_from_python(tiny_llama, plugin_env, plugin_registry):

@@ -95,8 +95,8 @@ def accumulate(trainer, model, batches, training=True):
     total, count, aux = 0.0, 0.0, {}
     for batch in batches:
         arrays = trainer.batch_arrays(batch, training=training)
-        t, c, m = trainer.loss(model, *arrays)
-        compiled = micro_step(*arrays) if training else eval_step(*arrays)
+        t, c, m = trainer.loss(model, **arrays)
+        compiled = micro_step(arrays) if training else eval_step(arrays)
         np.testing.assert_allclose([compiled[0].item(), compiled[1].item()], [t.item(), c.item()], rtol=1e-5)
         assert set(compiled[2]) == set(m)
         total, count = total + float(t.item()), count + float(c.item())

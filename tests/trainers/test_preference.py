@@ -62,7 +62,7 @@ def test_dpo_at_step_zero_is_ln2_with_zero_margin(tiny_llama, few_pairs, tmp_pat
 
     trainer = ready(DPOTrainer, dpo_config(tiny_llama, few_pairs, tmp_path / "o"))
     batch = next(iter(trainer.train_batches))
-    total, count, metrics = trainer.loss(trainer.model, *trainer.batch_arrays(batch))
+    total, count, metrics = trainer.loss(trainer.model, **trainer.batch_arrays(batch))
     assert count.item() == 4
     assert abs(total.item() / count.item() - math.log(2)) < 1e-5
     assert metrics["rewards/margin"].item() == 0.0
@@ -135,10 +135,10 @@ def test_reference_is_the_adapter_off_model(tiny_llama, few_pairs, tmp_path):
     trainer = ready(DPOTrainer, dpo_config(tiny_llama, few_pairs, tmp_path / "o"))
     assert trainer.reference.kind == "adapter-off"
     batch = next(iter(trainer.train_batches))
-    before = np.array(trainer.batch_arrays(batch)[2])
+    before = np.array(trainer.batch_arrays(batch)["ref_chosen"])
     _perturb_adapter(trainer.model)
     assert np.abs(_logps(trainer.model, trainer, batch)[:4] - before).max() > 1e-2  # the policy moved
-    np.testing.assert_array_equal(np.array(trainer.batch_arrays(batch)[2]), before)  # the reference did not
+    np.testing.assert_array_equal(np.array(trainer.batch_arrays(batch)["ref_chosen"]), before)  # the reference did not
     base, _, _ = lazarus.load_model(str(tiny_llama))
     np.testing.assert_allclose(_logps(base, trainer, batch)[:4], before, atol=1e-4)
 
@@ -157,12 +157,12 @@ def test_with_a_starting_adapter_the_reference_is_that_adapter(tiny_llama, few_p
     trainer = ready(DPOTrainer, dpo_config(tiny_llama, few_pairs, tmp_path / "o", adapter=str(tmp_path / "sft")))
     assert trainer.reference.kind == "start-adapter"
     batch = next(iter(trainer.train_batches))
-    before = np.array(trainer.batch_arrays(batch)[2])
+    before = np.array(trainer.batch_arrays(batch)["ref_chosen"])
     starting, _, _ = lazarus.load_model(str(tiny_llama), adapter_path=str(tmp_path / "sft"))
     np.testing.assert_allclose(_logps(starting, trainer, batch)[:4], before, atol=1e-4)
     np.testing.assert_allclose(_logps(trainer.model, trainer, batch)[:4], before, atol=1e-4)  # training starts there
     _perturb_adapter(trainer.model, seed=4)
-    np.testing.assert_array_equal(np.array(trainer.batch_arrays(batch)[2]), before)
+    np.testing.assert_array_equal(np.array(trainer.batch_arrays(batch)["ref_chosen"]), before)
 
 
 def test_precomputed_reference_gives_the_live_first_step(tiny_llama, few_pairs, tmp_path):

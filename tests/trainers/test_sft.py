@@ -51,7 +51,8 @@ def test_prompt_tokens_carry_no_loss(tiny_llama, math_sft_data, tmp_path):
     trainer.load()
     trainer.load_data()
     batch = next(iter(trainer.train_batches))
-    ids, mask = trainer.batch_arrays(batch)
+    arrays = trainer.batch_arrays(batch)
+    ids, mask = arrays["ids"], arrays["loss_mask"]
     total, count = trainer.loss(trainer.model, ids, mask)
 
     # the tokens that carry loss are exactly the completions (+ EOS), counted from the records
@@ -92,7 +93,7 @@ def test_prompt_tokens_carry_no_loss(tiny_llama, math_sft_data, tmp_path):
     unmasked.model, unmasked.tokenizer = trainer.model, trainer.tokenizer
     unmasked.load_data()
     batch = next(iter(unmasked.train_batches))
-    _, all_count = unmasked.loss(trainer.model, *unmasked.batch_arrays(batch))
+    _, all_count = unmasked.loss(trainer.model, **unmasked.batch_arrays(batch))
     real = batch.lengths[batch.indices >= 0]
     assert all_count.item() == int((real - 1).sum())
 

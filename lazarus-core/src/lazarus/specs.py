@@ -197,7 +197,9 @@ class CheckpointFormatSpec(Spec):
 
 @attrs.frozen(kw_only=True)
 class ProbeSpec(Spec):
-    """An introspection probe run as ``lazarus introspect NAME``: ``entry`` names its click command."""
+    """An introspection probe run as ``lazarus introspect NAME`` (and as a recipe ``introspect``
+    stage): ``entry`` names an operation (:mod:`lazarus.operations`: a function with an options
+    class and a typed result) or a click command."""
 
     kind: ClassVar[str] = "probe"
     plural: ClassVar[str] = "probes"
@@ -211,8 +213,11 @@ class ProbeSpec(Spec):
     def entry_problem(self, obj: object) -> str | None:
         import click
 
-        if not isinstance(obj, click.Command):
-            return "a probe entry names a click command (run as `lazarus introspect NAME`)"
+        from lazarus.operations import Operation
+
+        if not isinstance(obj, (Operation, click.Command)):
+            return ("a probe entry names an operation (@lazarus.operations.operation) or a click command "
+                    "(run as `lazarus introspect NAME`)")
         return None
 
 

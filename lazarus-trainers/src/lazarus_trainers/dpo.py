@@ -146,10 +146,10 @@ class DPOTrainer(PreferenceTrainer):
                 continue
             tables[f"{split}_chosen"], tables[f"{split}_rejected"] = self._reference_table(examples, split)
         if self.world.is_main:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.stem}.tmp.safetensors")
-            mx.save_safetensors(str(tmp), {k: mx.array(v) for k, v in tables.items()})
-            tmp.replace(path)
+            from lazarus.io import atomic_path
+
+            with atomic_path(path, suffix=".safetensors") as tmp:
+                mx.save_safetensors(str(tmp), {k: mx.array(v) for k, v in tables.items()})
             self.log(f"Reference log-probs: computed for {sum(len(v) for k, v in tables.items() if 'chosen' in k)} "
                      f"pairs and cached in {path}")
         self.world.barrier()
@@ -175,7 +175,7 @@ class DPOTrainer(PreferenceTrainer):
         return chosen, rejected
 
     # -- the step ------------------------------------------------------------------------------
-    def batch_arrays(self, batch, training: bool = True) -> tuple:
+    def batch_arrays(self, batch, training: bool = True) -> dict:
         ids, mask, weight = self.stacked(batch)
         if self.ref_tables is not None:
             split = "train" if training else "valid"
@@ -184,7 +184,7 @@ class DPOTrainer(PreferenceTrainer):
             ref_r = mx.array(self.ref_tables[f"{split}_rejected"][index])
         else:
             ref_c, ref_r = self._reference_logps(ids, mask)
-        return ids, mask, ref_c, ref_r, weight
+        return {"ids": ids, "mask": mask, "ref_chosen": ref_c, "ref_rejected": ref_r, "weight": weight}
 
     def loss(self, model, ids, mask, ref_chosen, ref_rejected, weight):
         config = self.config

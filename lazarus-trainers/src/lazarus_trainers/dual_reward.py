@@ -128,14 +128,14 @@ class DualRewardTrainer(Trainer):
             attrs.evolve(e, extra={**e.extra, "label": labels[e.record_index], "prompt_length": e.prompt_length})
             for e in examples))
 
-    def batch_arrays(self, batch, training: bool = True) -> tuple:
+    def batch_arrays(self, batch, training: bool = True) -> dict:
         labels = batch.extra["label"].astype(np.int32)
         # the last prompt token: where the classifier reads (kept inside the input ids[:, :-1])
         width = batch.ids.shape[1] - 1
         positions = (np.minimum(np.maximum(batch.extra["prompt_length"], 1), width) - 1).astype(np.int32)
         weight = (batch.indices >= 0).astype(np.float32)
-        return (mx.array(batch.ids), mx.array(batch.loss_mask), mx.array(labels), mx.array(positions),
-                mx.array(weight))
+        return {"ids": mx.array(batch.ids), "loss_mask": mx.array(batch.loss_mask), "labels": mx.array(labels),
+                "positions": mx.array(positions), "weight": mx.array(weight)}
 
     def loss(self, model, ids, loss_mask, labels, positions, weight):
         logits, captured = model.run_with_cache(ids[:, :-1], names=[self.hook])

@@ -140,13 +140,13 @@ class GRPOTrainer(RolloutTrainer):
             mx.array([d.sum(), np.square(d).sum()], dtype=mx.float32))))
         return float(np.sqrt(max(sum_dd - sum_d * sum_d / n, 0.0) / (n - 1.0)))
 
-    def batch_arrays(self, batch, training: bool = True) -> tuple:
+    def batch_arrays(self, batch, training: bool = True) -> dict:
         ro, a = batch.rollout, batch.arrays
         shape = (ro.ids.shape[0], ro.ids.shape[1] - 1)
         zeros = np.zeros(shape, dtype=np.float32)
-        return (mx.array(ro.ids), mx.array(ro.mask), mx.array(a["advantages"]),
-                mx.array(a.get("old_logprobs", zeros)), mx.array(a.get("ref_logprobs", zeros)),
-                mx.array(batch.weights))
+        return {"ids": mx.array(ro.ids), "mask": mx.array(ro.mask), "advantages": mx.array(a["advantages"]),
+                "old_logprobs": mx.array(a.get("old_logprobs", zeros)),
+                "ref_logprobs": mx.array(a.get("ref_logprobs", zeros)), "weights": mx.array(batch.weights)}
 
     def micro_step(self, step, batch) -> tuple:
         """The loss and gradients of a rollout batch, :data:`LOSS_ROWS` rows at a time (each part
@@ -154,12 +154,12 @@ class GRPOTrainer(RolloutTrainer):
         group's. The sums are those of the whole batch (``bnpo``, normalised per micro-batch, runs
         whole)."""
         arrays = self.batch_arrays(batch)
-        rows = arrays[0].shape[0]
+        rows = arrays["ids"].shape[0]
         if self.config.loss_type == "bnpo" or rows <= LOSS_ROWS:
-            return step(*arrays)
+            return step(arrays)
         summed = None
         for start in range(0, rows, LOSS_ROWS):
-            part = step(*(a[start:start + LOSS_ROWS] for a in arrays))
+            part = step({name: a[start:start + LOSS_ROWS] for name, a in arrays.items()})
             summed = part if summed is None else tree_map(mx.add, summed, part)
             mx.eval(summed)
         return summed

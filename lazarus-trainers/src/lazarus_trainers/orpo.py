@@ -90,14 +90,14 @@ class ORPOTrainer(PreferenceTrainer):
         real = batch.indices >= 0
         return float(real.sum()), float(batch.chosen_mask[real, 1:].sum())
 
-    def batch_arrays(self, batch, training: bool = True) -> tuple:
+    def batch_arrays(self, batch, training: bool = True) -> dict:
         ids, mask, weight = self.stacked(batch)
         scales = getattr(self, "_nll_scales", {}) if training else {}
         scale = scales.get(id(batch))
         if scale is None:  # a batch on its own (evaluation): its own token mean
             pairs, tokens = self._pairs_and_tokens(batch)
             scale = pairs / max(tokens, 1.0)
-        return ids, mask, weight, mx.array(scale, dtype=mx.float32)
+        return {"ids": ids, "mask": mask, "weight": weight, "nll_scale": mx.array(scale, dtype=mx.float32)}
 
     def loss(self, model, ids, mask, weight, nll_scale):
         """``(total, pairs, metrics)``: ``total / pairs`` over a step is the loss of the module

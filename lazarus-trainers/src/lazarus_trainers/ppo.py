@@ -179,11 +179,12 @@ class PPOTrainer(RolloutTrainer):
         row["early_stops"] = getattr(self, "_early_stops", 0)
         return row
 
-    def batch_arrays(self, batch, training: bool = True) -> tuple:
+    def batch_arrays(self, batch, training: bool = True) -> dict:
         ro, a = batch.rollout, batch.arrays
         live = ro.mask.astype(np.float32) * batch.weights[:, None]
-        return (mx.array(ro.ids), mx.array(live), mx.array(a["advantages"]), mx.array(a["returns"]),
-                mx.array(a["old_logprobs"]), mx.array(a["old_values"]))
+        return {"ids": mx.array(ro.ids), "mask": mx.array(live), "advantages": mx.array(a["advantages"]),
+                "returns": mx.array(a["returns"]), "old_logprobs": mx.array(a["old_logprobs"]),
+                "old_values": mx.array(a["old_values"])}
 
     def loss(self, model, ids, mask, advantages, returns, old_logprobs, old_values):
         from lazarus.training.reference import token_logprobs

@@ -42,9 +42,9 @@ class SFTTrainer(Trainer):
     headline_metrics = ("loss",)
     loss_label = "cross-entropy loss (nats/token)"
 
-    def batch_arrays(self, batch, training: bool = True) -> tuple[mx.array, mx.array]:
+    def batch_arrays(self, batch, training: bool = True) -> dict[str, mx.array]:
         # ids (B, T) and the loss mask (B, T): 1 where token t is a target predicted from ids[:t]
-        return mx.array(batch.ids), mx.array(batch.loss_mask)
+        return {"ids": mx.array(batch.ids), "loss_mask": mx.array(batch.loss_mask)}
 
     def loss(self, model, ids: mx.array, loss_mask: mx.array) -> tuple[mx.array, mx.array]:
         logits = model(ids[:, :-1])

@@ -19,7 +19,7 @@ METRICS_FILE = "metrics.jsonl"
 LOSS_PNG = "loss.png"
 
 if TYPE_CHECKING:
-    from lazarus.training.trainer import TrainResult
+    from lazarus.training.run_state import TrainResult
 
 
 class TrainerDisplay:
@@ -113,6 +113,15 @@ class TrainerDisplay:
                       TimeElapsedColumn(), console=self.console, transient=True) as own:
             task = own.add_task("eval", total=batches)
             yield lambda: own.advance(task)
+
+    def _report_interrupt(self, result: TrainResult, total_steps: int) -> None:
+        if self.console is None:
+            return
+        self.console.print(f"[yellow]Interrupted at step {result.step}/{total_steps}.[/] Checkpoint saved to:")
+        # never wrapped or styled: the user copies these lines
+        self.console.print(f"  {result.checkpoint}", markup=False, highlight=False, soft_wrap=True)
+        self.console.print("Resume with:")
+        self.console.print(f"  {result.resume_command}", markup=False, highlight=False, soft_wrap=True)
 
     def _summary(self, result: TrainResult) -> None:
         if self.console is None:

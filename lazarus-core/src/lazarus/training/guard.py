@@ -19,7 +19,7 @@ from lazarus.training.display import LOSS_PNG, METRICS_FILE
 from lazarus.training.metrics import MetricsLog
 
 if TYPE_CHECKING:
-    from lazarus.training.trainer import TrainResult
+    from lazarus.training.run_state import TrainResult
 
 
 class RunGuard:

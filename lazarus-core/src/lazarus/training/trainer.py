@@ -3,8 +3,10 @@
 A trainer subclasses :class:`Trainer`, sets ``config_class`` (a :class:`TrainingConfig` subclass
 with its own fields) and ``data_format``, and implements two things:
 
-- :meth:`Trainer.batch_arrays`: turn one batch from the data layer into a tuple of ``mx.array``;
-- :meth:`Trainer.loss`: ``loss(model, *arrays) -> (total, count)``: the *sum* of the per-item losses
+- :meth:`Trainer.batch_arrays`: turn one batch from the data layer into a named tree, a dict
+  ``{name: mx.array}`` (``{"ids": ..., "loss_mask": ...}``);
+- :meth:`Trainer.loss`: ``loss(model, **arrays) -> (total, count)`` (the batch's names are its
+  keyword arguments): the *sum* of the per-item losses
   of the batch and how many items they cover (tokens for SFT, pairs for DPO ...). It may return a
   third element, a dict ``{metric name: sum over the same items}`` (``rewards/margin`` ...): the
   base logs each as its mean over the items of the logging window, in train and eval rows alike.
@@ -33,12 +35,10 @@ Hooks for online RL (the defaults keep supervised trainers exactly as they are):
 from __future__ import annotations
 
 import math
-import signal
 import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-import attrs
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map, tree_unflatten
@@ -48,80 +48,18 @@ from lazarus.training import checkpoint as ckpt
 from lazarus.training.adapter_setup import AdapterSetup
 from lazarus.training.callbacks import Callbacks, plugin_callbacks
 from lazarus.training.config import TrainingConfig, resolve_warmup
+from lazarus.training.data_setup import DataSetup
 from lazarus.training.display import LOSS_PNG, METRICS_FILE, TrainerDisplay, _previous_evals
 from lazarus.training.distributed import World, init_world
 from lazarus.training.guard import RunGuard, device_memory_bytes, generation_bytes  # noqa: F401  (importable here)
 from lazarus.training.metrics import MetricsLog, plot_loss_curve
 from lazarus.training.optimizer import build_optimizer, clip_by_global_norm
+from lazarus.training.run_state import TrainResult, _new_window, _StopRequest, metric_means  # noqa: F401
 from lazarus.training.schedules import learning_rate_at
 from lazarus.training.weights import WeightsIO, stored_config  # noqa: F401  (importable here)
 
 
-@attrs.define
-class TrainResult:
-    """What a finished (or interrupted) run produced."""
-
-    output: Path
-    step: int  #: optimizer steps done
-    total_steps: int
-    interrupted: bool = False
-    checkpoint: Path | None = None  #: the last resumable checkpoint written
-    first_eval_loss: float | None = None
-    last_eval_loss: float | None = None
-    last_train_loss: float | None = None
-    resume_command: str | None = None
-    metrics: list[dict] = attrs.Factory(list)
-
-
-class _StopRequest:
-    """SIGINT/SIGTERM handler: the first signal asks the loop to save and stop after the current
-    step (state is only consistent between steps); a second one aborts at once."""
-
-    def __init__(self, console) -> None:
-        self.requested = False
-        self.console = console
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self):
-        if _in_main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        return False
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        if self.console is not None:
-            self.console.print("[yellow]Stopping after this step and saving a checkpoint "
-                               "(press Ctrl-C again to quit without saving)...[/]")
-
-
-def metric_means(aux: dict, count: float) -> dict[str, float]:
-    """Logged means of summed metrics: each over the loss's item ``count``, or over its own summed
-    ``NAME:count`` when the loss returned one (see :meth:`Trainer.loss`)."""
-    means = {}
-    for name, value in aux.items():
-        if name.endswith(":count"):
-            continue
-        own = aux.get(f"{name}:count")
-        denominator = float(own.item()) if own is not None else float(count)
-        means[name] = float(value.item()) / max(denominator, 1.0)
-    return means
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-class Trainer(AdapterSetup, WeightsIO, RunGuard, TrainerDisplay):
+class Trainer(AdapterSetup, DataSetup, WeightsIO, RunGuard, TrainerDisplay):
     """Base class of trainers. See the module docstring for what a subclass implements.
 
     ``name`` is the registry name (``sft``); ``data_format`` the kind of records it reads
@@ -181,27 +119,28 @@ class Trainer(AdapterSetup, WeightsIO, RunGuard, TrainerDisplay):
         self._lock = None  #: the output's OutputLock while the run holds it
         self._bar = None  #: the training progress bar while it is shown
 
-    def batch_arrays(self, batch, training: bool = True) -> tuple:
-        """The ``mx.array`` arguments of :meth:`loss` for one batch of the data layer
-        (``training=False`` for a validation batch)."""
+    def batch_arrays(self, batch, training: bool = True) -> dict[str, mx.array]:
+        """One batch of the data layer as a named tree ``{name: mx.array}``: the keyword arguments
+        of :meth:`loss` (``training=False`` for a validation batch)."""
         raise NotImplementedError
 
-    def loss(self, model: nn.Module, *arrays) -> tuple:
+    def loss(self, model: nn.Module, **arrays) -> tuple:
         """``(sum of losses, number of items)`` for one batch, both scalar arrays, optionally
         followed by a dict of summed extra metrics over the same items. A metric ``NAME`` with an
         entry ``NAME:count`` is divided by that count instead (e.g. a token mean next to a
         per-sequence loss); the ``:count`` entries are not logged."""
         raise NotImplementedError
 
-    def _loss_parts(self, model, *arrays) -> tuple[mx.array, mx.array, dict]:
-        out = self.loss(model, *arrays)
+    def _loss_parts(self, model, arrays) -> tuple[mx.array, mx.array, dict]:
+        # a named tree is passed by name; a tuple (trainers written before 0.1's named batches) in order
+        out = self.loss(model, **arrays) if isinstance(arrays, dict) else self.loss(model, *arrays)
         return (out[0], out[1], out[2]) if len(out) == 3 else (out[0], out[1], {})
 
     def micro_step(self, step, batch) -> tuple:
-        """``(total, count, aux, grads)`` of one micro-batch: ``step(*self.batch_arrays(batch))``. A
+        """``(total, count, aux, grads)`` of one micro-batch: ``step(self.batch_arrays(batch))``. A
         trainer may run ``step`` on parts of the batch and sum what they return (GRPO scores its
         rollouts a few rows at a time, to bound the activations kept for the backward pass)."""
-        return step(*self.batch_arrays(batch))
+        return step(self.batch_arrays(batch))
 
     def batch_tokens(self, batch) -> int:
         """Real (unpadded) tokens in a batch, for throughput; filler rows do not count."""
@@ -227,66 +166,22 @@ class Trainer(AdapterSetup, WeightsIO, RunGuard, TrainerDisplay):
         """Whether the state after the current step is complete in a checkpoint (default True)."""
         return True
 
-    def tokenize(self, dataset):
-        """Records -> examples (default: :func:`lazarus.data.examples.tokenize` with the config)."""
-        from lazarus.data.examples import tokenize
-
-        return tokenize(dataset, self.tokenizer, max_seq_length=self.config.max_seq_length,
-                        mask_prompt=getattr(self.config, "mask_prompt", True))
-
-    def load_data(self) -> None:
-        from lazarus.data.examples import pad_id_for
-        from lazarus.data.records import load_splits
-
-        config = self.config
-        if not config.data:
-            raise LazarusError("no data given: pass --data PATH (a JSONL file or a directory with train.jsonl)")
-        splits = load_splits(config.data, format=self.data_format)
-        self.train_examples = self.tokenize(splits.train)
-        self.valid_examples = self.tokenize(splits.valid) if splits.valid is not None and len(splits.valid) else None
-        if not len(self.train_examples):
-            raise LazarusError(f"{config.data}: no training examples left after tokenisation "
-                               f"(max_seq_length={config.max_seq_length})")
-        self.pad_id = pad_id_for(self.tokenizer)
-        if config.batch_size % self.world.size:
-            raise LazarusError(f"--batch-size {config.batch_size} is the global batch and must divide evenly "
-                               f"over {self.world.size} ranks")
-        self.train_batches = self._iterator(self.train_examples, shuffle=True)
-
-    def _iterator(self, examples, *, shuffle: bool):
-        from lazarus.data.batching import BatchIterator
-
-        return BatchIterator(examples, batch_size=self.config.batch_size, seed=self.config.seed,
-                             shuffle=shuffle, pad_id=self.pad_id, pad_to_multiple=self.pad_to_multiple,
-                             rank=self.world.rank, world_size=self.world.size)
-
-    def total_steps(self) -> int:
-        """Optimizer steps of the run: max_steps and/or epochs (whichever ends first)."""
-        config = self.config
-        candidates = []
-        if config.max_steps:
-            candidates.append(config.max_steps)
-        if config.epochs:
-            per_epoch = self.train_batches.batches_per_epoch(0)
-            candidates.append(max(1, math.ceil(config.epochs * per_epoch / config.grad_accumulation)))
-        return min(candidates) if candidates else config.DEFAULT_STEPS
-
     def _build_steps(self):
         model, optimizer, world, config = self.model, self.optimizer, self.world, self.config
         loss_and_grad = nn.value_and_grad(model, self._loss_parts)
 
         names: list[str] = []  # the metric names, read while tracing
 
-        def packed_step(*arrays):
-            (total, count, aux), grads = loss_and_grad(model, *arrays)
+        def packed_step(arrays):
+            (total, count, aux), grads = loss_and_grad(model, arrays)
             # count and metrics leave as one stacked array: mx.compile (mlx 0.32) fails on a
             # value_and_grad step whose outputs repeat an array, or hold a node of the loss
             # (e.g. a loss's count that is also part of its total: "IndexError: _Map_base::at")
             names[:] = list(aux)
             return total, mx.stack([count.astype(mx.float32), *(aux[k].astype(mx.float32) for k in names)]), grads
 
-        def micro_step(*arrays):
-            total, scalars, grads = step(*arrays)
+        def micro_step(arrays):
+            total, scalars, grads = step(arrays)
             return total, scalars[0], {k: scalars[i + 1] for i, k in enumerate(names)}, grads
 
         def apply_step(grads, count):
@@ -298,8 +193,8 @@ class Trainer(AdapterSetup, WeightsIO, RunGuard, TrainerDisplay):
             optimizer.update(model, grads)
             return norm
 
-        def eval_step(*arrays):
-            return self._loss_parts(model, *arrays)
+        def eval_step(arrays):
+            return self._loss_parts(model, arrays)
 
         if config.compile:
             # value_and_grad swaps the parameters in and out of the model, so the model's state is
@@ -319,7 +214,7 @@ class Trainer(AdapterSetup, WeightsIO, RunGuard, TrainerDisplay):
         a validation split."""
         if self.valid_examples is None or not len(self.valid_examples):
             return None
-        eval_step = eval_step or (lambda *a: self._loss_parts(self.model, *a))
+        eval_step = eval_step or (lambda arrays: self._loss_parts(self.model, arrays))
         iterator = self._iterator(self.valid_examples, shuffle=False)
         limit = self.eval_batch_limit
         planned = iterator.batches_per_epoch(0) if limit < 0 else min(limit, iterator.batches_per_epoch(0))
@@ -331,7 +226,7 @@ class Trainer(AdapterSetup, WeightsIO, RunGuard, TrainerDisplay):
                 for index, batch in enumerate(iterator.epoch()):
                     if 0 <= limit <= index:
                         break
-                    batch_total, batch_count, batch_aux = eval_step(*self.batch_arrays(batch, training=False))
+                    batch_total, batch_count, batch_aux = eval_step(self.batch_arrays(batch, training=False))
                     total, count = total + batch_total, count + batch_count
                     aux = {k: aux.get(k, 0.0) + v for k, v in batch_aux.items()}
                     mx.eval(total, count, aux)
@@ -535,15 +430,6 @@ class Trainer(AdapterSetup, WeightsIO, RunGuard, TrainerDisplay):
         result.checkpoint = self.save_checkpoint(step, counters)
         self.callbacks.fire("on_checkpoint", self, step, result.checkpoint)
 
-    def _report_interrupt(self, result: TrainResult, total_steps: int) -> None:
-        if self.console is None:
-            return
-        self.console.print(f"[yellow]Interrupted at step {result.step}/{total_steps}.[/] Checkpoint saved to:")
-        # never wrapped or styled: the user copies these lines
-        self.console.print(f"  {result.checkpoint}", markup=False, highlight=False, soft_wrap=True)
-        self.console.print("Resume with:")
-        self.console.print(f"  {result.resume_command}", markup=False, highlight=False, soft_wrap=True)
-
     def _finish(self, result: TrainResult, counters: dict, metrics: MetricsLog, eval_step) -> None:
         """The end of a finished run: the last evaluation, the last checkpoint, the weights in the
         output directory, loss.png and the summary."""
@@ -594,11 +480,6 @@ class Trainer(AdapterSetup, WeightsIO, RunGuard, TrainerDisplay):
         """Passes over the training data so far (fractional: 1.5 = half-way through the second)."""
         position = self.train_batches.position
         return round(position.epoch + position.index / self.train_batches.batches_per_epoch(position.epoch), 4)
-
-
-def _new_window() -> dict:
-    """Sums over the steps since the last train-metrics row (time counts training steps only)."""
-    return {"total": mx.array(0.0), "count": mx.array(0.0), "aux": {}, "tokens": 0, "seconds": 0.0, "steps": 0}
 
 
 def run_trainer(trainer_cls: type[Trainer], config: TrainingConfig, **kwargs) -> TrainResult:
