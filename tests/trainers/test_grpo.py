@@ -85,6 +85,7 @@ def test_beta_zero_keeps_no_reference(tiny_llama, math_prompts, tmp_path):
         assert trainer.reference.kind == kind and trainer.reference.exists == (beta > 0)
 
 
+@pytest.mark.slow
 def test_resume_equals_straight_run(tiny_llama, math_prompts, tmp_path):
     """Rollouts reused for 2 steps, a KL term, and a save due at step 3 (mid-rollout, so it is
     written at step 4): the run resumed there ends with the straight run's weights and metrics."""

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.trainers.conftest import quiet_console, sft_config
 
@@ -31,6 +32,7 @@ def _train_rows(path: Path) -> list[dict]:
     return [r for r in rows if r["split"] == "train"]
 
 
+@pytest.mark.slow
 def test_sigint_saves_a_resumable_checkpoint(tiny_llama, math_sft_data, tmp_path):
     import mlx.core as mx
 

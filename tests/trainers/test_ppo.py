@@ -63,6 +63,7 @@ def test_value_head_is_saved_with_the_adapter_and_loads(trained, tiny_llama):
     np.testing.assert_allclose(np.array(logits), np.array(reference(ids)), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_resume_equals_straight_run_with_target_kl(tiny_llama, math_sft_data, tmp_path):
     import mlx.core as mx
 
