@@ -83,6 +83,7 @@ def test_logit_lens_result_tracks_tokens_and_emergence(loaded):
         assert all(1 <= layer["track_rank"] <= model.args.vocab_size for layer in entry["layers"])
 
 
+@pytest.mark.slow
 def test_tuned_lens_trains_lowers_kl_and_round_trips(loaded, tmp_path):
     model, tokenizer = loaded("llama")
     text = "The cat sat on the mat. The dog ran to the park and the bird sang in the tree. " * 6
