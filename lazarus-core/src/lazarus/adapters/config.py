@@ -89,6 +89,16 @@ class AdapterConfig:
 
         return get_adapter_type(self.fine_tune_type).replaces_weights
 
+    def _writes_as_full(self) -> bool:
+        """``replaces_weights``, or False for a type no installed plugin provides (the config is
+        still written back as it was read)."""
+        from lazarus.errors import UnknownNameError
+
+        try:
+            return self.replaces_weights
+        except UnknownNameError:
+            return False
+
     @property
     def keys(self) -> tuple[str, ...] | None:
         return self.lora_parameters.keys
@@ -132,7 +142,7 @@ class AdapterConfig:
         out = {k: v for k, v in self.extra.items() if k != "lora_parameters_extra"}
         out["fine_tune_type"] = self.fine_tune_type
         out["num_layers"] = self.num_layers
-        if self.replaces_weights:
+        if self._writes_as_full():
             out["lora_parameters"] = None
         else:
             out["lora_parameters"] = self.lora_parameters.to_dict() | self.extra.get(
