@@ -85,6 +85,7 @@ def stage_record(output: Path, name: str) -> dict:
     return json.loads((output / name / "stage.json").read_text())
 
 
+@pytest.mark.slow
 def test_sft_dpo_eval_lens_chain_and_rerun(tiny_llama, math_dirs, tmp_path):
     import mlx.core as mx
     from mlx_lm import load as mlx_lm_load
@@ -148,6 +149,7 @@ def test_check_rejects_unknown_plugin_key_and_type_before_anything_runs(tiny_lla
     assert good.exit_code == 0 and "4 stages OK" in good.output and not output.exists()
 
 
+@pytest.mark.slow
 def test_a_stopped_training_stage_resumes(tiny_llama, math_dirs, tmp_path):
     output = tmp_path / "runs"
     recipe = write_recipe(tmp_path / "r.toml", tiny_llama, output, math_dirs, sft_steps=60)
