@@ -30,8 +30,8 @@ SIZES = {
     "full": {"eval_limit": 100, "sft_steps": 150, "rl_steps": 10, "count": 2000},
     "fast": {"eval_limit": 30, "sft_steps": 60, "rl_steps": 3, "count": 600},
 }
-#: learning rates of the stages (full fine-tuning of lazarus:tiny-math, float32)
-LEARNING_RATES = {"sft": 3e-4, "grpo": 3e-5, "dpo": 3e-5}
+#: learning rates of the stages (LoRA rank 8, scale 20, on lazarus:tiny-math)
+LEARNING_RATES = {"sft": 3e-4, "grpo": 1e-4, "dpo": 1e-4}
 #: GRPO: prompts per step and completions per prompt
 RL_BATCH, GROUP_SIZE = 4, 8
 #: a held-out problem for the logit lens: the prompt up to the answer, and the answer
@@ -233,7 +233,7 @@ def _report(console, out: Path, summary: dict, model: str, rl: str, recipe_path:
                       f"Report: {out / 'logit-lens' / 'report' / 'report.html'}", highlight=False)
     final = out / rl
     console.print("Next:")
-    for line in (f"lazarus generate --model {shlex.quote(str(final))} --prompt 'What is 12 + 30?'",
+    for line in (f"lazarus generate --model {model} --adapter {shlex.quote(str(final))} --prompt 'What is 12 + 30?'",
                  f"lazarus run {shlex.quote(str(recipe_path))}     # runs nothing: every stage is done",
                  f"lazarus run {shlex.quote(str(recipe_path))} --set sft.max-steps=300   # re-runs from sft on"):
         console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)

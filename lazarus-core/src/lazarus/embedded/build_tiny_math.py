@@ -17,6 +17,13 @@ taught to *answer questions*, so that SFT visibly unlocks what pretraining put i
 3. A randomly initialised Llama (``lazarus.models.create.random_weights``), pretrained with the
    ``sft`` trainer on the text records with every weight trainable (embeddings and head too).
    ``--time-budget`` first times a few steps and lowers the step count to fit.
+3b. Phase 2 (:func:`phase2_records`, ``PHASE2_TRAINING``: 100 steps): documents where questions
+   and *unrelated* equations mix, equations often followed by "The answer is N.", never a question
+   by its own answer. Phase 1 alone ties arithmetic to equation-only documents so tightly that
+   after a question the model stays in "next question" mode and a short SFT cannot reach its
+   arithmetic; phase 2 keeps the model from answering questions but lets it compute after one.
+   ``--continue-from DIR`` runs phase 2 alone from a phase-1 model (the shipped model was made
+   that way: phase 1 on one GPU, phase 2 on a CPU; its ``lazarus.json`` records both).
 4. Weights stored in float32 (14 MB). Measured on the quickstart's held-out test questions (``lazarus data
    generate math --count 2000 --seed 0``, its last 200): question accuracy counting a correct final
    number in any form (the answer sentence or an equation's result), answer-sentence format, and
@@ -211,6 +218,59 @@ def write_corpus(work: Path, documents: int = DOCUMENTS) -> tuple[Path, str]:
     return out, digest.hexdigest()
 
 
+# -- 1b. the second phase's text ----------------------------------------------------------------------
+#: phase 2 continues the pretrained model on documents where questions and *unrelated* equations
+#: mix, and equations are often followed by "The answer is N." (never after their own question):
+#: arithmetic then works after a question too, and SFT only has to teach the model to answer.
+PHASE2_SEED = 7
+PHASE2_DOCUMENTS = 8000
+PHASE2_TRAINING = {**TRAINING, "learning_rate": 5e-4, "warmup_steps": 10, "min_learning_rate": 5e-5,
+                   "batch_size": 32, "max_steps": 100, "log_interval": 10, "eval_interval": 0,
+                   "eval_batches": 2, "save_interval": 0}
+
+
+def _with_answer_sentence(item: str) -> str:
+    import re
+
+    results = re.findall(r"= (-?\d+)\.", item)
+    return f"{item} The answer is {results[-1]}." if results else item
+
+
+def phase2_records(seed: int = PHASE2_SEED, documents: int = PHASE2_DOCUMENTS) -> list[dict]:
+    """Phase 2's ``{"text": ...}`` records: 45% equation documents, 35% questions mixed with
+    unrelated equations, 20% exercise sheets; half the equations end with "The answer is N."."""
+    held_out = held_out_keys()
+    binary = _binary_equations(held_out)
+    rng = random.Random(seed)
+
+    def equation() -> str:
+        item = _equation_item(rng, binary, held_out)
+        return _with_answer_sentence(item) if rng.random() < 0.5 else item
+
+    records = []
+    for _ in range(documents):
+        roll, n = rng.random(), rng.randint(3, 5)
+        if roll < 0.45:
+            items = [equation() for _ in range(n)]
+        elif roll < 0.8:
+            items = [_question_item(rng, held_out) if rng.random() < 0.4 else equation() for _ in range(n)]
+        else:
+            items = [_question_item(rng, held_out) for _ in range(n)]
+        records.append({"text": " ".join(items)})
+    return records
+
+
+def write_records(out: Path, records: list[dict]) -> str:
+    """``out/{train,valid}.jsonl`` (the first 100 records are valid); returns the data hash."""
+    out.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    for name, rows in (("train", records[100:]), ("valid", records[:100])):
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        (out / f"{name}.jsonl").write_text(text, encoding="utf-8")
+        digest.update(text.encode())
+    return digest.hexdigest()
+
+
 # -- 2-3. tokenizer, random model, pretraining -----------------------------------------------------
 def random_checkpoint(work: Path, corpus: Path) -> Path:
     """A random-weight Llama in HF layout with a tokenizer trained on the corpus."""
@@ -321,7 +381,7 @@ def measure(model_dir: str | Path, problems: list, adapter: str | Path | None = 
     """Greedy decoding on held-out problems: question accuracy (a correct final number in any form),
     the share answered with "The answer is N.", and equation accuracy, overall and per kind."""
     from lazarus.data.math import extract_answer, extract_final_number
-    from lazarus.generate import batch_generate
+    from lazarus.generation import batch_generate
     from lazarus.loader import load_model
 
     model, tokenizer, _ = load_model(model_dir, adapter_path=adapter)
@@ -356,6 +416,47 @@ def measure(model_dir: str | Path, problems: list, adapter: str | Path | None = 
             "samples": samples}
 
 
+def _phase2_record(data_hash: str, **extra) -> dict:
+    return {"data": {"seed": PHASE2_SEED, "documents": PHASE2_DOCUMENTS, "sha256": data_hash,
+                     "what": "45% equation documents, 35% questions mixed with unrelated equations, 20% "
+                             "exercise sheets; half the equations followed by 'The answer is N.'; no "
+                             "question is followed by its own answer"},
+            "training": {**PHASE2_TRAINING, "trainer": "sft (every weight trainable)"}, **extra}
+
+
+def continue_build(args, trained: Path | None = None) -> int:
+    """Phase 2 alone, from a phase-1 model (its record is kept, its measurements under
+    ``phase1_greedy_accuracy``). ``trained``: a phase-2 run already made (only stored and measured)."""
+    from lazarus import provenance
+
+    started = time.time()
+    source = args.continue_from
+    phase1_record = json.loads((source / "lazarus.json").read_text())
+    args.work.mkdir(parents=True, exist_ok=True)
+    data_hash = write_records(args.work / "phase2-data", phase2_records())
+    if trained is None:
+        trained = pretrain(source, args.work / "phase2-data", args.work, PHASE2_TRAINING, name="phase2")
+    seconds = time.time() - started
+    store(trained, source, args.output)
+    accuracy = measure(args.output, held_out_problems())
+    print(json.dumps(accuracy, indent=2), flush=True)
+    record = {k: v for k, v in phase1_record.items() if k not in ("files", "greedy_accuracy")}
+    record["phase1_greedy_accuracy"] = phase1_record.get("greedy_accuracy")
+    command = "python -m lazarus.embedded.build_tiny_math " + " ".join(args.argv)
+    provenance.write(args.output, {
+        **record,
+        **{k: v for k, v in provenance.collect(config=args.output / "config.json").items()
+           if k in ("created", "git_sha", "git_dirty", "mlx_version", "lazarus_version", "config_sha256")},
+        "phase2": _phase2_record(data_hash, command=command, seconds=round(seconds), built_on=_machine()),
+        "greedy_accuracy": {"data": phase1_record.get("greedy_accuracy", {}).get("data"),
+                            "scoring": phase1_record.get("greedy_accuracy", {}).get("scoring"),
+                            "max_tokens": 48, **accuracy},
+        "files": {p.name: provenance.sha256_file(p) for p in sorted(args.output.iterdir()) if p.is_file()},
+    })
+    print(f"wrote {args.output} in {time.time() - started:.0f} s")
+    return 0
+
+
 def _machine() -> str:
     import platform
 
@@ -377,7 +478,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compile", action="store_true", help="train without mx.compile")
     parser.add_argument("--documents", type=int, default=DOCUMENTS,
                         help=f"pretraining documents generated (default {DOCUMENTS})")
+    parser.add_argument("--continue-from", type=Path, default=None, metavar="DIR",
+                        help="run phase 2 only, from this phase-1 model (its lazarus.json is kept in the record)")
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
+    if args.continue_from is not None:
+        return continue_build(args)
+
 
     from lazarus import provenance
 
@@ -396,6 +503,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"probe: {per_step * 1000:.1f} ms/step -> {steps} steps", flush=True)
         settings["max_steps"] = steps
     trained = pretrain(init, corpus, args.work, settings)
+    phase1 = args.work / "phase1"
+    store(trained, init, phase1)
+    phase2_hash = write_records(args.work / "phase2-data", phase2_records())
+    trained = pretrain(phase1, args.work / "phase2-data", args.work, PHASE2_TRAINING, name="phase2")
     train_seconds = time.time() - started
     store(trained, init, args.output)
     accuracy = measure(args.output, held_out_problems())
@@ -418,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
               "sha256": data_hash},
         training={**settings, "trainer": "sft (every weight trainable)",
                   "initial_weights": "random_weights(seed=0)", **timing},
+        phase2=_phase2_record(phase2_hash),
         eval_loss={"first": evals[0]["loss"] if evals else None, "last": evals[-1]["loss"] if evals else None},
         build_seconds=round(train_seconds),
         built_on=_machine(),
