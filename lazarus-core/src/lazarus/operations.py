@@ -53,6 +53,8 @@ class Operation:
     summary: Callable[[Any], str] | None = None  #: summary(result): one line for a recipe's log
     result_file: str = "result.json"  #: where a recipe stage keeps the result (in its directory)
     cli_values: dict[str, Any] = attrs.field(factory=dict)  #: fields the command sets (stream=True)
+    #: ``load(model, adapter) -> (model, tokenizer, config)``; default :func:`lazarus.load_model`
+    load: Callable[[str, str | None], tuple] | None = None
     name: str = ""
 
     def __call__(self, model, tokenizer, options=None, **values):
@@ -77,13 +79,20 @@ class Operation:
 
     def run(self, options=None, **values):
         """Check, load ``options.model`` (with ``options.adapter``) and run: the typed result."""
-        from lazarus.loader import load_model
-
         options = options if options is not None else self.build(values)
         if self.check is not None:
             options = self.check(options) or options
-        model, tokenizer, _ = load_model(options.model, adapter_path=getattr(options, "adapter", None))
+        model, tokenizer, _ = self.load_model(options)
         return self.function(model, tokenizer, options)
+
+    def load_model(self, options) -> tuple:
+        """``(model, tokenizer, config)`` named by ``options.model`` and ``options.adapter``."""
+        adapter = getattr(options, "adapter", None)
+        if self.load is not None:
+            return self.load(options.model, adapter)
+        from lazarus.loader import load_model
+
+        return load_model(options.model, adapter_path=adapter)
 
     def metric_of(self, result) -> Any:
         """The value of the declared metric field of ``result`` (None when none is declared)."""
@@ -110,7 +119,7 @@ class Operation:
 def operation(*, options: type, metric: str | None = None, name: str | None = None, **rest) -> Callable:
     """Decorator: ``@operation(options=Opts, metric="accuracy")`` turns ``fn(model, tokenizer,
     options) -> result`` into an :class:`Operation` (``check``, ``show``, ``summary``,
-    ``result_file`` and ``cli_values`` as there)."""
+    ``result_file``, ``cli_values`` and ``load`` as there)."""
 
     def wrap(function):
         return Operation(function=function, options=options, metric=metric,
@@ -206,7 +215,8 @@ def click_params(cls: type) -> list[click.Parameter]:
         shown = meta.get("shown_default")
         shown = shown(cls) if callable(shown) else shown
         if shown is None and default not in (None, ()) and not (kind.base is bool and not meta.get("off")):
-            shown = _default_text(default) if not isinstance(default, bool) else None
+            shown = (" ".join(map(str, default)) if isinstance(default, tuple)
+                     else _default_text(default) if not isinstance(default, bool) else None)
         if shown is not None:
             help_text = f"{help_text}  [default: {shown}]"
         common = dict(help=help_text, required=bool(meta.get("required")), metavar=meta.get("metavar"))
@@ -227,7 +237,8 @@ def click_params(cls: type) -> list[click.Parameter]:
         else:
             click_type = {int: click.INT, float: FINITE_FLOAT, str: click.STRING}[kind.base]
         if kind.many:
-            params.append(click.Option([*names, field.name], type=click_type, multiple=True, **common))
+            params.append(click.Option([*names, field.name], type=click_type, multiple=True,
+                                       default=default or (), **common))
         else:
             params.append(click.Option([*names, field.name], type=click_type, default=default, **common))
     return params

@@ -58,7 +58,12 @@ def check_references(earlier: list, stage, where: str) -> None:
 def declared_fields(stage) -> list[str] | None:
     """The result fields a stage declares (None: not known before it runs)."""
     if stage.kind == "train":
-        return ["output", *(f.name for f in attrs.fields(_train_result_class()) if f.name != "metrics")]
+        from lazarus.plugins import get
+
+        headline = getattr(get("trainer", stage.plugin).load(), "headline_metrics", ())
+        return list(dict.fromkeys(["output", *(f.name for f in attrs.fields(_train_result_class())
+                                               if f.name != "metrics"),
+                                   *(k for k in headline if k.isidentifier() and k != "loss")]))
     from lazarus.operations import Operation, result_fields
     from lazarus.recipes import stage_command
 
@@ -180,7 +185,6 @@ def run_operation(stage, op, options: dict, model: str, adapter: str | None, dir
     """Build the operation's options from the stage keys (the stage's model and adapter, and its
     output files inside the stage directory unless given), run it in-process and keep its result."""
     from lazarus.data.records import write_text_atomic
-    from lazarus.loader import load_model
     from lazarus.operations import result_dict
 
     fields = {f.name for f in attrs.fields(op.options)}
@@ -197,9 +201,8 @@ def run_operation(stage, op, options: dict, model: str, adapter: str | None, dir
     built = op.build(values, where=where)
     if op.check is not None:
         built = op.check(built) or built
-    console.print(f"{stage.kind} {stage.plugin}: {op.name}({_brief(values)})", style="dim", markup=False,
-                  highlight=False)
-    net, tokenizer, _ = load_model(built.model, adapter_path=getattr(built, "adapter", None))
+    console.print(f"{op.name}({_brief(values)})", style="dim", markup=False, highlight=False)
+    net, tokenizer, _ = op.load_model(built)
     result = op.function(net, tokenizer, built)
     record = result_dict(result)
     if record.get("finish_reason") == "interrupted":

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import attrs
 import click
 
+from lazarus.operations import operation
+from lazarus.training.config import setting
 from lazarus_introspect import activations
 from lazarus_introspect.cli_common import (
     emit,
     encode,
     load,
-    probe_options,
     resolve_positions,
     run_meta,
     target_tokens,
@@ -233,19 +235,51 @@ def build_report(result: dict, probe: str, title: str):
     return report
 
 
-@click.command("logit-lens")
-@probe_options
-@click.option("--prompt", "-p", required=True, help="The prompt to read.")
-@click.option("--position", "positions", type=int, multiple=True, default=(-1,), show_default=True,
-              help="Token position(s) to read (negative counts from the end); repeatable.")
-@click.option("--top-k", type=click.IntRange(1, 100), default=5, show_default=True,
-              help="Tokens to show per layer.")
-@click.option("--track", default=None, metavar="TOKEN",
-              help="Follow this token's rank and probability across layers (text, or #ID).")
-def logit_lens_command(model_path, adapter_path, json_path, report_dir, prompt, positions, top_k, track):
+def _check_outputs(options: LogitLensOptions) -> None:
+    """--json and --report are checked before the model loads (one line, exit 2)."""
+    from lazarus.paths import check_output_path
+
+    if options.json:
+        check_output_path(options.json, kind="file", option="--json")
+    if options.report:
+        check_output_path(options.report, kind="dir", option="--report")
+
+
+def _show(result: dict, options: LogitLensOptions) -> None:
+    report = build_report(result, "logit-lens", f"Logit lens — {options.model}")
+    emit(report, options.json, options.report)
+
+
+@attrs.define(kw_only=True)
+class LogitLensOptions:
+    """The options of ``lazarus introspect logit-lens`` (and the keys of a recipe stage)."""
+
+    model: str | None = setting(None, "Model directory in Hugging Face layout (or a hub id).", required=True,
+                                flags=("-m",), metavar="M")
+    adapter: str | None = setting(None, "Adapter directory (mlx-lm layout) to load on top of the model.",
+                                  metavar="DIR")
+    json: str | None = setting(None, "Also write the numbers shown in the table to FILE as JSON.", metavar="FILE")
+    report: str | None = setting(None, "Write DIR/report.html (self-contained), PNG heatmaps and report.json.",
+                                 metavar="DIR")
+    prompt: str | None = setting(None, "The prompt to read.", required=True, flags=("-p",))
+    position: tuple[int, ...] = setting((-1,), "Token position(s) to read (negative counts from the end); "
+                                               "repeatable.")
+    top_k: int = setting(5, "Tokens to show per layer.", type=click.IntRange(1, 100), minimum=1, maximum=100)
+    track: str | None = setting(None, "Follow this token's rank and probability across layers (text, or #ID).",
+                                metavar="TOKEN")
+
+
+@operation(options=LogitLensOptions, metric="emergence_layer", name="logit-lens", check=_check_outputs,
+           show=_show, load=load)
+def logit_lens_probe(model, tokenizer, options: LogitLensOptions) -> dict:
     """Logit lens: unembed(final_norm(h_L)) at every layer L for the chosen positions."""
-    model, tokenizer, _ = load(model_path, adapter_path)
-    result = run_meta("logit-lens", model_path, adapter_path, model)
-    result.update(logit_lens(model, tokenizer, prompt, positions=positions, top_k=top_k, track=track))
-    report = build_report(result, "logit-lens", f"Logit lens — {model_path}")
-    emit(report, json_path, report_dir)
+    result = run_meta("logit-lens", options.model, options.adapter, model)
+    result.update(logit_lens(model, tokenizer, options.prompt, positions=options.position, top_k=options.top_k,
+                             track=options.track))
+    # the key figure: from which layer the last read position's final prediction is the top token
+    result["emergence_layer"] = result["positions"][-1]["emergence_layer"] if result["positions"] else None
+    return result
+
+
+#: the click command (derived from the operation), for code that imports it
+logit_lens_command = logit_lens_probe.command("logit-lens")

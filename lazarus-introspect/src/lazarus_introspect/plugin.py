@@ -15,7 +15,7 @@ from lazarus.specs import ProbeSpec
 
 #: name -> (module:command, one-line description)
 PROBES: dict[str, tuple[str, str]] = {
-    "logit-lens": ("lazarus_introspect.logit_lens:logit_lens_command",
+    "logit-lens": ("lazarus_introspect.logit_lens:logit_lens_probe",
                    "Read every layer's residual stream through the final norm and the unembedding."),
     "tuned-lens": ("lazarus_introspect.tuned_lens:tuned_lens_command",
                    "Train per-layer affine translators (KL to the final layer) and read through them."),

@@ -302,7 +302,8 @@ def field_kind(cls: type, field: attrs.Attribute) -> FieldKind:
             raise TypeError(f"config field {field.name}: unsupported type {hint!r}")
         hint = rest[0]
     if typing.get_origin(hint) is tuple:
-        return FieldKind(str, optional, True)
+        item = (typing.get_args(hint) or (str,))[0]
+        return FieldKind(int if item is int else str, optional, True)
     if hint not in (int, float, str, bool):
         raise TypeError(f"config field {field.name}: unsupported type {hint!r}")
     return FieldKind(hint, optional, False)
@@ -434,6 +435,11 @@ def _check_value(cls: type, field: attrs.Attribute, value: Any, where: str) -> A
     kind = field_kind(cls, field)
     if value is None and kind.optional:
         return None
+    if kind.many and kind.base is int:  # a tuple of integers: one, or a list of them
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+            return tuple(items)
+        raise LazarusError(f"{where} must be an integer or a list of integers, got {value!r}")
     if kind.many:
         if isinstance(value, str):
             return _tuple_converter(value)
