@@ -40,6 +40,7 @@ def _free_port_pair() -> int:
     pytest.skip("no two consecutive free ports on localhost")
 
 
+@pytest.mark.slow
 def test_two_ranks_match_one_process_with_the_whole_batch(tiny_llama, math_sft_data, tmp_path):
     import mlx.core as mx
 
@@ -84,6 +85,7 @@ def test_two_ranks_match_one_process_with_the_whole_batch(tiny_llama, math_sft_d
     assert state["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_two_rank_resume_equals_two_rank_straight_run(tiny_llama, math_sft_data, tmp_path):
     """With dropout each rank has its own random stream; a checkpoint keeps every rank's, so a
     resumed 2-rank run lands exactly where the straight 2-rank run does."""
@@ -117,6 +119,7 @@ def test_two_rank_resume_equals_two_rank_straight_run(tiny_llama, math_sft_data,
         np.testing.assert_allclose(np.array(a[key]), np.array(b[key]), atol=1e-6, err_msg=key)
 
 
+@pytest.mark.slow
 def test_grpo_ranks_generate_their_share_and_match_one_process(tiny_llama, math_sft_data, tmp_path):
     """Each of 2 ranks rolls out 2 of the 4 prompts (4 completions each); every row is seeded by its
     prompt and place in the group, so the two ranks together draw the 16 completions one process
@@ -216,6 +219,7 @@ def test_doctor_reports_the_distributed_backends():
     assert report["launch_default"] == ("nccl" if json.loads(run.stdout)["cuda"] else "ring")
 
 
+@pytest.mark.slow
 def test_expert_training_on_two_ranks_equals_one_process(tmp_path):
     """`lazarus experts train` under mlx.launch: each rank runs half of the environment copies
     (each copy samples from its own key), and the expert ends where one process's does."""

@@ -22,6 +22,7 @@ def adapter(output):
     return mx.load(str(output / "adapters.safetensors"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo", "gspo"])
 def test_scoring_in_parts_equals_scoring_whole(tiny_llama, math_prompts, tmp_path, monkeypatch, loss_type):
     import lazarus_trainers.grpo as grpo

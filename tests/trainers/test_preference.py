@@ -165,6 +165,7 @@ def test_with_a_starting_adapter_the_reference_is_that_adapter(tiny_llama, few_p
     np.testing.assert_array_equal(np.array(trainer.batch_arrays(batch)["ref_chosen"]), before)
 
 
+@pytest.mark.slow
 def test_precomputed_reference_gives_the_live_first_step(tiny_llama, few_pairs, tmp_path):
     from lazarus_trainers.dpo import REFERENCE_CACHE_DIR, DPOTrainer
 
@@ -217,6 +218,7 @@ def test_dpo_adapter_loads_in_mlx_lm(dpo_run, tiny_llama):
     assert provenance["trainer"] == "dpo" and provenance["training"]["loss_type"] == "sigmoid"
 
 
+@pytest.mark.slow
 def test_dpo_resume_equals_straight_run(tiny_llama, few_pairs, tmp_path):
     import mlx.core as mx
 
@@ -234,6 +236,7 @@ def test_dpo_resume_equals_straight_run(tiny_llama, few_pairs, tmp_path):
                                                                       rel=1e-5)
 
 
+@pytest.mark.slow
 def test_orpo_short_run_prefers_chosen(tiny_llama, few_pairs, tmp_path):
     from lazarus_trainers.orpo import ORPOConfig, ORPOTrainer
 
@@ -285,6 +288,7 @@ def test_dual_reward_classifier_accuracy_rises_at_its_layer(tiny_llama, two_clas
 
 
 # -- from the command line ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sft_then_dpo_from_the_cli(tiny_llama, math_dirs, tmp_path):
     from click.testing import CliRunner
 

@@ -98,6 +98,7 @@ def test_prompt_tokens_carry_no_loss(tiny_llama, math_sft_data, tmp_path):
     assert all_count.item() == int((real - 1).sum())
 
 
+@pytest.mark.slow
 def test_resume_equals_straight_run(tiny_llama, math_sft_data, tmp_path):
     """8 straight steps == 3 steps, then --resume from that checkpoint to 8 (dropout, accumulation,
     warmup + cosine, so model, optimizer, schedule, data position and RNG all have to come back)."""
