@@ -94,6 +94,7 @@ def test_hook_points_and_logit_lens(tiny_olmo2, lazarus_cli, tmp_path):
     assert len(lens["positions"][0]["layers"]) == 2
 
 
+@pytest.mark.slow
 def test_lora_training_on_a_bridged_model_loads_in_mlx_lm(tiny_olmo2, tmp_path):
     from mlx_lm.tuner.utils import load_adapters
 
