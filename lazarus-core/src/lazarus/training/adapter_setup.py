@@ -58,7 +58,7 @@ class AdapterSetup:
         """Load a saved adapter to continue training it; its own settings replace --fine-tune-type,
         --rank, --scale, --num-layers and --lora-targets (a note says so when they disagree)."""
         from lazarus.adapters import load_adapter
-        from lazarus.checkpoints.atomic import recover_output
+        from lazarus.io import recover_output
 
         if not recover_output(path, "--adapter").exists():
             raise LazarusError(f"--adapter {path}: no such adapter directory (to choose the adapter *type*, "

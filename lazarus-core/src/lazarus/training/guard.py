@@ -110,7 +110,7 @@ class RunGuard:
         that is a model this run reads, that a live run holds, or that holds an earlier run (its
         checkpoints would be pruned and its metrics lost) unless ``overwrite`` is set. An output an
         interrupted save left hidden is restored first."""
-        from lazarus.checkpoints.atomic import recover_output
+        from lazarus.io import recover_output
         from lazarus.paths import OutputLock, check_output_path
 
         check_output_path(self.output, kind="dir", option="--output")
