@@ -141,7 +141,7 @@ def train_metric(result, headline: tuple[str, ...] = ()) -> str:
     from lazarus.training.metrics import metric_label
 
     keys = [k for k in headline if k != "loss"] or ["rewards/accuracy", "reward_mean", "classifier/accuracy"]
-    last = next((r for r in reversed(evals) if any(k in r for k in keys)), None) \
+    last: dict = next((r for r in reversed(evals) if any(k in r for k in keys)), {}) \
         or next((r for r in reversed(rows) if any(k in r for k in keys)), {})
     for key in keys:
         if isinstance(last.get(key), (int, float)):
@@ -229,24 +229,25 @@ def run_command(stage, command: click.Command, options: dict, model: str, adapte
 
     keys = _options_by_key(command)
     values = {keys[k].name: v for k, v in options.items() if k in keys}
-    for key, value in (("model", model), ("adapter", adapter), ("json", str(directory / "result.json")),
+    for key, given in (("model", model), ("adapter", adapter), ("json", str(directory / "result.json")),
                        ("report", str(directory / "report")), ("output", str(directory / "output"))):
         param = keys.get(key)
-        if value is None or param is None or param.name in values or isinstance(param, click.Argument) \
+        if given is None or param is None or param.name in values or isinstance(param, click.Argument) \
                 or getattr(param, "is_flag", False):
             continue
-        values[param.name] = value
+        values[param.name] = given
     prog = f"lazarus {stage.plugin}"
     captured = io.StringIO()
     with contextlib.redirect_stdout(_Tee(sys.stdout, captured)):
         try:
             with click.Context(command, info_name=prog) as ctx:
                 for param in command.get_params(ctx):
-                    value = values.get(param.name)
+                    value: Any = values.get(param.name)
                     if isinstance(value, list) or (value is not None and (param.multiple or param.nargs != 1)):
                         value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
                     param.handle_parse_result(ctx, {param.name: value} if param.name in values else {}, [])
-                ctx.invoke(command.callback, **ctx.params)
+                if command.callback is not None:
+                    ctx.invoke(command.callback, **ctx.params)
         except click.exceptions.Exit as exc:
             if exc.exit_code:
                 raise LazarusError(f"stage {stage.name}: `{stage.plugin}` exited with {exc.exit_code}") from None
