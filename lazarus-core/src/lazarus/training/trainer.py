@@ -53,7 +53,7 @@ from lazarus.training.display import LOSS_PNG, METRICS_FILE, TrainerDisplay, _pr
 from lazarus.training.distributed import World, init_world
 from lazarus.training.guard import RunGuard, device_memory_bytes, generation_bytes  # noqa: F401  (importable here)
 from lazarus.training.metrics import MetricsLog, plot_loss_curve
-from lazarus.training.optimizer import build_optimizer, clip_by_global_norm
+from lazarus.training.optimizer import build_optimizer
 from lazarus.training.run_state import TrainResult, _new_window, _StopRequest, metric_means  # noqa: F401
 from lazarus.training.schedules import learning_rate_at
 from lazarus.training.weights import WeightsIO, stored_config  # noqa: F401  (importable here)
@@ -167,47 +167,10 @@ class Trainer(AdapterSetup, DataSetup, WeightsIO, RunGuard, TrainerDisplay):
         return True
 
     def _build_steps(self):
-        model, optimizer, world, config = self.model, self.optimizer, self.world, self.config
-        loss_and_grad = nn.value_and_grad(model, self._loss_parts)
+        """``(micro_step, apply_step, eval_step)``, compiled (:func:`lazarus.training.steps.build_steps`)."""
+        from lazarus.training.steps import build_steps
 
-        names: list[str] = []  # the metric names, read while tracing
-
-        def packed_step(arrays):
-            (total, count, aux), grads = loss_and_grad(model, arrays)
-            # count and metrics leave as one stacked array: mx.compile (mlx 0.32) fails on a
-            # value_and_grad step whose outputs repeat an array, or hold a node of the loss
-            # (e.g. a loss's count that is also part of its total: "IndexError: _Map_base::at")
-            names[:] = list(aux)
-            return total, mx.stack([count.astype(mx.float32), *(aux[k].astype(mx.float32) for k in names)]), grads
-
-        def micro_step(arrays):
-            total, scalars, grads = step(arrays)
-            return total, scalars[0], {k: scalars[i + 1] for i, k in enumerate(names)}, grads
-
-        def apply_step(grads, count):
-            # grads are sums over this rank's items: sum over ranks, divide by the global count
-            grads, count = world.all_sum((grads, count))
-            count = mx.maximum(count, 1)
-            grads = tree_map(lambda g: g / count.astype(g.dtype), grads)
-            grads, norm = clip_by_global_norm(grads, config.max_grad_norm)
-            optimizer.update(model, grads)
-            return norm
-
-        def eval_step(arrays):
-            return self._loss_parts(model, arrays)
-
-        if config.compile:
-            # value_and_grad swaps the parameters in and out of the model, so the model's state is
-            # an output too; the random state carries dropout noise from step to step
-            step = mx.compile(packed_step, inputs=[model.state, mx.random.state],
-                              outputs=[model.state, mx.random.state])
-        else:
-            step = packed_step
-        if config.compile:
-            apply_step = mx.compile(apply_step, inputs=[model.state, optimizer.state],
-                                    outputs=[model.state, optimizer.state])
-            eval_step = mx.compile(eval_step, inputs=[model.state])
-        return micro_step, apply_step, eval_step
+        return build_steps(self)
 
     def evaluate(self, eval_step=None) -> float | None:
         """Mean loss over ``eval_batches`` validation batches (all ranks together); None without
