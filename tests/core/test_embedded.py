@@ -38,7 +38,7 @@ def test_provenance_records_how_it_was_built_and_what_it_measured():
     assert len(record["data"]["sha256"]) == 64 and len(record["phase2"]["data"]["sha256"]) == 64
     measured = record["greedy_accuracy"]
     # held-out questions: (almost) never answered with the right number, in any form; equations: mostly right
-    assert measured["accuracy"] <= 0.3 and measured["equation_accuracy"] >= 0.8, measured
+    assert measured["accuracy"] <= 0.3 and measured["equation_accuracy"] >= 0.7, measured
     assert record["files"] == {p.name: sha256_file(p) for p in sorted(path.iterdir()) if p.name != "lazarus.json"}
     assert sum(p.stat().st_size for p in path.iterdir()) <= 16 * 2**20
 

@@ -27,8 +27,8 @@ TEMPLATE = Path(__file__).resolve().parent.parent / "quickstart.toml.j2"
 
 #: the full quickstart and a short one (--fast: tests, a first look)
 SIZES = {
-    "full": {"eval_limit": 100, "sft_steps": 150, "rl_steps": 10, "count": 2000},
-    "fast": {"eval_limit": 30, "sft_steps": 60, "rl_steps": 3, "count": 600},
+    "full": {"eval_limit": 100, "sft_steps": 200, "rl_steps": 10, "count": 2000},
+    "fast": {"eval_limit": 30, "sft_steps": 100, "rl_steps": 3, "count": 600},
 }
 #: learning rates of the stages (LoRA rank 8, scale 20, on lazarus:tiny-math)
 LEARNING_RATES = {"sft": 3e-4, "grpo": 1e-4, "dpo": 1e-4}
@@ -215,7 +215,7 @@ def _report(console, out: Path, summary: dict, model: str, rl: str, recipe_path:
     console.print("accuracy: the final number the model gives, in any form ('The answer is N.' or the result "
                   "of the equation it writes), equals the true value; answer format: the `format` reward "
                   "(1 = ends with 'The answer is N.'). The shipped model completes equations ('74 * 5 =' -> "
-                  "370) but was never taught to answer questions: SFT unlocks that.", highlight=False)
+                  "370) but never answers a question with the right number: SFT teaches that.", highlight=False)
     gain = _gain_line(summary, rl)
     if gain:
         console.print(gain, highlight=False)

@@ -17,8 +17,8 @@ PREFIX = "lazarus:"
 #: short name -> what it is (``lazarus models list`` shows these lines)
 EMBEDDED = {
     "tiny-math": "3.5M-parameter Llama pretrained by Lazarus on generated arithmetic: completes equations "
-                 "('74 * 5 =' -> 370) but was never taught to answer questions; SFT unlocks that "
-                 "(build_tiny_math.py rebuilds it)",
+                 "('74 * 5 =' -> 370) but never answers a question with the right number; SFT teaches "
+                 "that (build_tiny_math.py rebuilds it)",
 }
 
 HERE = Path(__file__).resolve().parent
