@@ -15,9 +15,9 @@ RECIPES = ROOT / "examples" / "recipes"
 
 #: per recipe: the --set overrides that make it fast (fewer steps, fewer test prompts)
 FAST = {
-    "sft-dpo.toml": ["sft.max-steps=100", "dpo.max-steps=10", "before.limit=40", "after.limit=40"],
-    "sft-grpo.toml": ["sft.max-steps=100", "grpo.max-steps=3", "before.limit=40", "after.limit=40"],
-    "lens.toml": ["sft.max-steps=100"],
+    "sft-dpo.toml": ["sft.max-steps=300", "dpo.max-steps=10", "before.limit=40", "after.limit=40"],
+    "sft-grpo.toml": ["sft.max-steps=300", "grpo.max-steps=3", "before.limit=40", "after.limit=40"],
+    "lens.toml": ["sft.max-steps=300"],
 }
 
 
@@ -68,7 +68,7 @@ def train_rows(run: Path, stage: str) -> list[dict]:
 def test_sft_dpo_recipe_raises_accuracy_and_dpo_moves_its_metrics(workdir, monkeypatch):
     run = run_recipe(workdir, "sft-dpo.toml", monkeypatch)
     before, after = accuracy(run, "before"), accuracy(run, "after")
-    assert before <= 0.3 and after >= before + 0.05, (before, after)
+    assert before <= 0.3 and after >= before + 0.3, (before, after)
     rows = train_rows(run, "dpo")
     assert rows[-1]["rewards/margin"] > rows[0]["rewards/margin"], rows
 
@@ -77,7 +77,7 @@ def test_sft_dpo_recipe_raises_accuracy_and_dpo_moves_its_metrics(workdir, monke
 def test_sft_grpo_recipe_raises_accuracy(workdir, monkeypatch):
     run = run_recipe(workdir, "sft-grpo.toml", monkeypatch)
     before, after = accuracy(run, "before"), accuracy(run, "after")
-    assert before <= 0.3 and after >= before + 0.05, (before, after)
+    assert before <= 0.3 and after >= before + 0.3, (before, after)
     assert all("reward_mean" in r for r in train_rows(run, "grpo"))
 
 

@@ -23,9 +23,9 @@ def test_quickstart_fast_trains_and_reports(tmp_path):
     assert set(accuracy) == {"before", "after-sft", "after-grpo"}
     assert accuracy["before"]["rows"] == 30
     assert accuracy["before"]["accuracy"] <= 0.3
-    # SFT teaches it to answer: accuracy rises (in the default run by more: its README figures)
-    assert accuracy["after-sft"]["accuracy"] > accuracy["before"]["accuracy"]
-    assert accuracy["after-grpo"]["accuracy"] > accuracy["before"]["accuracy"]
+    # SFT teaches it to answer: accuracy rises by 30 points or more
+    assert accuracy["after-sft"]["accuracy"] >= accuracy["before"]["accuracy"] + 0.3
+    assert accuracy["after-grpo"]["accuracy"] >= accuracy["before"]["accuracy"] + 0.3
     assert accuracy["after-sft"]["format"] >= 0.9
     assert "GRPO" in text and "mean reward" in text  # what the RL stage moved, and whether it added anything
     assert set(summary["rl_metrics"]) == {"reward_mean", "accuracy"}

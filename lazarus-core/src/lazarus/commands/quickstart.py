@@ -27,8 +27,8 @@ TEMPLATE = Path(__file__).resolve().parent.parent / "quickstart.toml.j2"
 
 #: the full quickstart and a short one (--fast: tests, a first look)
 SIZES = {
-    "full": {"eval_limit": 100, "sft_steps": 200, "rl_steps": 10, "count": 2000},
-    "fast": {"eval_limit": 30, "sft_steps": 100, "rl_steps": 3, "count": 600},
+    "full": {"eval_limit": 100, "sft_steps": 500, "rl_steps": 10, "count": 2000},
+    "fast": {"eval_limit": 30, "sft_steps": 300, "rl_steps": 3, "count": 600},
 }
 #: learning rates of the stages (LoRA rank 8, scale 20, on lazarus:tiny-math)
 LEARNING_RATES = {"sft": 3e-4, "grpo": 1e-4, "dpo": 1e-4}
@@ -235,5 +235,5 @@ def _report(console, out: Path, summary: dict, model: str, rl: str, recipe_path:
     console.print("Next:")
     for line in (f"lazarus generate --model {model} --adapter {shlex.quote(str(final))} --prompt 'What is 12 + 30?'",
                  f"lazarus run {shlex.quote(str(recipe_path))}     # runs nothing: every stage is done",
-                 f"lazarus run {shlex.quote(str(recipe_path))} --set sft.max-steps=300   # re-runs from sft on"):
+                 f"lazarus run {shlex.quote(str(recipe_path))} --set sft.max-steps=1000   # re-runs from sft on"):
         console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
