@@ -27,11 +27,11 @@ TEMPLATE = Path(__file__).resolve().parent.parent / "quickstart.toml.j2"
 
 #: the full quickstart and a short one (--fast: tests, a first look)
 SIZES = {
-    "full": {"eval_limit": 100, "sft_steps": 500, "rl_steps": 10, "count": 2000},
+    "full": {"eval_limit": 100, "sft_steps": 500, "rl_steps": 20, "count": 2000},
     "fast": {"eval_limit": 30, "sft_steps": 300, "rl_steps": 3, "count": 600},
 }
 #: learning rates of the stages (LoRA rank 8, scale 20, on lazarus:tiny-math)
-LEARNING_RATES = {"sft": 3e-4, "grpo": 1e-4, "dpo": 1e-4}
+LEARNING_RATES = {"sft": 3e-4, "grpo": 2e-5, "dpo": 1e-4}
 #: GRPO: prompts per step and completions per prompt
 RL_BATCH, GROUP_SIZE = 4, 8
 #: a held-out problem for the logit lens: the prompt up to the answer, and the answer
