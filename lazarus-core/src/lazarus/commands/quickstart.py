@@ -28,10 +28,10 @@ TEMPLATE = Path(__file__).resolve().parent.parent / "quickstart.toml.j2"
 #: the full quickstart and a short one (--fast: tests, a first look)
 SIZES = {
     "full": {"eval_limit": 100, "sft_steps": 500, "rl_steps": 20, "count": 2000},
-    "fast": {"eval_limit": 30, "sft_steps": 300, "rl_steps": 3, "count": 600},
+    "fast": {"eval_limit": 30, "sft_steps": 300, "rl_steps": 6, "count": 600},
 }
 #: learning rates of the stages (LoRA rank 8, scale 20, on lazarus:tiny-math)
-LEARNING_RATES = {"sft": 3e-4, "grpo": 2e-5, "dpo": 1e-4}
+LEARNING_RATES = {"sft": 3e-4, "grpo": 2e-5, "dpo": 3e-5}
 #: GRPO: prompts per step and completions per prompt
 RL_BATCH, GROUP_SIZE = 4, 8
 #: a held-out problem for the logit lens: the prompt up to the answer, and the answer
@@ -221,7 +221,7 @@ def _report(console, out: Path, summary: dict, model: str, rl: str, recipe_path:
         console.print(gain, highlight=False)
     moved = summary.get("rl_metrics") or {}
     if moved:
-        parts = [f"{label} {moved[key][0]:.2f} → {moved[key][1]:.2f}" for key, label in RL_METRICS[rl] if key in moved]
+        parts = [f"{label} {moved[key][0]:.3g} → {moved[key][1]:.3g}" for key, label in RL_METRICS[rl] if key in moved]
         console.print(f"{rl.upper()} training (first → last logged step): {', '.join(parts)}.", highlight=False)
     lens = summary["lens"]
     if lens:
