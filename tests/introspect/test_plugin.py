@@ -18,7 +18,9 @@ def test_every_probe_is_registered_and_loads_a_click_command():
     assert set(PROBES) <= set(registry.names("probe"))
     for name in PROBES:
         assert registry.owner("probe", name) == "lazarus-introspect"
-        command = registry.get("probe", name).load()
+        entry = registry.get("probe", name).load()
+        # a probe is a click command or an operation (lazarus.operations) that builds one
+        command = entry if isinstance(entry, click.Command) else entry.command(name)
         assert isinstance(command, click.Command) and command.name == name
 
 
