@@ -21,11 +21,11 @@ demo: install
 	$(BIN)/lazarus quickstart
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 # the tests that take under ~5 s each (those over are marked @pytest.mark.slow)
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n auto -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .

@@ -39,6 +39,8 @@ EXCLUDED = {
         "QLoRA on a CPU is far slower; the 4-bit model itself is made and loaded above",
     "lazarus export gguf --model M --adapter run --output model.gguf  # for llama.cpp (llama/mistral/qwen2)":
         "covered by tests/core/test_export.py with its reader",
+    'lazarus serve --model M --adapter math=run                     # OpenAI API on 127.0.0.1:8080, model="math" picks the adapter (docs/serve.md)':
+        "serves until stopped; plugins/lazarus-serve/tests start it on a free port and talk to it with the openai client",
     'lazarus introspect patch --model M --clean "..." --corrupted "..." --answer " A" --wrong " B"':
         '"..." stands for prompts',
     "lazarus experts run --env arith-delegate --model M               # LLM episode: tools, delegation, transcript":
