@@ -5,21 +5,22 @@
 The model is built to know arithmetic as *equations* ("74 * 5 = 370.") without ever having been
 taught to *answer questions*, so that SFT visibly unlocks what pretraining put in and RL sharpens it.
 
-1. Text (``{"text": ...}`` records, fixed seed): documents of worked equations in the number ranges
-   of :mod:`lazarus.data.math` (every two-digit sum and difference, every one-digit-times-two-digit
-   product and exact division, sampled two-step problems and word-problem stories each followed by
-   its equation), and *exercise sheets*: questions in the generator's phrasings, one after the other,
-   never followed by an answer. The held-out questions (the last fifth of ``lazarus data generate
-   math --seed 0 --count N`` for the counts in ``HELD_OUT_COUNTS``: every valid and test split
-   the quickstart and the docs use) appear in neither. Asked a question, the pretrained model
-   writes another question; given ``74 * 5 =`` it writes the result.
+1. Text (``{"text": ...}`` records, fixed seed; :mod:`lazarus.embedded.tiny_math_data`):
+   documents of worked equations in the number ranges of :mod:`lazarus.data.math` (every two-digit
+   sum and difference, every one-digit-times-two-digit product and exact division, sampled two-step
+   problems and word-problem stories each followed by its equation), and *exercise sheets*:
+   questions in the generator's phrasings, one after the other, never followed by an answer. The
+   held-out questions (the last fifth of ``lazarus data generate math --seed 0 --count N`` for the
+   counts in ``HELD_OUT_COUNTS``: every valid and test split the quickstart and the docs use)
+   appear in neither. Asked a question, the pretrained model writes another question; given
+   ``74 * 5 =`` it writes the result.
 2. A byte-level BPE tokenizer (``lazarus.tokenizer.train_tokenizer``, digits split) on that text.
 3. A randomly initialised Llama (``lazarus.models.create.random_weights``), pretrained with the
    ``sft`` trainer on the text records with every weight trainable (embeddings and head too).
    ``--time-budget`` first times a few steps and lowers the step count to fit.
-3b. Phase 2 (:func:`phase2_records`, ``PHASE2_TRAINING``: 100 steps): documents where questions
-   and *unrelated* equations mix, equations often followed by "The answer is N.", never a question
-   by its own answer. Phase 1 alone ties arithmetic to equation-only documents so tightly that
+3b. Phase 2 (:func:`~lazarus.embedded.tiny_math_data.phase2_records`, ``PHASE2_TRAINING``: 100
+   steps): documents where questions and *unrelated* equations mix, equations often followed by
+   "The answer is N.", never a question by its own answer. Phase 1 alone ties arithmetic to equation-only documents so tightly that
    after a question the model stays in "next question" mode and a short SFT cannot reach its
    arithmetic; phase 2 keeps the model from answering questions but lets it compute after one.
    ``--continue-from DIR`` runs phase 2 alone from a phase-1 model (the shipped model was made
@@ -36,23 +37,26 @@ Fixed seeds throughout; the same mlx version on the same kind of machine gives t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import random
 import shutil
 import sys
 import time
 from pathlib import Path
 
-DATA_SEED = 1234
-#: the last fifth (valid + test splits) of `lazarus data generate math --seed 0 --count N` is held out
-HELD_OUT_COUNTS = (100, 200, 300, 600, 1000, 2000)
-HELD_OUT_FRACTION = 0.2
-DOCUMENTS = 200_000
-#: share of documents that are exercise sheets (questions only) and plain English
-SHEET_FRACTION = 0.25
-ENGLISH_FRACTION = 0.03
-ITEMS_PER_DOC = (3, 6)
+from lazarus.embedded.tiny_math_data import (
+    DATA_SEED,
+    DOCUMENTS,
+    HELD_OUT_COUNTS,
+    HELD_OUT_FRACTION,
+    PHASE2_DOCUMENTS,
+    PHASE2_SEED,
+    SHEET_FRACTION,
+    phase2_records,
+    plain_text_lines,
+    write_corpus,
+    write_records,
+)
+
 VOCAB_SIZE = 512
 MAX_SEQ_LENGTH = 128
 STORE_DTYPE = "float32"  # float16 overflows in full fine-tuning and runs slower on CPUs
@@ -97,178 +101,10 @@ TRAINING = {
 }
 PROBE_STEPS = 60
 
-
-# -- 1. text ---------------------------------------------------------------------------------------
-def _question_key(problem) -> str:
-    return problem.prompt if problem.kind == "word" else problem.expression
-
-
-def _worked_steps(problem) -> str:
-    """The completion without its final "The answer is N." sentence."""
-    from lazarus.data.math import format_answer
-
-    return problem.completion.removesuffix(" " + format_answer(problem.answer)).strip()
-
-
-def plain_text_lines() -> list[str]:
-    """A little English (the tokenizer's embedded sentences), so the model is not numbers only."""
-    from lazarus.tokenizer import _SENTENCES
-
-    return [line for line in _SENTENCES.splitlines() if line.strip()]
-
-
-def held_out_keys() -> set[str]:
-    """Question keys (expression, or the whole story) of every held-out problem."""
-    from lazarus.data import math
-
-    keys = set()
-    for count in HELD_OUT_COUNTS:
-        problems = math.generate(count, seed=0)
-        keys |= {_question_key(p) for p in problems[len(problems) - max(1, round(count * HELD_OUT_FRACTION)):]}
-    return keys
-
-
-def _binary_equations(held_out: set[str]) -> dict[str, list[str]]:
-    """Every two-operand equation of the generator's ranges (held-out ones left out), by kind."""
-    out: dict[str, list[str]] = {"add": [], "sub": [], "mul": [], "div": []}
-    for a in range(100):
-        for b in range(100):
-            out["add"].append((f"{a} + {b}", a + b))
-            out["sub"].append((f"{a} - {b}", a - b))
-    for a in range(2, 10):
-        for b in range(2, 100):
-            out["mul"].append((f"{a} * {b}", a * b))
-            if b > 9:
-                out["mul"].append((f"{b} * {a}", a * b))
-            out["div"].append((f"{a * b} / {a}", b))
-    return {kind: [f"{e} = {v}." for e, v in rows if e not in held_out] for kind, rows in out.items()}
-
-
-def _wide_equation(rng: random.Random) -> str:
-    """Three-digit-by-two-digit sums and differences: the intermediate steps of two-step problems."""
-    a, b = rng.randint(100, 499), rng.randint(0, 99)
-    if rng.random() < 0.5:
-        return f"{a} - {b} = {a - b}."
-    return f"{a} + {b} = {a + b}." if rng.random() < 0.5 else f"{b} + {a} = {a + b}."
-
-
-def _fresh(rng: random.Random, kind: str, held_out: set[str]):
-    from lazarus.data import math
-
-    while True:
-        problem = math._make(rng, kind)
-        if _question_key(problem) not in held_out:
-            return problem
-
-
-def _equation_item(rng: random.Random, binary: dict[str, list[str]], held_out: set[str]) -> str:
-    roll = rng.random()
-    if roll < 0.52:
-        return rng.choice(binary[("add", "sub", "mul", "div")[int(roll / 0.13)]])
-    if roll < 0.62:
-        return _wide_equation(rng)
-    if roll < 0.84:  # two steps: the result directly, or worked
-        problem = _fresh(rng, "multi", held_out)
-        if rng.random() < 0.5:
-            return f"{problem.expression} = {problem.answer}."
-        return f"{problem.expression}: {_worked_steps(problem)}"
-    problem = _fresh(rng, "word", held_out)  # a story as a statement, then its equation
-    return problem.prompt.rsplit(". ", 1)[0] + ". " + _worked_steps(problem)
-
-
-def _question_item(rng: random.Random, held_out: set[str]) -> str:
-    from lazarus.data import math
-
-    return _fresh(rng, rng.choice(math.KINDS), held_out).prompt
-
-
-def pretraining_records(seed: int = DATA_SEED, documents: int = DOCUMENTS) -> list[dict]:
-    """The pretraining corpus as ``{"text": ...}`` records, shuffled; deterministic for a seed."""
-    held_out = held_out_keys()
-    binary = _binary_equations(held_out)
-    sentences = plain_text_lines()
-    rng = random.Random(seed)
-    records = []
-    for _ in range(documents):
-        roll = rng.random()
-        if roll < ENGLISH_FRACTION:
-            text = " ".join(rng.sample(sentences, 2))
-        else:
-            n = rng.randint(*ITEMS_PER_DOC)
-            sheet = roll < ENGLISH_FRACTION + SHEET_FRACTION
-            items = [_question_item(rng, held_out) if sheet else _equation_item(rng, binary, held_out)
-                     for _ in range(n)]
-            text = " ".join(items)
-        records.append({"text": text})
-    return records
-
-
-def write_corpus(work: Path, documents: int = DOCUMENTS) -> tuple[Path, str]:
-    """Write ``work/pretrain/{train,valid}.jsonl``; returns the directory and the data hash."""
-    records = pretraining_records(documents=documents)
-    valid = records[:500]
-    train = records[500:]
-    out = work / "pretrain"
-    out.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    for name, rows in (("train", train), ("valid", valid)):
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        (out / f"{name}.jsonl").write_text(text, encoding="utf-8")
-        digest.update(text.encode())
-    return out, digest.hexdigest()
-
-
-# -- 1b. the second phase's text ----------------------------------------------------------------------
-#: phase 2 continues the pretrained model on documents where questions and *unrelated* equations
-#: mix, and equations are often followed by "The answer is N." (never after their own question):
-#: arithmetic then works after a question too, and SFT only has to teach the model to answer.
-PHASE2_SEED = 7
-PHASE2_DOCUMENTS = 8000
+#: phase 2's training: 100 steps at a lower rate from the phase-1 model
 PHASE2_TRAINING = {**TRAINING, "learning_rate": 5e-4, "warmup_steps": 10, "min_learning_rate": 5e-5,
                    "batch_size": 32, "max_steps": 100, "log_interval": 10, "eval_interval": 0,
                    "eval_batches": 2, "save_interval": 0}
-
-
-def _with_answer_sentence(item: str) -> str:
-    import re
-
-    results = re.findall(r"= (-?\d+)\.", item)
-    return f"{item} The answer is {results[-1]}." if results else item
-
-
-def phase2_records(seed: int = PHASE2_SEED, documents: int = PHASE2_DOCUMENTS) -> list[dict]:
-    """Phase 2's ``{"text": ...}`` records: 45% equation documents, 35% questions mixed with
-    unrelated equations, 20% exercise sheets; half the equations end with "The answer is N."."""
-    held_out = held_out_keys()
-    binary = _binary_equations(held_out)
-    rng = random.Random(seed)
-
-    def equation() -> str:
-        item = _equation_item(rng, binary, held_out)
-        return _with_answer_sentence(item) if rng.random() < 0.5 else item
-
-    records = []
-    for _ in range(documents):
-        roll, n = rng.random(), rng.randint(3, 5)
-        if roll < 0.45:
-            items = [equation() for _ in range(n)]
-        elif roll < 0.8:
-            items = [_question_item(rng, held_out) if rng.random() < 0.4 else equation() for _ in range(n)]
-        else:
-            items = [_question_item(rng, held_out) for _ in range(n)]
-        records.append({"text": " ".join(items)})
-    return records
-
-
-def write_records(out: Path, records: list[dict]) -> str:
-    """``out/{train,valid}.jsonl`` (the first 100 records are valid); returns the data hash."""
-    out.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    for name, rows in (("train", records[100:]), ("valid", records[:100])):
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        (out / f"{name}.jsonl").write_text(text, encoding="utf-8")
-        digest.update(text.encode())
-    return digest.hexdigest()
 
 
 # -- 2-3. tokenizer, random model, pretraining -----------------------------------------------------
@@ -341,8 +177,9 @@ def store(trained: Path, init: Path, output: Path) -> None:
     if output.exists():
         shutil.rmtree(output)
     output.mkdir(parents=True)
-    weights = mx.load(str(trained / "model.safetensors"))
-    weights = {k: v.astype(getattr(mx, STORE_DTYPE)) for k, v in sorted(weights.items())}
+    loaded = mx.load(str(trained / "model.safetensors"))
+    assert isinstance(loaded, dict)  # a .safetensors file loads as {name: array}
+    weights = {k: v.astype(getattr(mx, STORE_DTYPE)) for k, v in sorted(loaded.items())}
     mx.save_safetensors(str(output / "model.safetensors"), weights, metadata={"format": "pt"})
     config = json.loads((init / "config.json").read_text())
     config["torch_dtype"] = STORE_DTYPE
@@ -386,7 +223,8 @@ def measure(model_dir: str | Path, problems: list, adapter: str | Path | None = 
 
     model, tokenizer, _ = load_model(model_dir, adapter_path=adapter)
     tallies: dict[str, dict[str, list[int]]] = {"question": {}, "equation": {}}
-    formatted, samples = 0, []
+    formatted = 0
+    samples: list[dict[str, str]] = []
 
     def tally(which: str, kind: str, ok: bool) -> None:
         cell = tallies[which].setdefault(kind, [0, 0])
@@ -484,7 +322,6 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = sys.argv[1:] if argv is None else list(argv)
     if args.continue_from is not None:
         return continue_build(args)
-
 
     from lazarus import provenance
 
