@@ -96,11 +96,11 @@ class IntrospectGroup(click.Group):
 SAE_COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("lazarus_introspect.sae_train:train_command",
               "Train a sparse autoencoder (topk or ReLU+L1) on a model's activations at a hook."),
-    "features": ("lazarus_introspect.sae:features_command",
+    "features": ("lazarus_introspect.sae_commands:features_command",
                  "Top SAE features per token of a prompt, and their top contexts in a dataset."),
-    "steer": ("lazarus_introspect.sae:steer_command",
+    "steer": ("lazarus_introspect.sae_commands:steer_command",
               "Generate with a feature's decoder direction added at the SAE's hook."),
-    "ablate": ("lazarus_introspect.sae:ablate_command",
+    "ablate": ("lazarus_introspect.sae_commands:ablate_command",
                "Generate with a feature removed at the SAE's hook."),
 }
 
