@@ -7,6 +7,8 @@ The "adapter" on disk is every parameter of the selected blocks under its model 
 
 from __future__ import annotations
 
+from typing import cast
+
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
@@ -36,7 +38,7 @@ class FullAdapter(AdapterType):
         blocks = select_blocks(model, config.num_layers)
         out = {}
         for prefix, block in zip(block_prefixes(model, blocks), blocks, strict=True):
-            for key, value in tree_flatten(block.parameters()):
+            for key, value in cast("list[tuple[str, mx.array]]", tree_flatten(block.parameters())):
                 out[f"{prefix}.{key}"] = value
         return dict(sorted(out.items()))
 

@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -96,7 +97,7 @@ def gguf_tensors(model, dtype=None) -> dict:
     arch = architecture(model)
     args = model.args
     out = {}
-    for key, value in tree_flatten(model.parameters()):
+    for key, value in cast("list[tuple[str, mx.array]]", tree_flatten(model.parameters())):
         if arch == "llama" and key.endswith("self_attn.q_proj.weight"):
             value = permute_rows(value, args.num_attention_heads)
         elif arch == "llama" and key.endswith("self_attn.k_proj.weight"):

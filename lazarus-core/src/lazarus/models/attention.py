@@ -3,6 +3,8 @@ optional per-head q/k norms."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import mlx.core as mx
 import mlx.nn as nn
 
@@ -31,7 +33,7 @@ def attention_mask(num_new: int, offset: int, key_mask: mx.array | None = None,
     query_pos = mx.arange(offset, total)[:, None]
     key_pos = mx.arange(total)[None]
     allowed = key_pos <= query_pos
-    if windowed:
+    if window is not None and windowed:
         allowed = allowed & (query_pos - key_pos < window)
     if key_mask is None:
         return allowed
@@ -63,8 +65,8 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=o_bias)
         self.has_qk_norm = q_norm is not None
-        if self.has_qk_norm:
-            self.q_norm, self.k_norm = q_norm, k_norm
+        if q_norm is not None:  # (k_norm comes with it)
+            self.q_norm, self.k_norm = q_norm, cast("nn.Module", k_norm)
         self.scale = scale
         self.softcap = softcap
         self._rope = rope

@@ -26,11 +26,11 @@ class KVCache:
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         start, new = self.offset, keys.shape[2]
         end = start + new
-        if self.keys is None or end > self.keys.shape[2]:
+        if self.keys is None or self.values is None or end > self.keys.shape[2]:
             blocks = -(-new // self.step) * self.step
             grow_k = mx.zeros((*keys.shape[:2], blocks, keys.shape[3]), dtype=keys.dtype)
             grow_v = mx.zeros((*values.shape[:2], blocks, values.shape[3]), dtype=values.dtype)
-            if self.keys is None:
+            if self.keys is None or self.values is None:  # (both are None or neither)
                 self.keys, self.values = grow_k, grow_v
             else:
                 self.keys = mx.concatenate([self.keys[..., :start, :], grow_k], axis=2)
@@ -51,7 +51,7 @@ class KVCache:
     @property
     def state(self) -> tuple[mx.array, mx.array] | None:
         """The cached ``(keys, values)`` up to ``offset``, or None when empty."""
-        if self.keys is None:
+        if self.keys is None or self.values is None:
             return None
         return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
 
@@ -84,7 +84,9 @@ class StaticKVCache:
     @classmethod
     def from_cache(cls, cache: KVCache, capacity: int) -> StaticKVCache:
         """A static copy of a filled :class:`KVCache`, with room for ``capacity`` positions in all."""
-        keys, values = cache.state
+        state = cache.state
+        assert state is not None, "a filled cache"
+        keys, values = state
         batch, heads, length, _ = keys.shape
         pad = capacity - length
         keys = mx.concatenate([keys, mx.zeros((batch, heads, pad, keys.shape[3]), keys.dtype)], axis=2)

@@ -12,6 +12,7 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -46,7 +47,7 @@ def random_weights(model, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     hidden = model.args.hidden_size
     out = {}
-    for key, param in tree_flatten(model.parameters()):
+    for key, param in cast("list[tuple[str, mx.array]]", tree_flatten(model.parameters())):
         shape = tuple(param.shape)
         if key.endswith("embed_tokens.weight") or key == "lm_head.weight":
             value = rng.normal(0.0, 2.0 / math.sqrt(hidden), shape)

@@ -17,6 +17,8 @@ parts are stacked along the output axis (rows of the (out, in) weight), so quant
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from typing import cast
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -63,7 +65,8 @@ def split_fused(weights: dict[str, mx.array], fused: Fused) -> dict[str, mx.arra
 def join_fused(weights: dict[str, mx.array], fused: Fused) -> dict[str, mx.array]:
     """The inverse of :func:`split_fused`: concatenate the parts back into the fused tensors."""
     part_of = {name: suffix for suffix, parts in fused.items() for name, _ in parts}
-    out, pending = {}, {}
+    out: dict[str, mx.array] = {}
+    pending: dict[tuple[str, str, str], dict[str, mx.array]] = {}
     for key, value in weights.items():
         found = _split_key(key, part_of)
         if found is None:
@@ -164,7 +167,7 @@ class ProjectionGroup:
         """Whether the group still computes the owner's layers. Weights that are other arrays
         with the fused values (a compiled training step hands back new arrays for frozen weights)
         are adopted; other values, or replaced layers, make it False."""
-        if self._loras(owner, check_weights=False) is None:
+        if self.leaves is None or self._loras(owner, check_weights=False) is None:
             return False
         if all(b["weight"] is w for b, w in zip(self.bases, self.weights, strict=True)):
             return True
@@ -182,14 +185,14 @@ class ProjectionGroup:
         self.weights = tuple(b["weight"] for b in self.bases)
         return True
 
-    def __call__(self, owner, x: mx.array, head_dim: int | None = None) -> list[mx.array] | None:
+    def __call__(self, owner, x: mx.array, head_dim: int | None = None) -> Sequence[mx.array] | None:
         if owner.training and any("weight" not in b._no_grad for b in self.bases):
             self.leaves = None  # the base weights train: let the fused copy go
             return None
         loras = self._loras(owner, check_weights=not _trusted)
-        if loras is None:
-            return None
         leaves = self.leaves
+        if loras is None or leaves is None:  # (no leaves: no loras either)
+            return None
         if self.quant is None:
             y = mx.addmm(leaves["bias"], x, leaves["weight"].T) if "bias" in leaves else x @ leaves["weight"].T
         else:
@@ -199,9 +202,9 @@ class ProjectionGroup:
                 y = y + leaves["bias"]
         if head_dim:  # (..., heads, head_dim) parts: split whole heads, so no part needs a copy to reshape
             y = y.reshape(*y.shape[:-1], -1, head_dim)
-            parts = mx.split(y, [s // head_dim for s in self.splits], axis=-2)
-        else:
-            parts = mx.split(y, self.splits, axis=-1)
+            parts = cast("list[mx.array]", mx.split(y, [s // head_dim for s in self.splits], axis=-2))
+        else:  # (mlx's stub says split returns an array: it returns a list)
+            parts = cast("list[mx.array]", mx.split(y, self.splits, axis=-1))
         for i, lora in loras.items():  # as LoRALinear.__call__ adds its update
             update = (lora.scale * ((lora.dropout(x) @ lora["lora_a"]) @ lora["lora_b"])).astype(x.dtype)
             parts[i] = parts[i] + (update.reshape(parts[i].shape) if head_dim else update)

@@ -39,7 +39,8 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from lazarus.errors import LazarusError
 
@@ -105,6 +106,13 @@ class HookedModel:
     """Mixin giving a model the hook API. The model sets ``self._hook_registry`` and has ``blocks``."""
 
     _hook_registry: HookRegistry
+
+    if TYPE_CHECKING:  # supplied by the model
+
+        @property
+        def blocks(self) -> Sequence[Any]: ...
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
     def hook_names(self) -> list[str]:
         """All hook names of this model, in the order they fire."""

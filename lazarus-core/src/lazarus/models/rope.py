@@ -80,9 +80,9 @@ class RoPE:
         self.position_scale = 1.0
         self._periods = None  # 1 / inverse frequency, as mx.fast.rope's ``freqs`` wants
         rope_type = scaling["rope_type"] if scaling else "default"
-        if rope_type == "linear":
+        if scaling and rope_type == "linear":
             self.position_scale = 1.0 / float(scaling["factor"])
-        elif rope_type == "llama3":
+        elif scaling and rope_type == "llama3":
             inv_freq = llama3_inverse_frequencies(dims, theta, scaling)
             self._periods = mx.array(1.0 / inv_freq, dtype=mx.float32)
 

@@ -18,7 +18,8 @@ checkpoint names, so ``tree_flatten(model.parameters())`` yields HF keys::
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, cast
 
 import attrs
 import mlx.core as mx
@@ -265,11 +266,12 @@ class DecoderBlock(nn.Module):
 class DecoderModel(nn.Module):
     """The HF ``model.`` sub-tree: ``embed_tokens``, ``layers``, ``norm``."""
 
-    def __init__(self, args: TransformerArgs, hooks: HookRegistry, block_class: type[nn.Module] = DecoderBlock):
+    def __init__(self, args: TransformerArgs, hooks: HookRegistry,
+                 block_class: Callable[..., nn.Module] = DecoderBlock):
         super().__init__()
         self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
         ropes: dict[str, RoPE] = {}  # one RoPE per distinct setting, shared by the layers using it
-        self.layers = []
+        self.layers: list[nn.Module] = []
         for i in range(args.num_hidden_layers):
             theta, scaling = args.rope_for_layer(i)
             key = f"{theta!r}/{sorted((scaling or {}).items())!r}"
@@ -323,11 +325,11 @@ class CausalLM(HookedModel, nn.Module):
 
     # -- common parts --------------------------------------------------------------------------
     @property
-    def blocks(self) -> list[DecoderBlock]:
+    def blocks(self) -> list[nn.Module]:
         return self.model.layers
 
     @property
-    def layers(self) -> list[DecoderBlock]:
+    def layers(self) -> list[nn.Module]:
         """Same as ``blocks``, under mlx-lm's name, for tools written against mlx-lm models."""
         return self.model.layers
 
@@ -386,9 +388,9 @@ class CausalLM(HookedModel, nn.Module):
     @staticmethod
     def _key_mask(mask, cache, batch: int, new: int, offset: int) -> mx.array | None:
         remembered = cache[0].key_mask if cache else None
-        if mask is None and remembered is None:
-            return None
         if mask is None:
+            if remembered is None:
+                return None
             key_mask = mx.concatenate([remembered, mx.ones((batch, new), dtype=mx.bool_)], axis=1)
         else:
             mask = mx.array(mask).astype(mx.bool_)
@@ -429,7 +431,7 @@ class CausalLM(HookedModel, nn.Module):
     def num_parameters(self) -> int:
         from mlx.utils import tree_flatten
 
-        return sum(v.size for _, v in tree_flatten(self.parameters()))
+        return sum(v.size for _, v in cast("list[tuple[str, mx.array]]", tree_flatten(self.parameters())))
 
 
 def sanitize_weights(weights: dict[str, mx.array], args: TransformerArgs | None = None) -> dict[str, mx.array]:

@@ -4,14 +4,17 @@ its weights) or a fresh one of ``--fine-tune-type``."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import attrs
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from lazarus.errors import LazarusError
+from lazarus.training.parts import TrainerParts
 
 
-class AdapterSetup:
+class AdapterSetup(TrainerParts):
     """Model loading and the trainable adapter; mixed into the trainer base."""
 
     @property
@@ -81,7 +84,8 @@ class AdapterSetup:
 
     def _count_trainable(self) -> None:
         self.model.train()
-        trainable = sum(v.size for _, v in tree_flatten(self.model.trainable_parameters()))
+        parameters = cast("list[tuple[str, mx.array]]", tree_flatten(self.model.trainable_parameters()))
+        trainable = sum(v.size for _, v in parameters)
         if trainable == 0:
             raise LazarusError(f"the {self.config.fine_tune_type} adapter left nothing to train; check "
                                "--lora-targets and --num-layers")

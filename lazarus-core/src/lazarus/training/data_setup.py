@@ -6,9 +6,10 @@ from __future__ import annotations
 import math
 
 from lazarus.errors import LazarusError
+from lazarus.training.parts import TrainerParts
 
 
-class DataSetup:
+class DataSetup(TrainerParts):
     """Training and validation examples and their batches; mixed into the trainer base."""
 
     def tokenize(self, dataset):

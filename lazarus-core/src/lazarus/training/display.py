@@ -14,6 +14,7 @@ import mlx.nn as nn
 
 from lazarus.training.config import resolve_eval_batches, resolve_log_interval, resolve_warmup
 from lazarus.training.metrics import headline_text, metric_label
+from lazarus.training.parts import TrainerParts
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_PNG = "loss.png"
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from lazarus.training.run_state import TrainResult
 
 
-class TrainerDisplay:
+class TrainerDisplay(TrainerParts):
     """Progress, eval lines and the summary of a run; mixed into the trainer base."""
 
     def log(self, message: str) -> None:
@@ -43,7 +44,9 @@ class TrainerDisplay:
     def _describe(self, total_steps: int, start_step: int) -> None:
         c = self.config
         ranks = f" on {self.world.describe()}" if self.world.distributed else ""
-        adapter = "full fine-tune" if self.full_fine_tune else f"{self.adapter_config.fine_tune_type} rank {self.adapter_config.rank}"
+        lora = self.adapter_config
+        adapter = ("full fine-tune" if self.full_fine_tune or lora is None
+                   else f"{lora.fine_tune_type} rank {lora.rank}")
         valid = f", {len(self.valid_examples)} validation" if self.valid_examples is not None else ""
         warmup = resolve_warmup(c, total_steps)
         schedule = c.lr_schedule + (f", {warmup} warmup step{'s' if warmup > 1 else ''}" if warmup else "")

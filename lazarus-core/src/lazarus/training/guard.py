@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
@@ -17,12 +17,13 @@ from lazarus.errors import LazarusError, TrainingDiverged
 from lazarus.training import checkpoint as ckpt
 from lazarus.training.display import LOSS_PNG, METRICS_FILE
 from lazarus.training.metrics import MetricsLog
+from lazarus.training.parts import TrainerParts
 
 if TYPE_CHECKING:
     from lazarus.training.run_state import TrainResult
 
 
-class RunGuard:
+class RunGuard(TrainerParts):
     """The divergence guard and the output checks; mixed into the trainer base."""
 
     def _diverged(self, step: int, what: str, result: TrainResult | None = None) -> TrainingDiverged:
@@ -62,7 +63,8 @@ class RunGuard:
     def _guard_weights(self, step: int) -> None:
         """Refuse to save weights that are not all finite (an update that overflowed)."""
         finite = mx.array(True)
-        for _, value in tree_flatten(self.model.trainable_parameters()):
+        trainable = cast("list[tuple[str, mx.array]]", tree_flatten(self.model.trainable_parameters()))
+        for _, value in trainable:
             finite = mx.logical_and(finite, mx.all(mx.isfinite(value)))
         if not bool(finite.item()):
             raise self._diverged(step, "the trained weights are no longer finite", self._result)
@@ -176,6 +178,7 @@ def generation_bytes(model, rows: int, tokens: int) -> int:
     head_dim = getattr(args, "head_dim", None) or (hidden // heads if hidden else 0)
     vocab = getattr(args, "vocab_size", None) or 0
     blocks = len(getattr(model, "blocks", ()) or ())
-    itemsize = next((v.dtype.size for _, v in tree_flatten(model.parameters())
+    parameters = cast("list[tuple[str, mx.array]]", tree_flatten(model.parameters()))
+    itemsize = next((v.dtype.size for _, v in parameters
                      if mx.issubdtype(v.dtype, mx.floating)), 4)
     return rows * tokens * blocks * 2 * kv_heads * head_dim * itemsize + rows * vocab * 4

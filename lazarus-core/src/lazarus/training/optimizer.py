@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from lazarus.training.schedules import build_schedule
 
 
@@ -25,7 +27,8 @@ def clip_by_global_norm(grads, max_norm: float):
     import mlx.core as mx
     from mlx.utils import tree_flatten, tree_map
 
-    squares = [mx.sum(mx.square(g.astype(mx.float32))) for _, g in tree_flatten(grads)]
+    flat = cast("list[tuple[str, mx.array]]", tree_flatten(grads))
+    squares = [mx.sum(mx.square(g.astype(mx.float32))) for _, g in flat]
     norm = mx.sqrt(sum(squares[1:], squares[0])) if squares else mx.array(0.0)
     if max_norm <= 0:
         return grads, norm

@@ -181,7 +181,8 @@ class Trainer(AdapterSetup, DataSetup, WeightsIO, RunGuard, TrainerDisplay):
         iterator = self._iterator(self.valid_examples, shuffle=False)
         limit = self.eval_batch_limit
         planned = iterator.batches_per_epoch(0) if limit < 0 else min(limit, iterator.batches_per_epoch(0))
-        total, count, aux = mx.array(0.0), mx.array(0.0), {}
+        aux: dict[str, mx.array] = {}
+        total, count = mx.array(0.0), mx.array(0.0)
         done = 0
         self.model.eval()
         try:
@@ -361,9 +362,9 @@ class Trainer(AdapterSetup, DataSetup, WeightsIO, RunGuard, TrainerDisplay):
 
                 stop_now = self.world.any(stop.requested)
                 if stop_now and step < total_steps and self.can_checkpoint():
-                    self._checkpoint(step, counters, result)
+                    checkpoint = self._checkpoint(step, counters, result)
                     result.interrupted = True
-                    result.resume_command = self.resume_command(result.checkpoint)
+                    result.resume_command = self.resume_command(checkpoint)
                     break
                 save_due = save_due or bool(config.save_interval and step % config.save_interval == 0)
                 if save_due and step < total_steps and self.can_checkpoint():
@@ -389,9 +390,10 @@ class Trainer(AdapterSetup, DataSetup, WeightsIO, RunGuard, TrainerDisplay):
         mx.eval(self.model.state, self.optimizer.state, step_total, step_count, norm, window["aux"])
         return norm, step_total, step_count, step_tokens
 
-    def _checkpoint(self, step: int, counters: dict, result: TrainResult) -> None:
-        result.checkpoint = self.save_checkpoint(step, counters)
-        self.callbacks.fire("on_checkpoint", self, step, result.checkpoint)
+    def _checkpoint(self, step: int, counters: dict, result: TrainResult) -> Path:
+        result.checkpoint = checkpoint = self.save_checkpoint(step, counters)
+        self.callbacks.fire("on_checkpoint", self, step, checkpoint)
+        return checkpoint
 
     def _finish(self, result: TrainResult, counters: dict, metrics: MetricsLog, eval_step) -> None:
         """The end of a finished run: the last evaluation, the last checkpoint, the weights in the

@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from typing import cast
 
 import attrs
+import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from lazarus.errors import LazarusError
 from lazarus.training import checkpoint as ckpt
 from lazarus.training.config import TrainingConfig
+from lazarus.training.parts import TrainerParts
 
 
-class WeightsIO:
+class WeightsIO(TrainerParts):
     """Writing and reading the trained weights and checkpoints; mixed into the trainer base."""
 
     def write_weights(self, directory: Path, *, step: int) -> None:
@@ -29,6 +32,7 @@ class WeightsIO:
                              config=self.model_config if isinstance(self.model_config, dict) else None,
                              provenance=self.provenance(step))
         else:
+            assert self.adapter_config is not None  # apply_adapter() set it
             checkpoints.save("mlx-lm", directory, weights=adapter_weights(self.model, self.adapter_config),
                              config=self._adapter_config_for_disk(), model=self.model,
                              provenance=self.provenance(step))
@@ -48,7 +52,8 @@ class WeightsIO:
         expected = dict(tree_flatten(self.model.trainable_parameters()))
         if self.full_fine_tune:
             saved_model, _, _ = checkpoints.load("hf", checkpoint)
-            weights = {k: v for k, v in tree_flatten(saved_model.parameters()) if k in expected}
+            saved = cast("list[tuple[str, mx.array]]", tree_flatten(saved_model.parameters()))
+            weights = {k: v for k, v in saved if k in expected}
         else:
             weights = checkpoints.load("mlx-lm", checkpoint).weights
         missing = sorted(set(expected) - set(weights))
