@@ -155,15 +155,29 @@ def result_fields(op: Operation) -> list[str] | None:
 
 
 # -- values ----------------------------------------------------------------------------------------
-def check_value(cls: type, field: attrs.Attribute, value: Any, where: str) -> Any:
+def check_value(cls: type, field: attrs.Attribute, value: Any, where: str, *, files: bool = True) -> Any:
     """One value of a recipe or config file: the field's type (as trainer configs check it), then its
-    click type (ranges, choices) so that it is refused as the command line would refuse it."""
+    click type (ranges, choices, ``click.Path``) so that it is refused as the command line would
+    refuse it. A repeatable field takes a list, or one value (a string is one value, as one
+    ``--flag TEXT`` on the command line); a tuple of floats takes numbers. ``files=False`` leaves
+    ``click.Path`` values unchecked (``lazarus run --check``: an earlier stage may write them)."""
     from lazarus.training.config import _check_value
 
-    if isinstance(value, list) and not _many(cls, field):
+    many = _many(cls, field)
+    if isinstance(value, list) and not many:
         raise LazarusError(f"{where} takes one value, got a list {value!r}")
-    value = _check_value(cls, field, value, where=where)
+    if many and value is not None and _item_type(cls, field) is float:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in items):
+            raise LazarusError(f"{where} must be a number or a list of numbers, got {value!r}")
+        value = tuple(float(v) for v in items)
+    else:
+        if many and isinstance(value, str):
+            value = [value]
+        value = _check_value(cls, field, value, where=where)
     click_type = field.metadata.get("type")
+    if isinstance(click_type, click.Path) and not files:
+        return value
     if click_type is not None and value is not None:
         for item in value if isinstance(value, tuple) else (value,):
             try:
@@ -177,6 +191,22 @@ def _many(cls: type, field: attrs.Attribute) -> bool:
     from lazarus.training.config import field_kind
 
     return field_kind(cls, field).many
+
+
+def _item_type(cls: type, field: attrs.Attribute) -> type:
+    """The type of a field's value, or of its items for a tuple (``field_kind`` reads a tuple of
+    floats as strings: operations take ``tuple[float, ...]`` too, e.g. repeatable coefficients)."""
+    import typing
+
+    from lazarus.training.config import field_kind
+
+    kind = field_kind(cls, field)
+    if kind.many:
+        hint = typing.get_type_hints(cls)[field.name]
+        for arg in (hint, *typing.get_args(hint)):
+            if typing.get_origin(arg) is tuple and (typing.get_args(arg) or (str,))[0] is float:
+                return float
+    return kind.base
 
 
 def make_options(cls: type, values: dict[str, Any], *, where: str = "") -> Any:
@@ -217,9 +247,12 @@ def click_params(cls: type) -> list[click.Parameter]:
         if shown is None and default not in (None, ()) and not (kind.base is bool and not meta.get("off")):
             shown = (" ".join(map(str, default)) if isinstance(default, tuple)
                      else _default_text(default) if not isinstance(default, bool) else None)
-        if shown is not None:
+        # a number range shows its default in click's own bracket, as click commands do: [default: 5; x>=1]
+        in_bracket = isinstance(meta.get("type"), (click.IntRange, click.FloatRange)) and shown == str(default)
+        if shown is not None and not in_bracket:
             help_text = f"{help_text}  [default: {shown}]"
-        common = dict(help=help_text, required=bool(meta.get("required")), metavar=meta.get("metavar"))
+        common = dict(help=help_text, required=bool(meta.get("required")), metavar=meta.get("metavar"),
+                      show_default=in_bracket or None)
         if kind.base is bool and not kind.many:
             if meta.get("off"):
                 names = [f"{long}/{meta['off']}", *meta.get("flags", ())]
@@ -235,7 +268,7 @@ def click_params(cls: type) -> list[click.Parameter]:
         elif meta.get("choices"):
             click_type = click.Choice(meta["choices"])
         else:
-            click_type = {int: click.INT, float: FINITE_FLOAT, str: click.STRING}[kind.base]
+            click_type = {int: click.INT, float: FINITE_FLOAT, str: click.STRING}[_item_type(cls, field)]
         if kind.many:
             params.append(click.Option([*names, field.name], type=click_type, multiple=True,
                                        default=default or (), **common))

@@ -142,7 +142,7 @@ def _check_operation_options(where: str, stage, op) -> None:
             raise LazarusError(f"{where}: unknown key {key!r} for {stage.kind} {stage.plugin!r}; its keys: "
                                f"{', '.join(keys(op))}")
         if not has_reference(value):
-            check_value(op.options, fields[name], value, where=f"{where}: key {key!r}")
+            check_value(op.options, fields[name], value, where=f"{where}: key {key!r}", files=False)
 
 
 def _options_by_key(command: click.Command) -> dict[str, click.Parameter]:

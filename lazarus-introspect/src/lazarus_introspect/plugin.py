@@ -17,11 +17,11 @@ from lazarus.specs import ProbeSpec
 PROBES: dict[str, tuple[str, str]] = {
     "logit-lens": ("lazarus_introspect.logit_lens:logit_lens_probe",
                    "Read every layer's residual stream through the final norm and the unembedding."),
-    "tuned-lens": ("lazarus_introspect.tuned_lens:tuned_lens_command",
+    "tuned-lens": ("lazarus_introspect.tuned_lens:tuned_lens_probe",
                    "Train per-layer affine translators (KL to the final layer) and read through them."),
     "probe": ("lazarus_introspect.linear_probe:probe_command",
               "Linear (logistic) probes per layer on labelled prompts; saves the best direction."),
-    "patch": ("lazarus_introspect.patching:patch_command",
+    "patch": ("lazarus_introspect.patching:activation_patching",
               "Activation patching clean -> corrupted over layers x positions (resid, attn, mlp)."),
     "ablate": ("lazarus_introspect.ablation:ablate_command",
                "Zero / mean ablation of attention heads, whole attention or MLP per layer."),

@@ -13,18 +13,27 @@ import hashlib
 import json
 from pathlib import Path
 
+import attrs
 import click
 
 from lazarus.errors import LazarusError
+from lazarus.operations import operation
+from lazarus.training.config import setting
 from lazarus_introspect import activations
 from lazarus_introspect.cli_common import (
     emit,
     encode,
     load,
-    probe_options,
     read_saved,
-    run_meta,
     target_tokens,
+)
+from lazarus_introspect.probe_base import (
+    ProbeOptions,
+    ProbeResult,
+    check_outputs,
+    header,
+    optional,
+    result_json,
 )
 
 WEIGHTS_FILE = "translators.safetensors"
@@ -181,66 +190,112 @@ def translator_transform(weights, biases):
     return transform
 
 
-@click.command("tuned-lens")
-@probe_options
-@click.option("--translators", "translators_dir", required=True, type=click.Path(file_okay=False),
-              metavar="DIR", help="Where translators are saved (with --train-text) or read from.")
-@click.option("--train-text", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
-              help="Train translators on this text file first (KL to the final layer).")
-@click.option("--steps", type=click.IntRange(0), default=200, show_default=True, help="Training steps (one window of --seq-len tokens each; every layer is updated).")
-@click.option("--lr", "learning_rate", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
-@click.option("--seq-len", type=click.IntRange(2), default=64, show_default=True,
-              help="Window length for reading the training text.")
-@click.option("--max-tokens", type=click.IntRange(2), default=4096, show_default=True,
-              help="Use at most this many tokens of the training text.")
-@click.option("--prompt", "-p", default=None, help="A prompt to read through the translators.")
-@click.option("--position", "positions", type=int, multiple=True, default=(-1,), show_default=True,
-              help="Token position(s) to read; repeatable.")
-@click.option("--top-k", type=click.IntRange(1, 100), default=5, show_default=True, help="Tokens per layer.")
-@click.option("--track", default=None, metavar="TOKEN", help="Follow this token across layers (text or #ID).")
-@click.option("--compare/--no-compare", default=True, show_default=True,
-              help="Also show the plain logit lens's final-prediction probability per layer.")
-def tuned_lens_command(model_path, adapter_path, json_path, report_dir, translators_dir, train_text, steps,
-                       learning_rate, seq_len, max_tokens, prompt, positions, top_k, track, compare):
-    """Tuned lens: train per-layer affine translators and/or read a prompt through them."""
-    from lazarus_introspect.logit_lens import build_report, read_layers, track_info
-    from lazarus_introspect.report import Report, line_plot
+@attrs.define(kw_only=True)
+class TunedLensOptions(ProbeOptions):
+    """The options of ``lazarus introspect tuned-lens`` (and the keys of a recipe stage)."""
 
-    if train_text is None and prompt is None:
+    translators: str | None = setting(None, "Where translators are saved (with --train-text) or read from.",
+                                      required=True, metavar="DIR", type=click.Path(file_okay=False))
+    train_text: str | None = setting(None, "Train translators on this text file first (KL to the final layer).",
+                                     metavar="FILE", type=click.Path(exists=True, dir_okay=False))
+    steps: int = setting(200, "Training steps (one window of --seq-len tokens each; every layer is updated).",
+                         type=click.IntRange(0), minimum=0)
+    lr: float = setting(1e-3, "Adam learning rate.")
+    seq_len: int = setting(64, "Window length for reading the training text.", type=click.IntRange(2), minimum=2)
+    max_tokens: int = setting(4096, "Use at most this many tokens of the training text.", type=click.IntRange(2),
+                              minimum=2)
+    prompt: str | None = setting(None, "A prompt to read through the translators.", flags=("-p",))
+    position: tuple[int, ...] = setting((-1,), "Token position(s) to read; repeatable.")
+    top_k: int = setting(5, "Tokens per layer.", type=click.IntRange(1, 100), minimum=1, maximum=100)
+    track: str | None = setting(None, "Follow this token across layers (text or #ID).", metavar="TOKEN")
+    compare: bool = setting(True, "Also show the plain logit lens's final-prediction probability per layer.",
+                            off="--no-compare")
+
+
+@attrs.frozen(kw_only=True)
+class TunedLensResult(ProbeResult):
+    """What ``tuned-lens`` found: the translators' KL per layer and, with a prompt, the read-out
+    (the logit lens's keys, see :func:`lazarus_introspect.logit_lens.read_layers`)."""
+
+    translators: str  #: the translators folder
+    #: ``{"steps", "tokens", "losses": [{"layer", "kl_before", "kl_after"}]}``
+    training: dict
+    tokens: list | None = optional()  #: the prompt's tokens (with a prompt)
+    positions: list | None = optional()  #: the read-out per position (with a prompt)
+    prompt: str | None = optional()
+    track: dict | None = None  #: the tracked target (with a prompt and --track)
+    notes: list | None = optional()
+    #: the key figure: mean over layers of KL(final || tuned lens) on the training text (None: unknown)
+    mean_kl: float | None = None
+
+
+def _check(options: TunedLensOptions) -> None:
+    check_outputs(options)
+    if options.train_text is None and options.prompt is None:
         raise LazarusError("give --train-text FILE to train translators, --prompt TEXT to read through them, "
                            "or both")
-    model, tokenizer, _ = load(model_path, adapter_path)
-    result = run_meta("tuned-lens", model_path, adapter_path, model)
-    result["translators"] = str(translators_dir)
+
+
+def _show(result: TunedLensResult, options: TunedLensOptions) -> None:
+    from lazarus_introspect.logit_lens import build_report
+    from lazarus_introspect.report import Report, line_plot
+
+    data = result_json(result)
+    title = f"Tuned lens — {options.model}"
+    report = build_report(data, "tuned-lens", title) if result.positions is not None else \
+        Report(probe="tuned-lens", title=title, data=data)
+    losses = result.training["losses"]
+    if losses:
+        table = report.table("translator KL to the final layer", ["layer", "KL before (logit lens)", "KL after"])
+        for row in losses:
+            table.add_row(row["layer"], row["kl_before"], row["kl_after"])
+        if options.train_text is not None:
+            report.add_figure("translator_kl", lambda: line_plot(
+                {"logit lens": [r["kl_before"] for r in losses], "tuned lens": [r["kl_after"] for r in losses]},
+                title="KL(final || lens) on the training text", xlabel="layer", ylabel="KL (nats)"),
+                "KL divergence to the final distribution before and after training the translators")
+    emit(report, options.json, options.report)
+
+
+@operation(options=TunedLensOptions, metric="mean_kl", name="tuned-lens", check=_check, show=_show, load=load)
+def tuned_lens_probe(model, tokenizer, options: TunedLensOptions) -> TunedLensResult:
+    """Tuned lens: train per-layer affine translators and/or read a prompt through them."""
+    from lazarus_introspect.logit_lens import read_layers, track_info
+
+    model_path, adapter_path, train_text = options.model, options.adapter, options.train_text
+    result = header("tuned-lens", options, model)
+    result["translators"] = str(options.translators)
     if train_text is not None:
         text = Path(train_text).read_text(encoding="utf-8")
-        trained = train_translators(model, tokenizer, text, steps=steps, learning_rate=learning_rate,
-                                    seq_len=seq_len, max_tokens=max_tokens)
+        trained = train_translators(model, tokenizer, text, steps=options.steps, learning_rate=options.lr,
+                                    seq_len=options.seq_len, max_tokens=options.max_tokens)
         meta = {"format": "lazarus-tuned-lens", "model": str(model_path),
                 "adapter": str(adapter_path) if adapter_path else None,
                 "family": getattr(model, "family", None), "num_layers": activations.num_layers(model),
-                "hidden_size": int(trained["weights"][0].shape[0]), "steps": steps, "learning_rate": learning_rate,
-                "train_text": str(train_text), "train_text_sha256": hashlib.sha256(text.encode()).hexdigest(),
+                "hidden_size": int(trained["weights"][0].shape[0]), "steps": options.steps,
+                "learning_rate": options.lr, "train_text": str(train_text),
+                "train_text_sha256": hashlib.sha256(text.encode()).hexdigest(),
                 "train_tokens": trained["tokens"], "losses": trained["losses"]}
         from lazarus import provenance
 
         record = provenance.for_model(model, data_files=[train_text], command="introspect tuned-lens",
                                       adapter_path=str(adapter_path) if adapter_path else None,
                                       adapter_config=Path(adapter_path) / "adapter_config.json" if adapter_path else None)
-        save_translators(translators_dir, trained, meta, record)
-        result["training"] = {"steps": steps, "tokens": trained["tokens"], "losses": trained["losses"]}
+        save_translators(options.translators, trained, meta, record)
+        result["training"] = {"steps": options.steps, "tokens": trained["tokens"], "losses": trained["losses"]}
         weights, biases = trained["weights"], trained["bias"]
     else:
-        weights, biases, meta = load_translators(translators_dir, model)
+        weights, biases, meta = load_translators(options.translators, model)
         result["training"] = {"steps": meta.get("steps"), "tokens": meta.get("train_tokens"),
                               "losses": meta.get("losses")}
 
-    if prompt is not None:
+    if options.prompt is not None:
+        prompt, track = options.prompt, options.track
         ids = encode(tokenizer, prompt)
         track_id, note = (None, "")
         if track is not None:
             track_id, note = target_tokens(tokenizer, track, "--track")
-        read = read_layers(model, tokenizer, ids, positions=positions, top_k=top_k, track_id=track_id,
+        read = read_layers(model, tokenizer, ids, positions=options.position, top_k=options.top_k, track_id=track_id,
                            transform=translator_transform(weights, biases))
         result.update(read)
         result["prompt"] = prompt
@@ -248,22 +303,16 @@ def tuned_lens_command(model_path, adapter_path, json_path, report_dir, translat
         if note:
             result["notes"] = [f"{note}: rank and prob are its first token's; log p sums over all of them "
                                "(at the last position)"]
-        if compare:
-            plain = read_layers(model, tokenizer, ids, positions=positions, top_k=1, track_id=track_id)
+        if options.compare:
+            plain = read_layers(model, tokenizer, ids, positions=options.position, top_k=1, track_id=track_id)
             for tuned_entry, plain_entry in zip(result["positions"], plain["positions"], strict=True):
                 for tuned_layer, plain_layer in zip(tuned_entry["layers"], plain_entry["layers"], strict=True):
                     tuned_layer["logit_lens_final_prediction_prob"] = plain_layer["final_prediction_prob"]
-        report = build_report(result, "tuned-lens", f"Tuned lens — {model_path}")
-    else:
-        report = Report(probe="tuned-lens", title=f"Tuned lens — {model_path}", data=result)
     losses = result["training"]["losses"]
-    if losses:
-        table = report.table("translator KL to the final layer", ["layer", "KL before (logit lens)", "KL after"])
-        for row in losses:
-            table.add_row(row["layer"], row["kl_before"], row["kl_after"])
-        if train_text is not None:
-            report.add_figure("translator_kl", lambda: line_plot(
-                {"logit lens": [r["kl_before"] for r in losses], "tuned lens": [r["kl_after"] for r in losses]},
-                title="KL(final || lens) on the training text", xlabel="layer", ylabel="KL (nats)"),
-                "KL divergence to the final distribution before and after training the translators")
-    emit(report, json_path, report_dir)
+    after = [row["kl_after"] for row in losses or () if row.get("kl_after") is not None]
+    result["mean_kl"] = sum(after) / len(after) if after else None
+    return TunedLensResult(**result)
+
+
+#: the click command (derived from the operation), for code that imports it
+tuned_lens_command = tuned_lens_probe.command("tuned-lens")

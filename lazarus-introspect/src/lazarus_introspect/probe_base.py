@@ -1,0 +1,71 @@
+"""What every probe written as an operation (:mod:`lazarus.operations`) shares.
+
+:class:`ProbeOptions` holds ``--model``, ``--adapter``, ``--json`` and ``--report`` (a probe's
+options class subclasses it and adds its own :func:`~lazarus.training.config.setting` fields);
+:class:`ProbeResult` is the header every probe's result starts with (the first keys of its JSON);
+:func:`check_outputs` checks ``--json``/``--report`` before the model loads; :func:`result_json`
+is the JSON a probe writes (a result's optional fields that were not filled are left out, so the
+file holds what the probe computed). Imports only attrs and click (``--help`` stays light).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import click
+
+from lazarus.training.config import setting
+
+
+@attrs.define(kw_only=True)
+class ProbeOptions:
+    """The options every probe has; subclass it (``@attrs.define(kw_only=True)``) for a probe's own."""
+
+    model: str | None = setting(None, "Model directory in Hugging Face layout (or a hub id).", required=True,
+                                flags=("-m",), metavar="M")
+    adapter: str | None = setting(None, "Adapter directory (mlx-lm layout) to load on top of the model.",
+                                  metavar="DIR", type=click.Path(file_okay=False))
+    json: str | None = setting(None, "Also write the numbers shown in the table to FILE as JSON.", metavar="FILE",
+                               type=click.Path(dir_okay=False))
+    report: str | None = setting(None, "Write DIR/report.html (self-contained), PNG heatmaps and report.json.",
+                                 metavar="DIR", type=click.Path(file_okay=False))
+
+
+def check_outputs(options: ProbeOptions) -> None:
+    """``--json`` and ``--report`` are checked before the model loads (one line, exit 2)."""
+    from lazarus.paths import check_output_path
+
+    if options.json:
+        check_output_path(options.json, kind="file", option="--json")
+    if options.report:
+        check_output_path(options.report, kind="dir", option="--report")
+
+
+def optional(default: Any = None) -> Any:
+    """A result field that a run may leave unfilled (then absent from the probe's JSON)."""
+    return attrs.field(default=default, metadata={"optional": True})
+
+
+@attrs.frozen(kw_only=True)
+class ProbeResult:
+    """The header of every probe's result (and of its JSON)."""
+
+    probe: str  #: the probe's name
+    model: str  #: the model as given
+    adapter: str | None  #: the adapter as given (None: none)
+    family: str | None  #: the model's family
+    num_layers: int  #: the model's blocks
+
+
+def header(probe: str, options: ProbeOptions, model) -> dict[str, Any]:
+    """The :class:`ProbeResult` fields for ``model`` loaded from ``options``."""
+    from lazarus_introspect.cli_common import run_meta
+
+    return run_meta(probe, options.model, options.adapter, model)
+
+
+def result_json(result) -> dict[str, Any]:
+    """A probe result as the JSON it writes: its fields in order, unfilled optional ones left out."""
+    return attrs.asdict(result, recurse=True,
+                        filter=lambda field, value: not (value is None and field.metadata.get("optional")))
