@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import mlx.core as mx
@@ -73,6 +73,8 @@ class RowStep:
 
 
 class _Row:
+    prefix_key: Any  #: set by BatchGenerator.add
+
     def __init__(self, row_id, prompt, sampling, text, logprobs, tag):
         self.id = row_id
         self.prompt = prompt
@@ -113,10 +115,12 @@ class BatchGenerator:
         self._ids = itertools.count()
         self._waiting: list[_Row] = []
         self._rows: list[_Row] = []  # rows in the batch, in cache order
-        self._cache: list | None = None
+        # the batch's cache (one KVCache per block; None while no row runs), typed Any: the methods
+        # that read it run only while rows do
+        self._cache: Any = None
         # (B,) each row's sampled token not yet returned (the next forward's input) and its logits
-        self._pending: mx.array | None = None
-        self._pending_logits: mx.array | None = None
+        self._pending: Any = None  # mx.array while rows run
+        self._pending_logits: Any = None
         self._steps = 0
         self._samplers: dict = {}
         self._prefixes = _PrefixCache(prefix_cache_tokens, min_prefix) if prefix_cache_tokens > 0 else None
@@ -196,7 +200,7 @@ class BatchGenerator:
         tokens, logits = self._pending, self._pending_logits
         rows = list(self._rows)
         if any(row.history is not None for row in rows):  # the penalty needs these tokens' values
-            for row, token in zip(rows, tokens.tolist(), strict=True):
+            for row, token in zip(rows, cast("list[int]", tokens.tolist()), strict=True):
                 if row.history is not None:
                     row.history = (row.history + [token])[-row.sampling.repetition_context_size:]
         self._forward(rows, tokens[:, None])
@@ -233,9 +237,9 @@ class BatchGenerator:
             cached = longest
         start = cached - longest  # masked slots before the longest joining prompt
         padded = [[r.prompt[0]] * (longest - len(r.prompt)) + r.prompt for r in joining]
-        mask = [[False] * (longest - len(r.prompt)) + [True] * len(r.prompt) for r in joining]
+        real = [[False] * (longest - len(r.prompt)) + [True] * len(r.prompt) for r in joining]
         ids = mx.array(padded, dtype=mx.int32)
-        mask = mx.array(mask) if start or any(len(r.prompt) != longest for r in joining) else None
+        mask = mx.array(real) if start or any(len(r.prompt) != longest for r in joining) else None
         cache = self._empty_cache(len(joining), start)
         done = 0
         if reuse is not None:  # the reused slots follow the masked ones, rotated to where they now are
@@ -302,7 +306,7 @@ class BatchGenerator:
     def _remember(self, i: int, row: _Row) -> None:
         """Store a finished row's keys and values (prompt and answer) for later rows to reuse."""
         layer0 = self._cache[0]
-        first = 0 if layer0.key_mask is None else int(mx.argmax(layer0.key_mask[i]).item())
+        first = 0 if layer0.key_mask is None else int(mx.argmax(layer0.key_mask[i]).item())  # type: ignore[arg-type]  # mlx's stub: item() may be complex
         tokens = row.prompt + row.text.token_ids
         if layer0.offset - first != len(tokens):  # every token fed is in the cache; anything else: skip
             return
@@ -311,6 +315,7 @@ class BatchGenerator:
                                                                                         strict=True)]
         values = [layer.values[i:i + 1, :, first:layer.offset, :] for layer in self._cache]
         mx.async_eval(keys, values)  # copies, so the batch's buffers can go; no wait for the queued step
+        assert self._prefixes is not None  # step() remembers rows only with a prefix cache
         self._prefixes.store(row.prefix_key, tokens, keys, values)
 
     def _keep(self, keep: list[int]) -> None:
@@ -329,29 +334,31 @@ class BatchGenerator:
         self._pending, self._pending_logits = self._pending[rows], self._pending_logits[rows]
         key_mask = self._cache[0].key_mask
         if key_mask is not None:  # drop front slots no live row uses any more
-            unused = int(mx.argmax(key_mask.any(axis=0)).item())
+            unused = int(mx.argmax(key_mask.any(axis=0)).item())  # type: ignore[arg-type]  # as above
             if unused >= _TRIM_AT:
                 self._shift(-unused)
 
     # -- sampling -------------------------------------------------------------------------------
     def _emit(self, rows: list[_Row], tokens: mx.array, logits: mx.array) -> list[RowStep]:
         """Read back one step's tokens; text, stop checks and log-probabilities per row."""
-        token_list = tokens.tolist()
+        # (mlx's stub types tolist() as any nesting; a (B,) array gives a flat list)
+        token_list = cast("list[int]", tokens.tolist())
         want = [i for i, r in enumerate(rows) if r.logprobs is not None]
-        chosen, tops = {}, {}
+        chosen: dict[int, float] = {}
+        tops: dict[int, list[tuple[int, float]]] = {}
         if want:
             index = mx.array(want, dtype=mx.int32)
             logprobs = logits[index] - mx.logsumexp(logits[index], axis=-1, keepdims=True)
-            picked = mx.take_along_axis(logprobs, tokens[index][:, None], axis=-1)[:, 0].tolist()
+            picked = cast("list[float]", mx.take_along_axis(logprobs, tokens[index][:, None], axis=-1)[:, 0].tolist())
             k = max(rows[i].logprobs for i in want)
             if k > 0:
                 order = mx.argsort(-logprobs, axis=-1)[:, :k]
-                values = mx.take_along_axis(logprobs, order, axis=-1)
-                order, values = order.tolist(), values.tolist()
+                top_ids = cast("list[list[int]]", order.tolist())
+                top_values = cast("list[list[float]]", mx.take_along_axis(logprobs, order, axis=-1).tolist())
             for j, i in enumerate(want):
                 chosen[i] = picked[j]
                 if rows[i].logprobs:
-                    tops[i] = list(zip(order[j][:rows[i].logprobs], values[j][:rows[i].logprobs], strict=True))
+                    tops[i] = list(zip(top_ids[j][:rows[i].logprobs], top_values[j][:rows[i].logprobs], strict=True))
         out = []
         for i, (row, token) in enumerate(zip(rows, token_list, strict=True)):
             text = row.text.add(token)
@@ -363,7 +370,7 @@ class BatchGenerator:
         """The next token of every row, each with its own sampling settings."""
         if all(r.sampling.greedy and r.history is None for r in rows):
             return mx.argmax(logits, axis=-1).astype(mx.int32)
-        picked = [None] * len(rows)
+        picked: list[Any] = [None] * len(rows)
         groups: dict[SamplingConfig, list[int]] = {}
         for i, row in enumerate(rows):
             if row.history is not None:
@@ -425,7 +432,7 @@ class _PrefixCache:
                 n += 1
             if n > best:
                 best, best_id = n, entry_id
-        if best < self.min_prefix:
+        if best < self.min_prefix or best_id is None:
             return None
         entry = self.entries.pop(best_id)
         self.entries[best_id] = entry  # most recently used

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
+from typing import Any, cast
 
 import attrs
 import numpy as np
@@ -234,10 +235,12 @@ class BatchIterator:
     def _cut(self, order: np.ndarray) -> list[np.ndarray]:
         if self.batch_size is not None:
             return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        budget = self.max_tokens_per_batch
+        assert budget is not None  # exactly one of batch_size and max_tokens_per_batch is given
         batches, start, longest = [], 0, 0
         for i, index in enumerate(order):
             longest_if_added = max(longest, int(self.lengths[index]))
-            if i > start and self._cost(i - start + 1, longest_if_added) > self.max_tokens_per_batch:
+            if i > start and self._cost(i - start + 1, longest_if_added) > budget:
                 batches.append(order[start:i])
                 start, longest_if_added = i, int(self.lengths[index])
             longest = longest_if_added
@@ -295,27 +298,29 @@ class BatchIterator:
         real = [int(i) if i >= 0 else int(global_indices[0]) for i in local]
         examples = [self.examples[i] for i in real]
         filler = local < 0
-        meta = {"indices": np.asarray(local, dtype=np.int64), "epoch": epoch, "step": step,
-                "position": self.position}
+        meta: dict[str, Any] = {"indices": np.asarray(local, dtype=np.int64), "epoch": epoch, "step": step,
+                                "position": self.position}
         if self.example_type is PromptExample:
-            return PromptBatch(examples=tuple(examples), **meta)
+            return PromptBatch(examples=tuple(cast("list[PromptExample]", examples)), **meta)
         width = _padded_length(max(e.length for e in examples), self.pad_to_multiple)
         if self.example_type is SFTExample:
-            mask = _pad([e.loss_mask for e in examples], width, 0, np.float32)
+            sft = cast("list[SFTExample]", examples)
+            mask = _pad([e.loss_mask for e in sft], width, 0, np.float32)
             mask[filler] = 0
-            extra = {k: np.asarray([e.extra[k] for e in examples]) for k in examples[0].extra} if examples else {}
-            return SFTBatch(ids=_pad([e.ids for e in examples], width, self.pad_id, np.int32),
-                            loss_mask=mask, lengths=np.array([e.length for e in examples], dtype=np.int32),
+            extra = {k: np.asarray([e.extra[k] for e in sft]) for k in sft[0].extra} if sft else {}
+            return SFTBatch(ids=_pad([e.ids for e in sft], width, self.pad_id, np.int32),
+                            loss_mask=mask, lengths=np.array([e.length for e in sft], dtype=np.int32),
                             extra=extra, **meta)
         assert self.example_type is PreferenceExample
-        chosen_mask = _pad([e.chosen_mask for e in examples], width, 0, np.float32)
-        rejected_mask = _pad([e.rejected_mask for e in examples], width, 0, np.float32)
+        pairs = cast("list[PreferenceExample]", examples)
+        chosen_mask = _pad([e.chosen_mask for e in pairs], width, 0, np.float32)
+        rejected_mask = _pad([e.rejected_mask for e in pairs], width, 0, np.float32)
         chosen_mask[filler] = rejected_mask[filler] = 0
         return PreferenceBatch(
-            chosen_ids=_pad([e.chosen_ids for e in examples], width, self.pad_id, np.int32),
+            chosen_ids=_pad([e.chosen_ids for e in pairs], width, self.pad_id, np.int32),
             chosen_mask=chosen_mask,
-            chosen_lengths=np.array([len(e.chosen_ids) for e in examples], dtype=np.int32),
-            rejected_ids=_pad([e.rejected_ids for e in examples], width, self.pad_id, np.int32),
+            chosen_lengths=np.array([len(e.chosen_ids) for e in pairs], dtype=np.int32),
+            rejected_ids=_pad([e.rejected_ids for e in pairs], width, self.pad_id, np.int32),
             rejected_mask=rejected_mask,
-            rejected_lengths=np.array([len(e.rejected_ids) for e in examples], dtype=np.int32),
+            rejected_lengths=np.array([len(e.rejected_ids) for e in pairs], dtype=np.int32),
             **meta)

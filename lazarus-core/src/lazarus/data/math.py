@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
+from typing import cast
 
 import attrs
 
@@ -59,7 +60,7 @@ class MathProblem:
         """The operation that gives the answer (the outermost one of ``expression``): add, sub, mul, div."""
         import ast
 
-        node = ast.parse(self.expression, mode="eval").body
+        node = cast(ast.BinOp, ast.parse(self.expression, mode="eval").body)  # always a binary operation
         return OPERATIONS[type(node.op).__name__]
 
     def dual_reward_record(self) -> dict:
