@@ -58,3 +58,32 @@ def test_tuned_lens_from_python_returns_its_typed_result(llama, loaded, tmp_path
     with pytest.raises(LazarusError, match="does not exist"):
         tuned_lens_probe.run(model=llama, translators=str(tmp_path / "tl"), train_text=str(tmp_path / "none.txt"))
     assert "mean_kl" in result_fields(tuned_lens_probe) and result_dict(read)["prompt"] == PROMPT
+
+
+def test_linear_probe_from_python_returns_its_typed_result(llama, tmp_path):
+    from lazarus_introspect.linear_probe import LinearProbeResult, linear_probe, load_direction
+
+    assert linear_probe.name == "probe" and linear_probe.metric == "best_accuracy"
+    data = _labelled(tmp_path / "labelled.jsonl")
+    result = linear_probe.run(model=llama, data=str(data), steps=100, save=str(tmp_path / "direction"))
+    assert isinstance(result, LinearProbeResult) and result.labels == ["day", "night"]
+    assert result.train_size + result.test_size == len(LABELLED) and len(result.layers) == result.num_layers
+    assert result.best_accuracy == result.layers[result.best_layer]["test_accuracy"]
+    assert linear_probe.metric_of(result) == result.best_accuracy and 0 <= result.best_accuracy <= 1
+    assert result.saved["layer"] == result.best_layer
+    direction, meta = load_direction(tmp_path / "direction")
+    assert meta["layer"] == result.best_layer and direction.ndim == 1
+    # without --save the JSON has no "saved" key (an optional field left unfilled), the typed result None
+    plain = linear_probe.run(model=llama, data=str(data), steps=20, pool="mean")
+    assert plain.saved is None and plain.pool == "mean"
+    from lazarus_introspect.probe_base import result_json
+
+    assert "saved" not in result_json(plain) and list(result_json(plain))[:5] == [
+        "probe", "model", "adapter", "family", "num_layers"]
+    with pytest.raises(LazarusError, match="pool must be one of last, mean"):
+        linear_probe.run(model=llama, data=str(data), pool="max")
+    with pytest.raises(LazarusError, match="key 'data': File .* does not exist"):
+        linear_probe.run(model=llama, data=str(tmp_path / "none.jsonl"))
+    (tmp_path / "one.jsonl").write_text('{"text": "a", "label": 1}\n{"text": "b", "label": 1}\n')
+    with pytest.raises(LazarusError, match="single label"):
+        linear_probe.run(model=llama, data=str(tmp_path / "one.jsonl"))

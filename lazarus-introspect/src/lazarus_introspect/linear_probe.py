@@ -15,12 +15,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import attrs
 import click
 
 from lazarus.errors import LazarusError
+from lazarus.operations import operation
 from lazarus.options import SEED
+from lazarus.training.config import setting
 from lazarus_introspect import activations
-from lazarus_introspect.cli_common import emit, load, probe_options, read_labelled, read_saved, run_meta
+from lazarus_introspect.cli_common import emit, load, read_labelled, read_saved
+from lazarus_introspect.probe_base import (
+    ProbeOptions,
+    ProbeResult,
+    check_outputs,
+    header,
+    optional,
+    result_json,
+)
 
 DIRECTION_WEIGHTS = "direction.safetensors"
 DIRECTION_META = "direction.json"
@@ -183,41 +194,88 @@ def load_direction(directory: str | Path, toward: str | None = None):
     return tensors["directions"][labels.index(toward)], meta
 
 
-@click.command("probe")
-@probe_options
-@click.option("--data", "data_path", required=True, type=click.Path(exists=True, dir_okay=False),
-              metavar="FILE", help='Labelled prompts, JSONL: {"text": ..., "label": ...} per line.')
-@click.option("--pool", type=click.Choice(["last", "mean"]), default="last", show_default=True,
-              help="Represent a prompt by its last token's residual or the mean over its tokens.")
-@click.option("--test-fraction", type=click.FloatRange(0.05, 0.9), default=0.25, show_default=True,
-              help="Fraction of each label held out for testing.")
-@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the train/test split.")
-@click.option("--l2", type=click.FloatRange(0), default=1e-2, show_default=True, help="L2 penalty.")
-@click.option("--steps", type=click.IntRange(1), default=500, show_default=True, help="Gradient steps per probe.")
-@click.option("--shuffle-labels", is_flag=True, help="Control: shuffle the labels (accuracy should drop to chance).")
-@click.option("--save", "save_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
-              help="Save the best layer's direction here (for `introspect steer --direction DIR`).")
-def probe_command(model_path, adapter_path, json_path, report_dir, data_path, pool, test_fraction, seed, l2,
-                  steps, shuffle_labels, save_dir):
+@attrs.define(kw_only=True)
+class LinearProbeOptions(ProbeOptions):
+    """The options of ``lazarus introspect probe`` (and the keys of a recipe stage)."""
+
+    data: str | None = setting(None, 'Labelled prompts, JSONL: {"text": ..., "label": ...} per line.', required=True,
+                               metavar="FILE", type=click.Path(exists=True, dir_okay=False))
+    pool: str = setting("last", "Represent a prompt by its last token's residual or the mean over its tokens.",
+                        choices=("last", "mean"))
+    test_fraction: float = setting(0.25, "Fraction of each label held out for testing.",
+                                   type=click.FloatRange(0.05, 0.9), minimum=0.05, maximum=0.9)
+    seed: int = setting(0, "Seed of the train/test split.", type=SEED)
+    l2: float = setting(1e-2, "L2 penalty.", type=click.FloatRange(0), minimum=0)
+    steps: int = setting(500, "Gradient steps per probe.", type=click.IntRange(1), minimum=1)
+    shuffle_labels: bool = setting(False, "Control: shuffle the labels (accuracy should drop to chance).")
+    save: str | None = setting(None, "Save the best layer's direction here (for `introspect steer --direction DIR`).",
+                               metavar="DIR", type=click.Path(file_okay=False))
+
+
+@attrs.frozen(kw_only=True)
+class LinearProbeResult(ProbeResult):
+    """What ``probe`` found: train and held-out accuracy per layer, the best layer and its accuracy."""
+
+    data: str  #: the labelled prompts file
+    examples: int  #: how many prompts
+    pool: str
+    shuffled_labels: bool
+    hook: str  #: where the residual is read
+    labels: list  #: the labels, sorted (the direction points from the first to the second)
+    train_size: int
+    test_size: int
+    chance: float  #: the held-out accuracy of always answering the most common label
+    layers: list  #: ``[{"layer", "train_accuracy", "test_accuracy"}]``
+    best_layer: int  #: the layer with the best held-out accuracy
+    saved: dict | None = optional()  #: ``{"dir", "layer", "mean_separation"}`` with --save
+    best_accuracy: float  #: the key figure: the best layer's held-out accuracy
+
+
+def _check(options: LinearProbeOptions) -> None:
+    check_outputs(options)
+    read_labelled(options.data)
+
+
+def _show(result: LinearProbeResult, options: LinearProbeOptions) -> None:
+    from lazarus_introspect.report import Report, line_plot
+
+    report = Report(probe="probe", title=f"Linear probes — {options.model}", data=result_json(result))
+    table = report.table(f"probe accuracy per layer ({result.examples} prompts, labels {', '.join(result.labels)}, "
+                         f"chance {result.chance:.2f})", ["layer", "train acc", "held-out acc", ""])
+    for row in result.layers:
+        table.add_row(row["layer"], row["train_accuracy"], row["test_accuracy"],
+                      "best" if row["layer"] == result.best_layer else "")
+    if result.saved:
+        report.notes.append(f"saved layer {result.best_layer}'s direction to {result.saved['dir']}")
+    report.add_figure("accuracy", lambda: line_plot(
+        {"held-out": [r["test_accuracy"] for r in result.layers],
+         "train": [r["train_accuracy"] for r in result.layers],
+         "chance": [result.chance] * len(result.layers)},
+        title="linear probe accuracy per layer", xlabel="layer", ylabel="accuracy"), "Probe accuracy per layer")
+    emit(report, options.json, options.report)
+
+
+@operation(options=LinearProbeOptions, metric="best_accuracy", name="probe", check=_check, show=_show, load=load)
+def linear_probe(model, tokenizer, options: LinearProbeOptions) -> LinearProbeResult:
     """Linear probes per layer on labelled prompts; held-out accuracy per layer."""
     import numpy as np
 
-    from lazarus_introspect.report import Report, line_plot
-
+    model_path, adapter_path, data_path, pool, seed = (options.model, options.adapter, options.data, options.pool,
+                                                       options.seed)
     records = read_labelled(data_path)
-    model, tokenizer, _ = load(model_path, adapter_path)
     labels = [r["label"] for r in records]
-    if shuffle_labels:
+    if options.shuffle_labels:
         labels = list(np.random.default_rng(seed + 1).permutation(labels))
     states = activations.prompt_representations(model, tokenizer, [r["text"] for r in records], pool=pool)
-    fitted = probe_layers(states, labels, test_fraction=test_fraction, seed=seed, l2=l2, steps=steps)
-    result = run_meta("probe", model_path, adapter_path, model)
-    result.update({"data": str(data_path), "examples": len(records), "pool": pool, "shuffled_labels": shuffle_labels,
-                   "hook": "blocks.{L}.hook_resid_post"})
+    fitted = probe_layers(states, labels, test_fraction=options.test_fraction, seed=seed, l2=options.l2,
+                          steps=options.steps)
+    result = header("probe", options, model)
+    result.update({"data": str(data_path), "examples": len(records), "pool": pool,
+                   "shuffled_labels": options.shuffle_labels, "hook": "blocks.{L}.hook_resid_post"})
     result.update({k: fitted[k] for k in ("labels", "train_size", "test_size", "chance", "layers", "best_layer")})
     best = fitted["best_layer"]
     best_row = fitted["layers"][best]
-    if save_dir:
+    if options.save:
         direction = probe_direction(fitted["fits"][best], states[best], fitted["targets"], fitted["train"])
         meta = {"format": "lazarus-direction", "source": "probe", "model": str(model_path),
                 "adapter": str(adapter_path) if adapter_path else None, "family": getattr(model, "family", None),
@@ -231,19 +289,10 @@ def probe_command(model_path, adapter_path, json_path, report_dir, data_path, po
         record = provenance.for_model(model, data_files=[data_path], command="introspect probe",
                                       adapter_path=str(adapter_path) if adapter_path else None,
                                       adapter_config=Path(adapter_path) / "adapter_config.json" if adapter_path else None)
-        save_direction(save_dir, direction, meta, record)
-        result["saved"] = {"dir": str(save_dir), "layer": best, "mean_separation": direction["mean_separation"]}
+        save_direction(options.save, direction, meta, record)
+        result["saved"] = {"dir": str(options.save), "layer": best, "mean_separation": direction["mean_separation"]}
+    return LinearProbeResult(**result, best_accuracy=best_row["test_accuracy"])
 
-    report = Report(probe="probe", title=f"Linear probes — {model_path}", data=result)
-    table = report.table(f"probe accuracy per layer ({len(records)} prompts, labels {', '.join(result['labels'])}, "
-                         f"chance {result['chance']:.2f})", ["layer", "train acc", "held-out acc", ""])
-    for row in fitted["layers"]:
-        table.add_row(row["layer"], row["train_accuracy"], row["test_accuracy"], "best" if row["layer"] == best else "")
-    if save_dir:
-        report.notes.append(f"saved layer {best}'s direction to {save_dir}")
-    report.add_figure("accuracy", lambda: line_plot(
-        {"held-out": [r["test_accuracy"] for r in fitted["layers"]],
-         "train": [r["train_accuracy"] for r in fitted["layers"]],
-         "chance": [result["chance"]] * len(fitted["layers"])},
-        title="linear probe accuracy per layer", xlabel="layer", ylabel="accuracy"), "Probe accuracy per layer")
-    emit(report, json_path, report_dir)
+
+#: the click command (derived from the operation), for code that imports it
+probe_command = linear_probe.command("probe")

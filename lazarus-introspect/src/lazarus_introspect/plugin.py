@@ -19,7 +19,7 @@ PROBES: dict[str, tuple[str, str]] = {
                    "Read every layer's residual stream through the final norm and the unembedding."),
     "tuned-lens": ("lazarus_introspect.tuned_lens:tuned_lens_probe",
                    "Train per-layer affine translators (KL to the final layer) and read through them."),
-    "probe": ("lazarus_introspect.linear_probe:probe_command",
+    "probe": ("lazarus_introspect.linear_probe:linear_probe",
               "Linear (logistic) probes per layer on labelled prompts; saves the best direction."),
     "patch": ("lazarus_introspect.patching:activation_patching",
               "Activation patching clean -> corrupted over layers x positions (resid, attn, mlp)."),
