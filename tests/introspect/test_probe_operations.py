@@ -87,3 +87,33 @@ def test_linear_probe_from_python_returns_its_typed_result(llama, tmp_path):
     (tmp_path / "one.jsonl").write_text('{"text": "a", "label": 1}\n{"text": "b", "label": 1}\n')
     with pytest.raises(LazarusError, match="single label"):
         linear_probe.run(model=llama, data=str(tmp_path / "one.jsonl"))
+
+
+def test_steer_from_python_returns_its_typed_result(llama, tmp_path):
+    from lazarus_introspect.steering import SteerOptions, SteerResult, steer_probe
+
+    assert steer_probe.name == "steer" and steer_probe.metric == "changed_fraction"
+    (tmp_path / "pos.txt").write_text("I love it\nIt is good\n")
+    (tmp_path / "neg.txt").write_text("I hate it\nIt is bad\n")
+    # a single prompt is one prompt (commas and all), coefficients are numbers
+    result = steer_probe.run(model=llama, prompt="The cat, the dog", positive=str(tmp_path / "pos.txt"),
+                             negative=str(tmp_path / "neg.txt"), layer=0, coef=[0, 8.0], normalize=True,
+                             max_tokens=3)
+    assert isinstance(result, SteerResult) and result.layers == [0] and result.max_tokens == 3
+    assert [(r["prompt"], r["coefficient"]) for r in result.runs] == [("The cat, the dog", 0.0),
+                                                                       ("The cat, the dog", 8.0)]
+    zero, strong = result.runs
+    assert zero["steered"] == zero["unsteered"] and not zero["changed"]
+    assert result.changed_fraction == (0.0 if not strong["changed"] else 0.5)
+    assert result.direction["norm"] == pytest.approx(1.0, rel=1e-4) and result.direction["normalized"] is True
+    # the options class directly: repeatable fields are tuples
+    options = SteerOptions(model=llama, prompt=("a", "b"), positive=str(tmp_path / "pos.txt"),
+                           negative=str(tmp_path / "neg.txt"), coef=(0.0,), max_tokens=1)
+    assert [r["prompt"] for r in steer_probe.run(options).runs] == ["a", "b"]
+    with pytest.raises(LazarusError, match="--direction DIR or both"):
+        steer_probe.run(model=llama, prompt="x")
+    with pytest.raises(LazarusError, match="key 'coef' must be a number or a list of numbers"):
+        steer_probe.run(model=llama, prompt="x", coef=["strong"], positive=str(tmp_path / "pos.txt"),
+                        negative=str(tmp_path / "neg.txt"))
+    with pytest.raises(LazarusError, match="missing prompt"):
+        steer_probe.run(model=llama, positive=str(tmp_path / "pos.txt"), negative=str(tmp_path / "neg.txt"))

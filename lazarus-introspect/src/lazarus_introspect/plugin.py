@@ -25,7 +25,7 @@ PROBES: dict[str, tuple[str, str]] = {
               "Activation patching clean -> corrupted over layers x positions (resid, attn, mlp)."),
     "ablate": ("lazarus_introspect.ablation:ablate_command",
                "Zero / mean ablation of attention heads, whole attention or MLP per layer."),
-    "steer": ("lazarus_introspect.steering:steer_command",
+    "steer": ("lazarus_introspect.steering:steer_probe",
               "Add a direction to the residual stream during generation; steered vs plain text."),
     "attention": ("lazarus_introspect.attention:attention_command",
                   "Attention patterns per layer and head: entropy, top attended tokens, heatmaps."),

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import attrs
 import click
 
 from lazarus.errors import LazarusError
+from lazarus.operations import operation
+from lazarus.training.config import setting
 from lazarus_introspect import activations
-from lazarus_introspect.cli_common import emit, generate_text, load, probe_options, read_lines, run_meta
+from lazarus_introspect.cli_common import emit, generate_text, load, read_lines
+from lazarus_introspect.probe_base import ProbeOptions, ProbeResult, check_outputs, header, result_json
 
 
 def steering_hook(direction, coefficient: float):
@@ -55,57 +59,98 @@ def steer(model, tokenizer, prompt: str, direction, layers: Sequence[int], coeff
             "changed": plain["token_ids"] != steered["token_ids"]}
 
 
-@click.command("steer")
-@probe_options
-@click.option("--prompt", "-p", "prompts", multiple=True, required=True, help="Prompt(s) to generate from; repeatable.")
-@click.option("--direction", "direction_dir", type=click.Path(exists=True, file_okay=False), default=None,
-              metavar="DIR", help="A direction saved by `lazarus introspect probe --save DIR`.")
-@click.option("--toward", default=None, metavar="LABEL",
-              help="With --direction: steer toward this label's direction (default: first -> second label).")
-@click.option("--positive", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
-              help="Prompts (one per line) whose mean residual the direction points toward.")
-@click.option("--negative", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
-              help="Prompts (one per line) whose mean residual the direction points away from.")
-@click.option("--layer", "layers", type=int, multiple=True,
-              help="Layer(s) to steer after (repeatable; default: the probe's layer, or the middle layer).")
-@click.option("--coef", "coefficients", type=float, multiple=True, default=(4.0,), show_default=True,
-              help="Coefficient(s) multiplying the direction; repeatable (one column each).")
-@click.option("--normalize/--no-normalize", default=False, show_default=True,
-              help="Scale a mean-difference direction to unit norm (probe directions are unit already).")
-@click.option("--max-tokens", type=click.IntRange(1), default=32, show_default=True, help="Tokens to generate.")
-def steer_command(model_path, adapter_path, json_path, report_dir, prompts, direction_dir, toward, positive, negative,
-                  layers, coefficients, normalize, max_tokens):
+@attrs.define(kw_only=True)
+class SteerOptions(ProbeOptions):
+    """The options of ``lazarus introspect steer`` (and the keys of a recipe stage)."""
+
+    prompt: tuple[str, ...] | None = setting(None, "Prompt(s) to generate from; repeatable.", required=True,
+                                             flags=("-p",))
+    direction: str | None = setting(None, "A direction saved by `lazarus introspect probe --save DIR`.",
+                                    metavar="DIR", type=click.Path(exists=True, file_okay=False))
+    toward: str | None = setting(None, "With --direction: steer toward this label's direction (default: first -> "
+                                       "second label).", metavar="LABEL")
+    positive: str | None = setting(None, "Prompts (one per line) whose mean residual the direction points toward.",
+                                   metavar="FILE", type=click.Path(exists=True, dir_okay=False))
+    negative: str | None = setting(None, "Prompts (one per line) whose mean residual the direction points away "
+                                         "from.", metavar="FILE", type=click.Path(exists=True, dir_okay=False))
+    layer: tuple[int, ...] = setting((), "Layer(s) to steer after (repeatable; default: the probe's layer, or the "
+                                         "middle layer).")
+    coef: tuple[float, ...] = setting((4.0,), "Coefficient(s) multiplying the direction; repeatable (one column "
+                                              "each).")
+    normalize: bool = setting(False, "Scale a mean-difference direction to unit norm (probe directions are unit "
+                                     "already).", off="--no-normalize")
+    max_tokens: int = setting(32, "Tokens to generate.", type=click.IntRange(1), minimum=1)
+
+
+@attrs.frozen(kw_only=True)
+class SteerResult(ProbeResult):
+    """What ``steer`` generated: one run per prompt and coefficient, steered and unsteered."""
+
+    #: where the direction came from (``source``, ``layer``, ...) and its ``norm``
+    direction: dict
+    layers: list  #: the layers steered after
+    max_tokens: int
+    #: ``[{"prompt", "unsteered", "steered", "unsteered_token_ids", "steered_token_ids", "changed", "coefficient"}]``
+    runs: list
+    changed_fraction: float  #: the key figure: the fraction of runs whose steered text differs from the plain one
+
+
+def _prompts(options: SteerOptions) -> tuple[str, ...]:
+    return (options.prompt,) if isinstance(options.prompt, str) else tuple(options.prompt or ())
+
+
+def _check(options: SteerOptions) -> None:
+    check_outputs(options)
+    if (options.direction is None) == (options.positive is None and options.negative is None):
+        raise LazarusError("give either --direction DIR or both --positive FILE and --negative FILE")
+    if options.direction is None and (options.positive is None or options.negative is None):
+        raise LazarusError("--positive and --negative go together; give both files")
+    if not _prompts(options):
+        raise LazarusError("give at least one --prompt")
+
+
+def _show(result: SteerResult, options: SteerOptions) -> None:
+    from lazarus_introspect.report import Report
+
+    report = Report(probe="steer", title=f"Steering — {options.model}", data=result_json(result))
+    table = report.table(f"steering at layer(s) {', '.join(map(str, result.layers))} "
+                         f"(direction norm {result.direction['norm']:.3g})",
+                         ["prompt", "coef", "unsteered", "steered", "changed"])
+    for run in result.runs:
+        table.add_row(run["prompt"], run["coefficient"], run["unsteered"], run["steered"],
+                      "yes" if run["changed"] else "")
+    emit(report, options.json, options.report)
+
+
+@operation(options=SteerOptions, metric="changed_fraction", name="steer", check=_check, show=_show, load=load)
+def steer_probe(model, tokenizer, options: SteerOptions) -> SteerResult:
     """Steer generation with a direction; prints steered and unsteered text side by side."""
     import mlx.core as mx
 
     from lazarus_introspect.linear_probe import load_direction
-    from lazarus_introspect.report import Report
 
-    if (direction_dir is None) == (positive is None and negative is None):
-        raise LazarusError("give either --direction DIR or both --positive FILE and --negative FILE")
-    if direction_dir is None and (positive is None or negative is None):
-        raise LazarusError("--positive and --negative go together; give both files")
-    model, tokenizer, _ = load(model_path, adapter_path)
+    direction_dir, positive, negative, max_tokens = (options.direction, options.positive, options.negative,
+                                                      options.max_tokens)
     count = activations.num_layers(model)
-    result = run_meta("steer", model_path, adapter_path, model)
+    result = header("steer", options, model)
     if direction_dir is not None:
-        direction, meta = load_direction(direction_dir, toward)
+        direction, meta = load_direction(direction_dir, options.toward)
         default_layer = meta.get("layer", count // 2)
-        result["direction"] = {"source": str(direction_dir), "layer": meta.get("layer"), "toward": toward,
+        result["direction"] = {"source": str(direction_dir), "layer": meta.get("layer"), "toward": options.toward,
                                "labels": meta.get("labels")}
     else:
         default_layer = count // 2
-    chosen = activations.check_layers(model, layers or [default_layer])
+    chosen = activations.check_layers(model, list(options.layer) or [default_layer])
     if direction_dir is None:
         direction = mean_difference_direction(model, tokenizer, read_lines(positive, "--positive"),
                                               read_lines(negative, "--negative"), chosen[0])
         if mx.linalg.norm(direction).item() < 1e-8:
             raise LazarusError(f"--positive {positive} and --negative {negative} give the same mean residual at "
                                f"layer {chosen[0]}, so the direction is zero; use prompt sets that differ")
-        if normalize:
+        if options.normalize:
             direction = direction / mx.linalg.norm(direction)
         result["direction"] = {"source": "mean-difference", "positive": str(positive), "negative": str(negative),
-                               "layer": chosen[0], "normalized": normalize}
+                               "layer": chosen[0], "normalized": options.normalize}
     width = activations.hidden_size(model)
     if direction.ndim != 1 or direction.shape[0] != width:
         raise LazarusError(f"the direction has shape {tuple(direction.shape)}; it must be a vector of the model's "
@@ -114,19 +159,15 @@ def steer_command(model_path, adapter_path, json_path, report_dir, prompts, dire
     result["layers"] = chosen
     result["max_tokens"] = max_tokens
     runs = []
-    for prompt in prompts:
+    for prompt in _prompts(options):
         plain = generate_text(model, tokenizer, prompt, max_tokens)
-        for coefficient in coefficients:
+        for coefficient in options.coef:
             run = steer(model, tokenizer, prompt, direction, chosen, coefficient, max_tokens, plain)
             run["coefficient"] = coefficient
             runs.append(run)
     result["runs"] = runs
+    return SteerResult(**result, changed_fraction=sum(run["changed"] for run in runs) / len(runs) if runs else 0.0)
 
-    report = Report(probe="steer", title=f"Steering — {model_path}", data=result)
-    table = report.table(f"steering at layer(s) {', '.join(map(str, chosen))} "
-                         f"(direction norm {result['direction']['norm']:.3g})",
-                         ["prompt", "coef", "unsteered", "steered", "changed"])
-    for run in runs:
-        table.add_row(run["prompt"], run["coefficient"], run["unsteered"], run["steered"],
-                      "yes" if run["changed"] else "")
-    emit(report, json_path, report_dir)
+
+#: the click command (derived from the operation), for code that imports it
+steer_command = steer_probe.command("steer")
