@@ -13,9 +13,12 @@ import os
 import re
 import struct
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from lazarus.errors import LazarusError
+
+if TYPE_CHECKING:
+    from lazarus.specs import FamilySpec
 
 #: what a checkpoint download fetches from the hub
 HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
@@ -199,7 +202,7 @@ def detect_family(config: dict, config_path: Path | str = "config.json"):
     then a fallback family registered for ``model_types=["*"]`` (so named families always win)."""
     from lazarus.plugins import get_registry
 
-    families = get_registry().all("family")
+    families = cast("dict[str, FamilySpec]", get_registry().all("family"))
     model_type = config.get("model_type")
     for spec in families.values():
         if model_type in spec.model_types:
@@ -306,7 +309,7 @@ def read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     for f in weight_files(path):
         read_safetensors_header(f)
         try:
-            tensors = mx.load(str(f))
+            tensors = cast("dict[str, mx.array]", mx.load(str(f)))  # (safetensors: a dict)
         except Exception as exc:
             raise LazarusError(f"{f}: corrupt safetensors file ({' '.join(str(exc).split())}); "
                                "re-download or re-create it") from None

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -167,13 +167,14 @@ def score(rewards: Sequence[Reward], prompts: Sequence[Any], completions: Sequen
           records: Sequence[dict], sources: Sequence[str] | None = None) -> Scores:
     """Call every reward on the batch and combine them (see :class:`Scores`)."""
     by_reward = {r.name: r(prompts, completions, records, sources) for r in rewards}
-    total = []
+    total: list[float] = []
     for i in range(len(completions)):
-        total.append(sum(r.weight * by_reward[r.name][i] for r in rewards if by_reward[r.name][i] is not None))
+        values = [(r.weight, by_reward[r.name][i]) for r in rewards]
+        total.append(sum(weight * value for weight, value in values if value is not None))
     return Scores(total=total, by_reward=by_reward)
 
 
-def check_applies(rewards: Sequence[Reward], records: Sequence[Any], where: str, sample: int = 64) -> None:
+def check_applies(rewards: Sequence[Reward], records: Iterable[Any], where: str, sample: int = 64) -> None:
     """Refuse, before any work, rewards that score none of the data: each returns ``None`` (does not
     apply) for every one of the first ``sample`` prompt records (``.prompt``, ``.extra``,
     ``.source``), asked about an empty completion. Training on them would learn from zero gradients,

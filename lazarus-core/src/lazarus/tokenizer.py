@@ -326,6 +326,8 @@ class Tokenizer:
             raise LazarusError(f"{self.source}: the tokenizer has no chat template (no chat_template in "
                                "tokenizer_config.json); drop --chat and write the prompt yourself")
         template = _select_template(self._raw_templates, template_name, tools, self.source)
+        if template is None:  # a named entry without its "template"
+            raise LazarusError(f"{self.source}: the chosen chat template in tokenizer_config.json has no text")
         for i, message in enumerate(messages):
             if not isinstance(message, dict) or "role" not in message:
                 raise LazarusError(f"chat message {i} must be a dict with 'role' and 'content'")

@@ -102,7 +102,7 @@ def read_adapter(path: str | Path, num_blocks: int | None = None) -> AdapterChec
     return detect_adapter_format(path).read(path, num_blocks=num_blocks)
 
 
-def load_adapter(model: nn.Module, path: str | Path) -> AdapterConfig:
+def load_adapter(model: nn.Module, path: str | os.PathLike) -> AdapterConfig:
     """Apply the adapter stored at ``path`` to ``model`` and load its tensors; returns its config.
 
     ``path``: an mlx-lm adapter directory (from Lazarus or mlx-lm), or a legacy ``.npz``. Every

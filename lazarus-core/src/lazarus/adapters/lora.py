@@ -92,7 +92,7 @@ class LowRankAdapter(AdapterType):
     """Adapter type that wraps target linear layers of the last N blocks in ``layer_class``."""
 
     name = "lora"
-    layer_class: type = LoRALinear
+    layer_class: type[LoRALinear] = LoRALinear
 
     def targets(self, model: nn.Module, config: AdapterConfig) -> list[tuple[nn.Module, str, nn.Module]]:
         """(owner, path relative to owner, linear layer) for every layer this config adapts.
@@ -126,7 +126,7 @@ class LowRankAdapter(AdapterType):
         return found
 
     @staticmethod
-    def adapter_layer_types() -> tuple[type, ...]:
+    def adapter_layer_types() -> tuple[type[nn.Module], ...]:
         # DoRALinear subclasses LoRALinear, so this covers both
         return (LoRALinear,)
 

@@ -9,7 +9,7 @@ with ``mx.save_safetensors`` and the ``{"format": "mlx"}`` metadata mlx-lm write
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from lazarus.checkpoints.base import AdapterCheckpoint, AdapterFormat, read_provenance, write_provenance
 from lazarus.errors import LazarusError
@@ -23,7 +23,7 @@ def load_safetensors(path: Path) -> dict:
     import mlx.core as mx
 
     try:
-        return dict(mx.load(str(path), format="safetensors"))
+        return dict(cast("dict[str, mx.array]", mx.load(str(path), format="safetensors")))  # (one file: a dict)
     except (RuntimeError, ValueError, OSError) as exc:
         raise LazarusError(f"{path}: cannot read safetensors ({' '.join(str(exc).split())}); "
                            "the file is corrupt or incomplete, save it again") from None

@@ -42,8 +42,9 @@ class CheckpointFormat:
         """Whether ``path`` looks like a checkpoint of this format (cheap: file names only)."""
         return False
 
-    def write(self, path: str | Path, **options) -> Path:
-        """Write a checkpoint at ``path`` atomically (with ``lazarus.json``); returns the path."""
+    def write(self, path: str | Path, *args: Any, **options: Any) -> Path:
+        """Write a checkpoint at ``path`` atomically (with ``lazarus.json``); returns the path.
+        A format names the options it takes (``*args, **options`` lets it)."""
         raise NotImplementedError(f"checkpoint format {self.name!r} cannot write")
 
     def owned(self, name: str) -> bool:

@@ -52,7 +52,8 @@ def mean_interval(values: list[float], z: float = Z95) -> tuple[float, float, fl
     return mean, mean - half, mean + half
 
 
-def _data_file(data: str, split: str) -> Path:
+def _data_file(data: str | None, split: str) -> Path:
+    assert data is not None  # a required setting (make_options checks it)
     path = Path(data)
     if path.is_dir():
         path = path / f"{split}.jsonl"
@@ -164,7 +165,7 @@ def evaluate(model, tokenizer, options: EvalOptions) -> EvalResult:
     from lazarus.rewards import check_applies, load_rewards
 
     path = _data_file(options.data, options.split)
-    out = Path(options.output)
+    out = Path(options.output or DEFAULT_OUTPUT)  # (_check fills it in; force=True from Python skips _check)
     reward_fns = load_rewards(options.reward)
     dataset = read_dataset(path, format="prompt")
     if not len(dataset):

@@ -29,6 +29,7 @@ def _pip(*args: str) -> None:
     process = subprocess.Popen([sys.executable, "-m", "pip", *args], stdout=subprocess.PIPE, text=True,
                                bufsize=1)
     satisfied = 0
+    assert process.stdout is not None  # (stdout=PIPE)
     for line in process.stdout:
         if line.startswith("Requirement already satisfied"):
             satisfied += 1

@@ -113,7 +113,7 @@ def describe_model(model: str | Path) -> dict:
     files = weight_files(path)
     quant = config.get("quantization") if isinstance(config.get("quantization"), dict) else None
     headers = {key: entry for f in files for key, entry in read_safetensors_header(f).items()}
-    parameters, dtypes = 0, Counter()
+    parameters, dtypes = 0, Counter[str]()
     for key, entry in headers.items():
         if key.endswith("rotary_emb.inv_freq") or (key == "lm_head.weight" and args.tie_word_embeddings):
             continue
@@ -124,7 +124,7 @@ def describe_model(model: str | Path) -> dict:
         packed = quant is not None and f"{module}.scales" in headers
         if packed and leaf in ("scales", "biases"):
             continue  # the quantization's own numbers, not parameters of the model
-        if packed and leaf == "weight" and entry["dtype"] == "U32":
+        if packed and quant is not None and leaf == "weight" and entry["dtype"] == "U32":
             bits = _layer_bits(quant, module)
             n = n * 32 // bits  # each uint32 word packs 32 / bits weights
             dtypes[f"{bits}-bit"] += n
@@ -178,5 +178,7 @@ def _created_by(record: dict) -> str | None:
     command = record.get("command")
     if not command:
         return None
-    source = record.get("source_model") if isinstance(record.get("source_model"), dict) else {}
+    source = record.get("source_model")
+    if not isinstance(source, dict):
+        source = {}
     return command + (f" from {source['model']}" if source.get("model") else "")

@@ -63,7 +63,7 @@ def trainer_command(spec) -> click.Command:
     except ImportError as exc:
         raise LazarusError(f"trainer {spec.name!r} could not be imported ({spec.entry}): {exc}") from None
     config_cls = trainer_cls.config_class
-    params = [
+    params: list[click.Parameter] = [
         click.Option(["--config", "config_file"], type=click.Path(dir_okay=False), default=None,
                      metavar="FILE", help="TOML (or YAML) file whose keys are the option names below "
                                           "(learning_rate = 1e-4); options given here override it."),

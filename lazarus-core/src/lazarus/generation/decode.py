@@ -5,7 +5,7 @@ then one token per step with the next step queued before the current token is re
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 
 import attrs
 import mlx.core as mx
@@ -23,7 +23,7 @@ def _split_row_keys(keys: mx.array) -> tuple[mx.array, mx.array]:
 
 def _cache_arrays(cache) -> list:
     """The arrays held by a model cache, to force prefill chunks to be computed."""
-    arrays = []
+    arrays: list[mx.array] = []
     for layer_cache in cache:
         state = getattr(layer_cache, "state", None)
         if state is None:
@@ -36,7 +36,7 @@ def _cache_arrays(cache) -> list:
 def generate_tokens(model, prompt: mx.array, *, sampling: SamplingConfig | None = None,
                     max_tokens: int = 256, mask: mx.array | None = None, cache: list | None = None,
                     prefill_step_size: int = 2048, compiled: bool = True,
-                    row_seeds: Sequence[int] | None = None) -> Iterator[mx.array]:
+                    row_seeds: Sequence[int] | None = None) -> Generator[mx.array, list[int] | None, None]:
     """Yield sampled token ids, one (B,) int array per step, for a (B, T) int ``prompt``.
 
     ``mask`` (B, T) marks real tokens with 1 and left padding with 0 (None: no padding). ``cache``
@@ -112,7 +112,7 @@ def generate_tokens(model, prompt: mx.array, *, sampling: SamplingConfig | None 
         return
     for n in range(max_tokens):
         if n + 1 < max_tokens:
-            if running_mask is not None:
+            if running_mask is not None and ones is not None:  # (both come from mask)
                 running_mask = mx.concatenate([running_mask, ones], axis=1)
             next_tokens = step(tokens[:, None], running_mask)
             mx.async_eval(next_tokens)
@@ -126,7 +126,7 @@ def generate_tokens(model, prompt: mx.array, *, sampling: SamplingConfig | None 
                 rows = mx.array(keep, dtype=mx.int32)
                 _select_rows(cache, rows, batch)
                 tokens = tokens[rows]
-                if running_mask is not None:
+                if running_mask is not None and ones is not None:
                     running_mask, ones = running_mask[rows], ones[: len(keep)]
                 if history is not None:
                     history = history[rows]

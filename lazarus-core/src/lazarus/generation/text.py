@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import mlx.core as mx
@@ -83,7 +83,7 @@ class _Timer:
     def __init__(self, prompt_tokens: int):
         self.prompt_tokens = prompt_tokens
         self.start = time.perf_counter()
-        self.first = None  # when the first sampled token was read back
+        self.first: float | None = None  # when the first sampled token was read back
         self.generated = 0
         self.decode_generated = 0  # tokens that came out of decode steps (not prefill)
 
@@ -198,7 +198,7 @@ def stream_generate(model, tokenizer, prompt: str | Sequence[int], *, max_tokens
     prompt_array = mx.array([prompt_ids], dtype=mx.int32)
     for tokens in generate_tokens(model, prompt_array, sampling=sampling, max_tokens=max_tokens,
                                   prefill_step_size=prefill_step_size):
-        token = tokens.item()
+        token = cast(int, tokens.item())  # (a (1,) int32 array; mlx's stub allows any scalar)
         if timer.first is None:
             timer.first_tokens(1)
         else:
@@ -223,10 +223,10 @@ def generate(model, tokenizer, prompt: str | Sequence[int], *, max_tokens: int =
                                  stop=stop, stop_token_ids=stop_token_ids,
                                  prefill_step_size=prefill_step_size, **sampling_options):
         pieces.append(chunk.text)
-        token_ids.append(chunk.token)
+        token_ids.append(cast(int, chunk.token))  # (stream_generate gives every chunk its token)
     if chunk is None:  # max_tokens <= 0
         return GenerationResult("", [], prompt_ids, "length", _Timer(len(prompt_ids)).stats())
-    return GenerationResult("".join(pieces), token_ids, prompt_ids, chunk.finish_reason, chunk.stats)
+    return GenerationResult("".join(pieces), token_ids, prompt_ids, chunk.finish_reason or "length", chunk.stats)
 
 
 def batch_generate(model, tokenizer, prompts: Sequence[str | Sequence[int]], *, max_tokens: int = 256,
@@ -266,7 +266,7 @@ def batch_generate(model, tokenizer, prompts: Sequence[str | Sequence[int]], *, 
         tokens = next(steps)
         timer.first_tokens(len(active))
         while True:
-            for i, token in zip(active, tokens.tolist(), strict=True):
+            for i, token in zip(active, cast("list[int]", tokens.tolist()), strict=True):
                 streams[i].add(token)
             keep = [row for row, i in enumerate(active) if streams[i].finish_reason is None]
             if not keep:

@@ -24,7 +24,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from lazarus.errors import LazarusError
 
@@ -168,7 +168,7 @@ def read_optimizer_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise LazarusError(f"{path}: not found; the checkpoint is incomplete")
     try:
-        return dict(mx.load(str(path), format="safetensors"))
+        return dict(cast("dict[str, mx.array]", mx.load(str(path), format="safetensors")))  # (one file: a dict)
     except (RuntimeError, ValueError, OSError) as exc:
         raise LazarusError(f"{path}: cannot read ({' '.join(str(exc).split())}); the file is corrupt") from None
 
@@ -178,7 +178,8 @@ def rng_state() -> list[int]:
     """mlx's global random key as two integers (JSON-ready)."""
     import mlx.core as mx
 
-    return [int(v) for v in mx.random.state[0].tolist()]
+    key = cast("list[mx.array]", mx.random.state)[0]  # (the stub types the state as an object)
+    return [int(v) for v in cast("list[int]", key.tolist())]
 
 
 def set_rng_state(key: list[int]) -> None:

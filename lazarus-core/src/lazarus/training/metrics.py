@@ -130,9 +130,9 @@ def loss_figure(rows: list[dict], *, title: str = "", loss_label: str = "loss", 
 
     others = [k for k in headline if k != "loss" and (series("train", k) or series("eval", k))]
     panels = 1 + bool(others)
-    figure, axes_list = plt.subplots(panels, 1, figsize=(7, 4.2 if panels == 1 else 6.4), dpi=110, sharex=True,
-                                     squeeze=False)
-    axes_list = [a[0] for a in axes_list]
+    figure, grid = plt.subplots(panels, 1, figsize=(7, 4.2 if panels == 1 else 6.4), dpi=110, sharex=True,
+                                squeeze=False)
+    axes_list = [a[0] for a in grid]
     loss_axes = axes_list[0]
     drawn = False
     for split, colour, style in (("train", "tab:blue", "-"), ("eval", "tab:orange", "--")):

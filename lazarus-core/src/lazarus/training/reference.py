@@ -94,7 +94,7 @@ def frozen_sequence_logprobs(model, ids: mx.array, mask: mx.array) -> tuple[mx.a
         # positions before the first target of any row are never projected onto the vocabulary
         targets = mask[:, 1:].astype(mx.float32)
         scored = mx.any(targets > 0, axis=0)
-        start = int(mx.argmax(scored).item()) if scored.any().item() else 0
+        start = int(mx.argmax(scored).item()) if scored.any().item() else 0  # type: ignore[arg-type]  # mlx's stub: item() may be complex
         parts = []
         for i in range(0, ids.shape[0], SCORE_ROWS):  # a few rows at a time: activations stay small
             parts.append(mx.stop_gradient(model_token_logprobs(model, ids[i:i + SCORE_ROWS], start=start)))
@@ -201,11 +201,15 @@ class ReferenceModel:
         if self.kind == "none":
             raise LazarusError("this run keeps no reference model (beta = 0)")
         if self.kind == "separate":
+            assert self.model is not None  # (for_trainer gives each kind what it uses)
             yield self.model
-        elif self.kind == "adapter-off":
+            return
+        assert self.policy is not None
+        if self.kind == "adapter-off":
             with adapters_disabled(self.policy) as model:
                 yield model
         else:
+            assert self.weights is not None
             with swapped_parameters(self.policy, self.weights) as model:
                 yield model
 
