@@ -13,12 +13,8 @@ import pytest
 
 from lazarus.errors import LazarusError
 from lazarus_introspect import activations
-from lazarus_introspect.attribution import (
-    answer_metric,
-    attribution_patching,
-    compare_with_patching,
-    direct_logit_attribution,
-)
+from lazarus_introspect.attribution import answer_metric, attribution_patching, compare_with_patching
+from lazarus_introspect.dla import direct_logit_attribution
 from tests.conftest import FAMILIES
 
 PROMPT = "The cat sat on the mat"

@@ -37,7 +37,7 @@ _API = {
     "attention_patterns": "attention",
     "top_neurons": "neurons",
     "layer_geometry": "embeddings",
-    "direct_logit_attribution": "attribution", "attribution_patching": "attribution",
+    "direct_logit_attribution": "dla", "attribution_patching": "attribution",
     "SAE": "sae", "load_sae": "sae", "save_sae": "sae", "train_sae": "sae_train", "SAETrainConfig": "sae_train",
     # reports
     "Report": "report", "write_json": "report",

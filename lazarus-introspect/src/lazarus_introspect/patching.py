@@ -13,21 +13,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import attrs
 import click
 
 from lazarus.errors import LazarusError
+from lazarus.operations import operation
+from lazarus.training.config import setting
 from lazarus_introspect import activations
 from lazarus_introspect.cli_common import (
     continuation_logprob,
     emit,
     encode,
     load,
-    probe_options,
-    run_meta,
     target_tokens,
     token_strings,
     with_continuation,
 )
+from lazarus_introspect.probe_base import ProbeOptions, ProbeResult, check_outputs, header, result_json
 
 COMPONENTS = {"resid": "resid_pre", "attn_out": "attn_out", "mlp_out": "mlp_out"}
 #: clean and corrupted differences closer than this (nats) make normalised scores noise
@@ -98,10 +100,7 @@ def patch_scan(model, clean_ids, corrupted_ids, answer_id: int | Sequence[int], 
     answer = [answer_id] if isinstance(answer_id, int) else list(answer_id)
     wrong = [wrong_id] if isinstance(wrong_id, int) else list(wrong_id)
 
-    if clean_ids.shape != corrupted_ids.shape:
-        raise LazarusError(f"the clean prompt has {clean_ids.shape[1]} tokens and the corrupted one "
-                           f"{corrupted_ids.shape[1]}; patching needs prompts of the same length "
-                           "(change a word for a word that is also one token)")
+    same_length(clean_ids, corrupted_ids, "patching")
     count = activations.num_layers(model)
     layers = list(range(count)) if layers is None else list(layers)
     names = {c: [activations.hook_name(COMPONENTS[c], layer) for layer in layers] for c in components}
@@ -130,67 +129,158 @@ def patch_scan(model, clean_ids, corrupted_ids, answer_id: int | Sequence[int], 
             "nearly_equal": abs(denominator) < NEAR_EQUAL or largest > BLOWN_UP}
 
 
-@click.command("patch")
-@probe_options
-@click.option("--clean", required=True, help="The clean prompt.")
-@click.option("--corrupted", required=True, help="The corrupted prompt (same number of tokens).")
-@click.option("--answer", required=True, metavar="TOKEN", help="The clean answer token (text or #ID).")
-@click.option("--wrong", required=True, metavar="TOKEN", help="The corrupted answer token (text or #ID).")
-@click.option("--component", "components", type=click.Choice(list(COMPONENTS)), multiple=True,
-              default=tuple(COMPONENTS), show_default=True, help="Components to patch; repeatable.")
-def patch_command(model_path, adapter_path, json_path, report_dir, clean, corrupted, answer, wrong, components):
-    """Activation patching clean -> corrupted over layers x positions; 1 = clean, 0 = corrupted."""
+def same_length(clean_ids, corrupted_ids, what: str) -> None:
+    """Patching (``what``) swaps activations position by position: the prompts must be as long."""
+    if clean_ids.shape != corrupted_ids.shape:
+        raise LazarusError(f"the clean prompt has {clean_ids.shape[1]} tokens and the corrupted one "
+                           f"{corrupted_ids.shape[1]}; {what} needs prompts of the same length "
+                           "(change a word for a word that is also one token)")
+
+
+# -- the probe ------------------------------------------------------------------------------------
+@attrs.define(kw_only=True)
+class ContrastOptions(ProbeOptions):
+    """A clean and a corrupted prompt and the two answers they lead to: the options ``patch`` and
+    ``attribute`` share."""
+
+    clean: str | None = setting(None, "The clean prompt.", required=True)
+    corrupted: str | None = setting(None, "The corrupted prompt (same number of tokens).", required=True)
+    answer: str | None = setting(None, "The clean answer (text or #ID).", required=True, metavar="TOKEN")
+    wrong: str | None = setting(None, "The corrupted answer (text or #ID).", required=True, metavar="TOKEN")
+
+
+@attrs.frozen(kw_only=True)
+class Contrast:
+    """A :class:`ContrastOptions` encoded: the prompts' ids (1, T) and tokens, the answers (``text``,
+    ``ids``, ``tokens``, and ``id``/``token`` of the first) and notes on several-token answers."""
+
+    clean_ids: object
+    corrupted_ids: object
+    clean_tokens: list[str]
+    corrupted_tokens: list[str]
+    answer: dict
+    wrong: dict
+    notes: list[str]
+
+
+def encode_contrast(tokenizer, options: ContrastOptions) -> Contrast:
+    """Encode the prompts and the answers; two answers of the same tokens are a LazarusError."""
+    clean_ids = encode(tokenizer, options.clean, "clean prompt")
+    corrupted_ids = encode(tokenizer, options.corrupted, "corrupted prompt")
+    targets, notes = {}, []
+    for option in ("answer", "wrong"):
+        text = getattr(options, option)
+        ids, note = target_tokens(tokenizer, text, f"--{option}")
+        tokens = token_strings(tokenizer, ids)
+        targets[option] = {"text": text, "ids": ids, "tokens": tokens, "id": ids[0], "token": tokens[0]}
+        notes += [note] if note else []
+    if targets["answer"]["ids"] == targets["wrong"]["ids"]:
+        raise LazarusError(f"--answer {options.answer!r} and --wrong {options.wrong!r} are the same tokens "
+                           f"{targets['answer']['ids']}; give two different answers")
+    return Contrast(clean_ids=clean_ids, corrupted_ids=corrupted_ids,
+                    clean_tokens=token_strings(tokenizer, clean_ids[0].tolist()),
+                    corrupted_tokens=token_strings(tokenizer, corrupted_ids[0].tolist()), notes=notes, **targets)
+
+
+def position_labels(clean_tokens: list[str], corrupted_tokens: list[str]) -> list[str]:
+    """``3:cat`` for a position where the prompts agree, ``3:cat/hat`` where they differ."""
+    return [f"{i}:{c}" if c == k else f"{i}:{c}/{k}"
+            for i, (c, k) in enumerate(zip(clean_tokens, corrupted_tokens, strict=True))]
+
+
+def checked_components(given, known, option: str = "--component") -> tuple[str, ...]:
+    """``given`` (an options field), each one of ``known``: a LazarusError names the first that is not."""
+    for component in given:
+        if component not in known:
+            raise LazarusError(f"{option} {component!r}: use one of {', '.join(known)}")
+    return tuple(given)
+
+
+@attrs.define(kw_only=True)
+class PatchOptions(ContrastOptions):
+    """The options of ``lazarus introspect patch`` (and the keys of a recipe stage)."""
+
+    component: tuple[str, ...] = setting(tuple(COMPONENTS), "Components to patch; repeatable.",
+                                         type=click.Choice(list(COMPONENTS)), shown_default=", ".join(COMPONENTS))
+
+
+@attrs.frozen(kw_only=True)
+class ContrastResult(ProbeResult):
+    """The fields ``patch`` and ``attribute`` results share: the prompts, answers and layers."""
+
+    clean: str
+    corrupted: str
+    clean_tokens: list[str]
+    corrupted_tokens: list[str]
+    answer: dict  #: {"text", "ids", "tokens", "id", "token"}
+    wrong: dict
+    metric: str  #: what the scores measure, in words
+    layers: list[int]
+
+
+@attrs.frozen(kw_only=True)
+class PatchResult(ContrastResult):
+    """What ``patch`` found: per component a grid (layer x position) of restored fractions
+    (``scores``, 1 = as clean) and of the raw differences (``logit_diffs``)."""
+
+    clean_logit_diff: float
+    corrupted_logit_diff: float
+    scores: dict[str, list[list[float]]]
+    logit_diffs: dict[str, list[list[float]]]
+    nearly_equal: bool  #: clean and corrupted differ too little for the fractions to mean much
+    max_score: float  #: the largest restored fraction on the grid (the key figure)
+
+
+def _show_patch(result: PatchResult, options: PatchOptions) -> None:
     from lazarus_introspect.report import Report, heatmap
 
-    model, tokenizer, _ = load(model_path, adapter_path)
-    clean_ids, corrupted_ids = encode(tokenizer, clean, "clean prompt"), encode(tokenizer, corrupted, "corrupted prompt")
-    answer_ids, answer_note = target_tokens(tokenizer, answer, "--answer")
-    wrong_ids, wrong_note = target_tokens(tokenizer, wrong, "--wrong")
-    if answer_ids == wrong_ids:
-        raise LazarusError(f"--answer {answer!r} and --wrong {wrong!r} are the same tokens {answer_ids}; "
-                           "give two different answers")
-    scan = patch_scan(model, clean_ids, corrupted_ids, answer_ids, wrong_ids, components)
-    clean_tokens = token_strings(tokenizer, clean_ids[0].tolist())
-    corrupted_tokens = token_strings(tokenizer, corrupted_ids[0].tolist())
-    result = run_meta("patch", model_path, adapter_path, model)
-    result.update({"clean": clean, "corrupted": corrupted, "clean_tokens": clean_tokens,
-                   "corrupted_tokens": corrupted_tokens,
-                   "answer": _target(tokenizer, answer, answer_ids), "wrong": _target(tokenizer, wrong, wrong_ids),
-                   "metric": "(LD_patched - LD_corrupted) / (LD_clean - LD_corrupted), LD = log p(answer) - "
-                             "log p(wrong), each summed over its tokens (= logit[answer] - logit[wrong] for one token)",
-                   **scan})
-    report = Report(probe="patch", title=f"Activation patching — {model_path}", data=result)
-    report.notes.append(f"--answer {answer!r} = {result['answer']['tokens']}, --wrong {wrong!r} = "
-                        f"{result['wrong']['tokens']}; the difference is log p(answer) - log p(wrong)"
-                        + (" summed over each one's tokens" if answer_note or wrong_note else ""))
-    report.notes.append(f"clean logit diff {scan['clean_logit_diff']:.4g}, corrupted {scan['corrupted_logit_diff']:.4g}")
-    raw = scan["nearly_equal"]
+    report = Report(probe="patch", title=f"Activation patching — {options.model}", data=result_json(result))
+    several = len(result.answer["ids"]) > 1 or len(result.wrong["ids"]) > 1
+    report.notes.append(f"--answer {options.answer!r} = {result.answer['tokens']}, --wrong {options.wrong!r} = "
+                        f"{result.wrong['tokens']}; the difference is log p(answer) - log p(wrong)"
+                        + (" summed over each one's tokens" if several else ""))
+    report.notes.append(f"clean logit diff {result.clean_logit_diff:.4g}, corrupted {result.corrupted_logit_diff:.4g}")
+    raw = result.nearly_equal
     if raw:
         warning = (f"Warning: the clean and corrupted logit differences are nearly equal "
-                   f"({scan['clean_logit_diff']:.4g} and {scan['corrupted_logit_diff']:.4g}), so restored fractions "
+                   f"({result.clean_logit_diff:.4g} and {result.corrupted_logit_diff:.4g}), so restored fractions "
                    "divide by almost nothing; showing the raw differences log p(answer) - log p(wrong) instead "
                    "(choose prompts whose answers the model tells apart for fractions)")
         click.echo(warning, err=True)
         report.notes.append(warning)
-    values = scan["logit_diffs"] if raw else scan["scores"]
-    labels = [f"{i}:{c}" if c == k else f"{i}:{c}/{k}" for i, (c, k) in enumerate(zip(clean_tokens, corrupted_tokens, strict=True))]
-    for component in components:
+    values = result.logit_diffs if raw else result.scores
+    labels = position_labels(result.clean_tokens, result.corrupted_tokens)
+    for component in values:
         title = (f"{component}: patched difference log p(answer) - log p(wrong)" if raw
                  else f"{component}: restored fraction of the clean difference")
         table = report.table(title, ["layer", *labels])
-        for layer, row in zip(scan["layers"], values[component], strict=True):
+        for layer, row in zip(result.layers, values[component], strict=True):
             table.add_row(layer, *[f"{v:.2f}" for v in row])
         report.add_figure(f"patch_{component}", lambda component=component: heatmap(
             values[component], title=(f"patching {component}: raw difference" if raw
                                       else f"patching {component} (1 = clean, 0 = corrupted)"),
             xlabel="position (clean/corrupted token)", ylabel="layer", xticklabels=labels,
-            yticklabels=scan["layers"], colorbar="log p(answer) - log p(wrong)" if raw else "restored fraction",
+            yticklabels=result.layers, colorbar="log p(answer) - log p(wrong)" if raw else "restored fraction",
             center_zero=True),
             f"Patching {component} from the clean run, one layer and position at a time")
-    emit(report, json_path, report_dir)
+    emit(report, options.json, options.report)
 
 
-def _target(tokenizer, text: str, ids: list[int]) -> dict:
-    """A target's text, ids and token strings (``id``/``token``: its first token)."""
-    tokens = token_strings(tokenizer, ids)
-    return {"text": text, "ids": ids, "tokens": tokens, "id": ids[0], "token": tokens[0]}
+@operation(options=PatchOptions, metric="max_score", name="patch", check=check_outputs, show=_show_patch, load=load)
+def activation_patching(model, tokenizer, options: PatchOptions) -> PatchResult:
+    """Activation patching clean -> corrupted over layers x positions; 1 = clean, 0 = corrupted."""
+    components = checked_components(options.component, tuple(COMPONENTS))
+    contrast = encode_contrast(tokenizer, options)
+    scan = patch_scan(model, contrast.clean_ids, contrast.corrupted_ids, contrast.answer["ids"],
+                      contrast.wrong["ids"], components)
+    return PatchResult(
+        **header("patch", options, model),
+        clean=options.clean, corrupted=options.corrupted, clean_tokens=contrast.clean_tokens,
+        corrupted_tokens=contrast.corrupted_tokens, answer=contrast.answer, wrong=contrast.wrong,
+        metric="(LD_patched - LD_corrupted) / (LD_clean - LD_corrupted), LD = log p(answer) - log p(wrong), each "
+               "summed over its tokens (= logit[answer] - logit[wrong] for one token)",
+        **scan, max_score=max(v for rows in scan["scores"].values() for row in rows for v in row))
+
+
+#: the click command (derived from the operation), for code that imports it
+patch_command = activation_patching.command("patch")

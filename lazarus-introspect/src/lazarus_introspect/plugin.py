@@ -33,9 +33,9 @@ PROBES: dict[str, tuple[str, str]] = {
                 "Top-activating MLP neurons over prompts and the tokens each one promotes."),
     "embeddings": ("lazarus_introspect.embeddings:embeddings_command",
                    "Per-layer prompt representations: cosine similarity, PCA, clustering by label."),
-    "dla": ("lazarus_introspect.attribution:dla_command",
+    "dla": ("lazarus_introspect.dla:dla_probe",
             "Direct logit attribution: a token's logit split into embed, heads, attention and MLP parts."),
-    "attribute": ("lazarus_introspect.attribution:attribute_command",
+    "attribute": ("lazarus_introspect.attribution:attribution_probe",
                   "Attribution patching: grad x (clean - corrupted) per layer x position; --compare patches."),
 }
 
