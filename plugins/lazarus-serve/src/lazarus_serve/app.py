@@ -1,9 +1,10 @@
-"""The HTTP side: a starlette app with the OpenAI routes, request checking and response shapes.
+"""The HTTP side: a starlette app with the OpenAI routes and their response shapes.
 
 Routes: ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/chat/completions``,
-``POST /v1/completions`` (``stream: true`` answers with server-sent events) and ``GET /health``.
-Every mistake in a request is answered with a 4xx and an OpenAI-style body
-(``{"error": {"message", "type", "param", "code"}}``); nothing a client sends produces a traceback.
+``POST /v1/completions`` (``stream: true`` answers with server-sent events, :mod:`lazarus_serve.streaming`)
+and ``GET /health``. Every mistake in a request is answered with a 4xx and an OpenAI-style body
+(``{"error": {"message", "type", "param", "code"}}``, :mod:`lazarus_serve.request_fields`); nothing a
+client sends produces a traceback.
 """
 
 from __future__ import annotations
@@ -11,87 +12,19 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import math
 import time
 import uuid
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from lazarus_serve import request_fields as fields
 from lazarus_serve.engine import Job, RowRequest
-
-MAX_N = 64
-MAX_ROWS = 256  # choices in one request: n times the prompts
-MAX_TOP_LOGPROBS = 20
-MAX_STOPS = 16
-
-
-class APIError(Exception):
-    """A request the server refuses: HTTP ``status`` and the OpenAI error fields."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
-
-    def response(self) -> JSONResponse:
-        return error_response(self.status, self.message, self.param, self.code, self.type)
-
-
-def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
-                   type: str = "invalid_request_error") -> JSONResponse:
-    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status)
-
-
-# -- request fields -------------------------------------------------------------------------------------
-def _number(body: dict, name: str, default: float, low: float, high: float, low_open: bool = False) -> float:
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise APIError(400, f"'{name}' must be a number, got {json.dumps(value)}", name, "invalid_type")
-    if value < low or value > high or (low_open and value == low):
-        side = f"> {low:g}" if low_open else f">= {low:g}"
-        raise APIError(400, f"'{name}' must be {side} and <= {high:g}, got {value:g}", name, "invalid_value")
-    return float(value)
-
-
-def _integer(body: dict, name: str, default: int | None, low: int, high: int | None = None) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise APIError(400, f"'{name}' must be an integer, got {json.dumps(value)}", name, "invalid_type")
-    if value < low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise APIError(400, f"'{name}' must be {bound}, got {value}", name, "invalid_value")
-    return value
-
-
-def _boolean(body: dict, name: str, default: bool = False) -> bool:
-    value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, bool):
-        raise APIError(400, f"'{name}' must be true or false, got {json.dumps(value)}", name, "invalid_type")
-    return value
-
-
-def _stops(body: dict) -> tuple[str, ...]:
-    value = body.get("stop")
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(s, str) for s in value) or len(value) > MAX_STOPS:
-        raise APIError(400, f"'stop' must be a string or a list of at most {MAX_STOPS} strings", "stop",
-                       "invalid_type")
-    return tuple(s for s in value if s)
+from lazarus_serve.request_fields import MAX_N, MAX_ROWS, MAX_TOP_LOGPROBS, APIError, error_response
+from lazarus_serve.streaming import collect, stream_response, usage
 
 
 class Server:
@@ -145,18 +78,18 @@ class Server:
         from lazarus.generation import SamplingConfig
 
         for name in ("frequency_penalty", "presence_penalty"):
-            if _number(body, name, 0.0, -2.0, 2.0):
+            if fields.number(body, name, 0.0, -2.0, 2.0):
                 raise APIError(400, f"'{name}' is not supported by lazarus serve; leave it out or 0", name,
                                "unsupported_parameter")
-        if _integer(body, "best_of", n, 1) != n:
+        if fields.integer(body, "best_of", n, 1) != n:
             raise APIError(400, "'best_of' is not supported by lazarus serve; use 'n'", "best_of",
                            "unsupported_parameter")
-        temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
-        top_p = _number(body, "top_p", 1.0, 0.0, 1.0, low_open=True)
-        seed = _integer(body, "seed", None, -(2 ** 63), 2 ** 64 - 1)
-        asked = _integer(body, "max_completion_tokens", None, 1)
-        asked = _integer(body, "max_tokens", asked, 1)
-        stops = _stops(body)
+        temperature = fields.number(body, "temperature", 1.0, 0.0, 2.0)
+        top_p = fields.number(body, "top_p", 1.0, 0.0, 1.0, low_open=True)
+        seed = fields.integer(body, "seed", None, -(2 ** 63), 2 ** 64 - 1)
+        asked = fields.integer(body, "max_completion_tokens", None, 1)
+        asked = fields.integer(body, "max_tokens", asked, 1)
+        stops = fields.stops(body)
         if n * len(prompts) > MAX_ROWS:
             raise APIError(400, f"{len(prompts)} prompts times n={n} asks for {n * len(prompts)} choices; at most "
                                 f"{MAX_ROWS} per request", "n", "invalid_value")
@@ -179,71 +112,8 @@ class Server:
                 rows.append(RowRequest(prompt, max_tokens, sampling, stops, logprobs, adapter))
         return rows
 
-    # -- running a job --------------------------------------------------------------------------
-    async def collect(self, request: Request, job: Job) -> list[list] | None:
-        """Wait for every event of a non-streamed job; None (and the job dropped) when the client
-        disconnects first."""
-        self.engine.submit(job)
-        watcher = asyncio.ensure_future(_disconnected(request))
-        per_choice: list[list] = [[] for _ in job.rows]
-        try:
-            while True:
-                getter = asyncio.ensure_future(job.events.get())
-                done, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    return None
-                item = getter.result()
-                if item is None:
-                    return per_choice
-                if isinstance(item, Exception):
-                    raise APIError(500, f"generation failed: {type(item).__name__}: {item}", None, None,
-                                   "server_error")
-                for choice, step in item:
-                    per_choice[choice].append(step)
-        finally:
-            watcher.cancel()
-            job.cancel()
-
     def token_text(self, token: int) -> str:
         return self.tokenizer.decode([token], skip_special_tokens=False)
-
-
-async def _disconnected(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-class EventStream(StreamingResponse):
-    """Server-sent events that stop (and drop the job) as soon as the client disconnects."""
-
-    def __init__(self, content, job: Job):
-        super().__init__(content, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        self.job = job
-
-    async def __call__(self, scope, receive, send) -> None:
-        stream = asyncio.ensure_future(self.stream_response(send))
-        watcher = asyncio.ensure_future(self.listen_for_disconnect(receive))
-        try:
-            await asyncio.wait({stream, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            self.job.cancel()
-            for task in (stream, watcher):
-                task.cancel()
-            await asyncio.gather(stream, watcher, return_exceptions=True)
-
-
-def _sse(data: Any) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-
-def _usage(steps: list[list], prompt_tokens: int) -> dict:
-    completion = sum(s[-1].generated_tokens for s in steps if s)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-            "total_tokens": prompt_tokens + completion}
 
 
 # -- /v1/models -----------------------------------------------------------------------------------------
@@ -333,18 +203,33 @@ async def chat_completions(request: Request):
     except Exception as exc:  # the template itself may refuse (e.g. an unknown role)
         raise APIError(400, f"the chat template could not render these messages: {exc}", "messages",
                        "invalid_value") from None
-    want_logprobs = _boolean(body, "logprobs")
-    top = _integer(body, "top_logprobs", 0, 0, MAX_TOP_LOGPROBS)
-    n = _integer(body, "n", 1, 1, MAX_N)
-    stream = _boolean(body, "stream")
-    include_usage = _include_usage(body)
+    want_logprobs = fields.boolean(body, "logprobs")
+    top = fields.integer(body, "top_logprobs", 0, 0, MAX_TOP_LOGPROBS)
+    n = fields.integer(body, "n", 1, 1, MAX_N)
+    stream = fields.boolean(body, "stream")
+    include_usage = fields.include_usage(body)
     rows = server.rows(body, [prompt], adapter, "messages", top if want_logprobs else None, n)
     job = Job(rows, asyncio.get_running_loop())
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if stream:
-        return EventStream(_chat_stream(server, job, ident, created, model, len(prompt), include_usage,
-                                        want_logprobs, top), job)
-    steps = await server.collect(request, job)
+        head = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
+                "system_fingerprint": None}
+
+        def chunks(choice: int, step) -> list[dict]:
+            out = []
+            logprobs = _chat_logprobs(server, [step], top) if want_logprobs else None
+            if step.text or (logprobs and logprobs["content"]):
+                out.append({"index": choice, "delta": {"content": step.text}, "logprobs": logprobs,
+                            "finish_reason": None})
+            if step.finish_reason is not None:
+                out.append({"index": choice, "delta": {}, "logprobs": None, "finish_reason": step.finish_reason})
+            return out
+
+        opening = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                    "finish_reason": None} for i in range(len(rows))]
+        return stream_response(server.engine, job, head, chunks, prompt_tokens=len(prompt),
+                               include_usage=include_usage, opening=opening)
+    steps = await collect(server.engine, request, job)
     if steps is None:  # nobody to answer
         return Response(status_code=499)
     choices = []
@@ -353,49 +238,7 @@ async def chat_completions(request: Request):
                         "logprobs": _chat_logprobs(server, s, top) if want_logprobs else None,
                         "finish_reason": s[-1].finish_reason})
     return JSONResponse({"id": ident, "object": "chat.completion", "created": created, "model": model,
-                         "system_fingerprint": None, "choices": choices, "usage": _usage(steps, len(prompt))})
-
-
-async def _chat_stream(server, job, ident, created, model, prompt_tokens, include_usage, want_logprobs, top):
-    server.engine.submit(job)
-    head = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
-            "system_fingerprint": None}
-    last: list = [None] * len(job.rows)
-    try:
-        for i in range(len(job.rows)):
-            yield _sse({**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                             "logprobs": None, "finish_reason": None}]})
-        while True:
-            item = await job.events.get()
-            if item is None:
-                break
-            if isinstance(item, Exception):
-                yield _sse({"error": {"message": f"generation failed: {type(item).__name__}: {item}",
-                                      "type": "server_error", "param": None, "code": None}})
-                return
-            for choice, step in item:
-                last[choice] = step
-                logprobs = _chat_logprobs(server, [step], top) if want_logprobs else None
-                if step.text or (logprobs and logprobs["content"]):
-                    yield _sse({**head, "choices": [{"index": choice, "delta": {"content": step.text},
-                                                     "logprobs": logprobs, "finish_reason": None}]})
-                if step.finish_reason is not None:
-                    yield _sse({**head, "choices": [{"index": choice, "delta": {}, "logprobs": None,
-                                                     "finish_reason": step.finish_reason}]})
-        if include_usage:
-            yield _sse({**head, "choices": [], "usage": _usage([[s] for s in last if s], prompt_tokens)})
-        yield "data: [DONE]\n\n"
-    finally:
-        job.cancel()
-
-
-def _include_usage(body: dict) -> bool:
-    options = body.get("stream_options")
-    if options is None:
-        return False
-    if not isinstance(options, dict):
-        raise APIError(400, "'stream_options' must be an object", "stream_options", "invalid_type")
-    return _boolean(options, "include_usage")
+                         "system_fingerprint": None, "choices": choices, "usage": usage(steps, len(prompt))})
 
 
 # -- /v1/completions ------------------------------------------------------------------------------------
@@ -444,59 +287,41 @@ async def completions(request: Request):
     server: Server = request.app.state.server
     body = await server.body(request)
     model, adapter = server.adapter_index(body)
-    if _boolean(body, "echo"):
+    if fields.boolean(body, "echo"):
         raise APIError(400, "'echo' is not supported by lazarus serve", "echo", "unsupported_parameter")
     if body.get("suffix"):
         raise APIError(400, "'suffix' is not supported by lazarus serve", "suffix", "unsupported_parameter")
     prompts = _prompts(server, body)
-    logprobs = _integer(body, "logprobs", None, 0, MAX_TOP_LOGPROBS)
-    n = _integer(body, "n", 1, 1, MAX_N)
-    stream = _boolean(body, "stream")
-    include_usage = _include_usage(body)
+    logprobs = fields.integer(body, "logprobs", None, 0, MAX_TOP_LOGPROBS)
+    n = fields.integer(body, "n", 1, 1, MAX_N)
+    stream = fields.boolean(body, "stream")
+    include_usage = fields.include_usage(body)
     rows = server.rows(body, prompts, adapter, "prompt", logprobs, n)
     prompt_tokens = sum(len(p) for p in prompts)
     job = Job(rows, asyncio.get_running_loop())
     ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     if stream:
-        return EventStream(_completion_stream(server, job, ident, created, model, prompt_tokens,
-                                              include_usage, logprobs), job)
-    steps = await server.collect(request, job)
+        head = {"id": ident, "object": "text_completion", "created": created, "model": model,
+                "system_fingerprint": None}
+        offsets = [0] * len(rows)
+
+        def chunks(choice: int, step) -> list[dict]:
+            lp = _completion_logprobs(server, [step], offsets[choice]) if logprobs is not None else None
+            offsets[choice] += len(step.text)
+            if step.text or step.finish_reason is not None or (lp and lp["tokens"]):
+                return [{"index": choice, "text": step.text, "logprobs": lp, "finish_reason": step.finish_reason}]
+            return []
+
+        return stream_response(server.engine, job, head, chunks, prompt_tokens=prompt_tokens,
+                               include_usage=include_usage)
+    steps = await collect(server.engine, request, job)
     if steps is None:
         return Response(status_code=499)
     choices = [{"index": i, "text": "".join(x.text for x in s),
                 "logprobs": _completion_logprobs(server, s, 0) if logprobs is not None else None,
                 "finish_reason": s[-1].finish_reason} for i, s in enumerate(steps)]
     return JSONResponse({"id": ident, "object": "text_completion", "created": created, "model": model,
-                         "system_fingerprint": None, "choices": choices, "usage": _usage(steps, prompt_tokens)})
-
-
-async def _completion_stream(server, job, ident, created, model, prompt_tokens, include_usage, logprobs):
-    server.engine.submit(job)
-    head = {"id": ident, "object": "text_completion", "created": created, "model": model,
-            "system_fingerprint": None}
-    last: list = [None] * len(job.rows)
-    offsets = [0] * len(job.rows)
-    try:
-        while True:
-            item = await job.events.get()
-            if item is None:
-                break
-            if isinstance(item, Exception):
-                yield _sse({"error": {"message": f"generation failed: {type(item).__name__}: {item}",
-                                      "type": "server_error", "param": None, "code": None}})
-                return
-            for choice, step in item:
-                last[choice] = step
-                lp = _completion_logprobs(server, [step], offsets[choice]) if logprobs is not None else None
-                offsets[choice] += len(step.text)
-                if step.text or step.finish_reason is not None or (lp and lp["tokens"]):
-                    yield _sse({**head, "choices": [{"index": choice, "text": step.text, "logprobs": lp,
-                                                     "finish_reason": step.finish_reason}]})
-        if include_usage:
-            yield _sse({**head, "choices": [], "usage": _usage([[s] for s in last if s], prompt_tokens)})
-        yield "data: [DONE]\n\n"
-    finally:
-        job.cancel()
+                         "system_fingerprint": None, "choices": choices, "usage": usage(steps, prompt_tokens)})
 
 
 # -- the app --------------------------------------------------------------------------------------------
