@@ -6,6 +6,7 @@ stages refer to."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -117,3 +118,28 @@ def test_steer_from_python_returns_its_typed_result(llama, tmp_path):
                         negative=str(tmp_path / "neg.txt"))
     with pytest.raises(LazarusError, match="missing prompt"):
         steer_probe.run(model=llama, positive=str(tmp_path / "pos.txt"), negative=str(tmp_path / "neg.txt"))
+
+
+def test_attention_from_python_returns_its_typed_result(llama, cli, tmp_path):
+    from lazarus_introspect.attention import AttentionResult, attention_probe
+
+    assert attention_probe.metric == "mean_entropy"
+    result = attention_probe.run(model=llama, prompt=PROMPT, layers="1", position=[-1, 0], top_k=2,
+                                 with_patterns=True)
+    assert isinstance(result, AttentionResult) and result.layers == [1]
+    assert result.query_positions == [len(result.tokens) - 1, 0]
+    assert result.mean_entropy == pytest.approx(sum(h["mean_entropy"] for h in result.heads) / len(result.heads))
+    assert 0 < result.mean_entropy <= math.log(len(result.tokens))
+    assert len(result.patterns["1"]) == len(result.heads) and result.arrays[1].shape[1] == len(result.tokens)
+    stored = result_dict(result)  # what a recipe keeps: the arrays for drawing are not part of it
+    assert "arrays" not in stored and "arrays" not in result_fields(attention_probe) and stored["patterns"]
+    assert attention_probe.run(model=llama, prompt=PROMPT, layers="0").patterns is None
+    with pytest.raises(LazarusError, match="out of range"):
+        attention_probe.run(model=llama, prompt=PROMPT, layers="7")
+    # the command draws its heatmaps from the typed result
+    code, output = cli("introspect", "attention", "--model", llama, "-p", PROMPT, "--layers", "0",
+                       "--report", tmp_path / "rep", "--json", tmp_path / "a.json")
+    assert code == 0, output
+    assert sorted(p.name for p in (tmp_path / "rep").glob("*.png")) == ["entropy.png", "pattern_layer0.png"]
+    written = json.loads((tmp_path / "a.json").read_text())
+    assert "patterns" not in written and "arrays" not in written and written["mean_entropy"] > 0

@@ -129,9 +129,12 @@ def operation(*, options: type, metric: str | None = None, name: str | None = No
 
 
 def result_dict(result) -> dict[str, Any]:
-    """A result as a JSON-ready dict (attrs instances field by field; non-finite floats -> None)."""
+    """A result as a JSON-ready dict (attrs instances field by field; non-finite floats -> None).
+
+    A field declared with ``metadata={"stored": False}`` travels with the typed result (for ``show``:
+    arrays to draw, say) but is not part of the stored result nor a field later stages refer to."""
     if attrs.has(type(result)):
-        result = attrs.asdict(result, recurse=True)
+        result = attrs.asdict(result, recurse=True, filter=lambda field, _: field.metadata.get("stored", True))
     if not isinstance(result, dict):
         return {"value": result}
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in result.items()}
@@ -151,7 +154,9 @@ def result_fields(op: Operation) -> list[str] | None:
         hint = typing.get_type_hints(op.function).get("return")
     except Exception:  # an annotation that does not resolve: no declared fields
         return None
-    return [f.name for f in attrs.fields(hint)] if isinstance(hint, type) and attrs.has(hint) else None
+    if not (isinstance(hint, type) and attrs.has(hint)):
+        return None
+    return [f.name for f in attrs.fields(hint) if f.metadata.get("stored", True)]
 
 
 # -- values ----------------------------------------------------------------------------------------

@@ -10,18 +10,28 @@ from __future__ import annotations
 
 import math
 
+import attrs
 import click
 
+from lazarus.operations import operation
+from lazarus.training.config import setting
 from lazarus_introspect import activations
 from lazarus_introspect.cli_common import (
     emit,
     encode,
     load,
     parse_layers,
-    probe_options,
     resolve_positions,
-    run_meta,
     token_strings,
+)
+from lazarus_introspect.probe_base import (
+    ProbeOptions,
+    ProbeResult,
+    check_outputs,
+    header,
+    optional,
+    result_json,
+    shown_only,
 )
 
 
@@ -89,36 +99,40 @@ def _pattern_grid(pattern, tokens: list[str], layer: int):
     return fig
 
 
-@click.command("attention")
-@probe_options
-@click.option("--prompt", "-p", required=True, help="The prompt to read.")
-@click.option("--layers", default="all", show_default=True, help="Layers: all, 0,2,-1 or 1-3.")
-@click.option("--position", "positions", type=int, multiple=True, default=(-1,), show_default=True,
-              help="Query position(s) whose top attended tokens are listed; repeatable.")
-@click.option("--top-k", type=click.IntRange(1, 50), default=3, show_default=True, help="Attended tokens to list.")
-@click.option("--with-patterns", is_flag=True,
-              help="Also put the full patterns (layer -> head x query x key) in the JSON.")
-def attention_command(model_path, adapter_path, json_path, report_dir, prompt, layers, positions, top_k,
-                      with_patterns):
-    """Attention patterns per layer and head: entropy, top attended tokens, heatmaps."""
+@attrs.define(kw_only=True)
+class AttentionOptions(ProbeOptions):
+    """The options of ``lazarus introspect attention`` (and the keys of a recipe stage)."""
+
+    prompt: str | None = setting(None, "The prompt to read.", required=True, flags=("-p",))
+    layers: str = setting("all", "Layers: all, 0,2,-1 or 1-3.")
+    position: tuple[int, ...] = setting((-1,), "Query position(s) whose top attended tokens are listed; repeatable.")
+    top_k: int = setting(3, "Attended tokens to list.", type=click.IntRange(1, 50), minimum=1, maximum=50)
+    with_patterns: bool = setting(False, "Also put the full patterns (layer -> head x query x key) in the JSON.")
+
+
+@attrs.frozen(kw_only=True)
+class AttentionResult(ProbeResult):
+    """What ``attention`` read: per layer and head, the entropy of its rows and its top attended tokens."""
+
+    prompt: str
+    tokens: list  #: the prompt's tokens
+    layers: list  #: the layers read
+    query_positions: list  #: the query positions listed
+    #: ``[{"layer", "head", "mean_entropy", "queries": [{"position", "entropy", "max_entropy", "top"}]}]``
+    heads: list
+    patterns: dict | None = optional()  #: ``{layer: head x query x key}`` with --with-patterns
+    mean_entropy: float  #: the key figure: the mean over heads of their rows' mean entropy (nats)
+    arrays: dict = shown_only()  #: ``{layer: pattern (H, T, S) numpy}``, for the report's heatmaps
+
+
+def _show(result: AttentionResult, options: AttentionOptions) -> None:
     import numpy as np
 
     from lazarus_introspect.report import Report, heatmap
 
-    model, tokenizer, _ = load(model_path, adapter_path)
-    ids = encode(tokenizer, prompt)
-    tokens = token_strings(tokenizer, ids[0].tolist())
-    chosen = parse_layers(layers, activations.num_layers(model))
-    queries = resolve_positions(positions, len(tokens))
-    patterns = attention_patterns(model, ids, chosen)
-    heads = summarise(patterns, tokens, queries, top_k)
-    result = run_meta("attention", model_path, adapter_path, model)
-    result.update({"prompt": prompt, "tokens": tokens, "layers": chosen, "query_positions": queries, "heads": heads})
-    if with_patterns:
-        result["patterns"] = {str(layer): pattern for layer, pattern in patterns.items()}
-
-    report = Report(probe="attention", title=f"Attention — {model_path}", data=result)
-    for position in queries:
+    tokens, chosen, heads, patterns = result.tokens, result.layers, result.heads, result.arrays
+    report = Report(probe="attention", title=f"Attention — {options.model}", data=result_json(result))
+    for position in result.query_positions:
         table = report.table(f"query {position} ({tokens[position]!r}): top attended tokens",
                              ["layer", "head", "mean entropy", "entropy here", "top attended (weight)"])
         for head in heads:
@@ -136,4 +150,27 @@ def attention_command(model_path, adapter_path, json_path, report_dir, prompt, l
         report.add_figure(f"pattern_layer{layer}",
                           lambda pattern=pattern, layer=layer: _pattern_grid(pattern, tokens, layer),
                           f"Attention patterns of layer {layer}")
-    emit(report, json_path, report_dir)
+    emit(report, options.json, options.report)
+
+
+@operation(options=AttentionOptions, metric="mean_entropy", name="attention", check=check_outputs, show=_show,
+           load=load)
+def attention_probe(model, tokenizer, options: AttentionOptions) -> AttentionResult:
+    """Attention patterns per layer and head: entropy, top attended tokens, heatmaps."""
+    ids = encode(tokenizer, options.prompt)
+    tokens = token_strings(tokenizer, ids[0].tolist())
+    chosen = parse_layers(options.layers, activations.num_layers(model))
+    queries = resolve_positions(options.position, len(tokens))
+    patterns = attention_patterns(model, ids, chosen)
+    heads = summarise(patterns, tokens, queries, options.top_k)
+    result = header("attention", options, model)
+    result.update({"prompt": options.prompt, "tokens": tokens, "layers": chosen, "query_positions": queries,
+                   "heads": heads})
+    if options.with_patterns:
+        result["patterns"] = {str(layer): pattern.tolist() for layer, pattern in patterns.items()}
+    mean_entropy = sum(head["mean_entropy"] for head in heads) / len(heads)
+    return AttentionResult(**result, mean_entropy=mean_entropy, arrays=patterns)
+
+
+#: the click command (derived from the operation), for code that imports it
+attention_command = attention_probe.command("attention")

@@ -27,7 +27,7 @@ PROBES: dict[str, tuple[str, str]] = {
                "Zero / mean ablation of attention heads, whole attention or MLP per layer."),
     "steer": ("lazarus_introspect.steering:steer_probe",
               "Add a direction to the residual stream during generation; steered vs plain text."),
-    "attention": ("lazarus_introspect.attention:attention_command",
+    "attention": ("lazarus_introspect.attention:attention_probe",
                   "Attention patterns per layer and head: entropy, top attended tokens, heatmaps."),
     "neurons": ("lazarus_introspect.neurons:neurons_command",
                 "Top-activating MLP neurons over prompts and the tokens each one promotes."),

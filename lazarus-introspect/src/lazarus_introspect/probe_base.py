@@ -65,7 +65,13 @@ def header(probe: str, options: ProbeOptions, model) -> dict[str, Any]:
     return run_meta(probe, options.model, options.adapter, model)
 
 
+def shown_only(factory: Any = dict) -> Any:
+    """A result field for ``show`` only (arrays to draw): neither in the JSON nor in the stored result."""
+    return attrs.field(factory=factory, eq=False, repr=False, metadata={"stored": False})
+
+
 def result_json(result) -> dict[str, Any]:
-    """A probe result as the JSON it writes: its fields in order, unfilled optional ones left out."""
-    return attrs.asdict(result, recurse=True,
-                        filter=lambda field, value: not (value is None and field.metadata.get("optional")))
+    """A probe result as the JSON it writes: its fields in order, unfilled optional ones (and
+    :func:`shown_only` ones) left out."""
+    return attrs.asdict(result, recurse=True, filter=lambda field, value: field.metadata.get("stored", True) and not (
+        value is None and field.metadata.get("optional")))
