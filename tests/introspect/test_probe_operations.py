@@ -143,3 +143,33 @@ def test_attention_from_python_returns_its_typed_result(llama, cli, tmp_path):
     assert sorted(p.name for p in (tmp_path / "rep").glob("*.png")) == ["entropy.png", "pattern_layer0.png"]
     written = json.loads((tmp_path / "a.json").read_text())
     assert "patterns" not in written and "arrays" not in written and written["mean_entropy"] > 0
+
+
+def test_ablate_from_python_returns_its_typed_result(llama, loaded, cli, tmp_path):
+    from lazarus_introspect.ablation import AblateOptions, AblateResult, ablate_probe
+
+    assert ablate_probe.metric == "largest_change"
+    model, tokenizer = loaded("llama")
+    heads = model.args.num_attention_heads
+    result = ablate_probe.run(model=llama, prompt=PROMPT, what="mlp", layers="0-1", target="#5")
+    assert isinstance(result, AblateResult) and result.layers == [0, 1] and result.target["id"] == 5
+    assert [e["component"] for e in result.effects] == ["L0 mlp", "L1 mlp"] and result.baseline_answer is None
+    largest = max(result.effects, key=lambda e: abs(e["prob_change"]))
+    assert (result.largest_component, result.largest_change) == (largest["component"], largest["prob_change"])
+    assert ablate_probe.metric_of(result) == result.largest_change != 0
+    # on a model the caller loaded, with the options class; mean ablation over other prompts
+    (tmp_path / "means.txt").write_text("The dog ran\nA bird sang\n")
+    options = AblateOptions(model=llama, prompt=PROMPT, what=("heads", "attn"), layers="1", mode="mean",
+                            mean_prompts=str(tmp_path / "means.txt"), max_tokens=1)
+    mean = ablate_probe(model, tokenizer, options)
+    assert len(mean.effects) == heads + 1 and isinstance(mean.baseline_answer, str)
+    assert all("answer_changed" in e for e in mean.effects)
+    with pytest.raises(LazarusError, match="what.*'all' is not one of"):
+        ablate_probe.run(model=llama, prompt=PROMPT, what="all")
+    # the command's JSON is the typed result's (no note in it; the multi-token note is shown in the table)
+    code, output = cli("introspect", "ablate", "--model", llama, "-p", PROMPT, "--what", "mlp", "--target", " the mat",
+                       "--json", tmp_path / "a.json")
+    assert code == 0 and "--target ' the mat' is" in output
+    written = json.loads((tmp_path / "a.json").read_text())
+    assert "note" not in written and written["largest_change"] == pytest.approx(
+        max((e["prob_change"] for e in written["effects"]), key=abs))

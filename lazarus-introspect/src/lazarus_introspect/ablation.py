@@ -16,6 +16,8 @@ import attrs
 import click
 
 from lazarus.errors import LazarusError
+from lazarus.operations import operation
+from lazarus.training.config import setting
 from lazarus_introspect import activations
 from lazarus_introspect.cli_common import (
     emit,
@@ -23,11 +25,18 @@ from lazarus_introspect.cli_common import (
     generate_text,
     load,
     parse_layers,
-    probe_options,
     read_lines,
-    run_meta,
     single_token,
     token_strings,
+)
+from lazarus_introspect.probe_base import (
+    ProbeOptions,
+    ProbeResult,
+    check_outputs,
+    header,
+    optional,
+    result_json,
+    shown_only,
 )
 
 
@@ -123,82 +132,60 @@ def num_heads(model, layer: int = 0) -> int:
     raise LazarusError("cannot tell how many attention heads this model has (no self_attn.num_heads)")
 
 
-@click.command("ablate")
-@probe_options
-@click.option("--prompt", "-p", required=True, help="The prompt to run.")
-@click.option("--target", default=None, metavar="TOKEN",
-              help="Token whose probability is measured (text or #ID; default: the model's prediction).")
-@click.option("--mode", type=click.Choice(["zero", "mean"]), default="zero", show_default=True,
-              help="Replace with zeros, or with the mean activation.")
-@click.option("--what", "kinds", type=click.Choice(["heads", "attn", "mlp"]), multiple=True,
-              default=("heads", "attn", "mlp"), show_default=True, help="Components to ablate; repeatable.")
-@click.option("--layers", default="all", show_default=True, help="Layers: all, 0,2,-1 or 1-3.")
-@click.option("--mean-prompts", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
-              help="With --mode mean: average over these prompts' tokens (one per line) instead of the prompt's.")
-@click.option("--max-tokens", type=click.IntRange(0), default=0, show_default=True,
-              help="Also generate this many tokens greedily with each ablation and compare the answers.")
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
-              help="Ablations run together in one batch.")
-@click.option("--show", type=click.IntRange(1), default=40, show_default=True,
-              help="Table rows: the components with the largest effect (the JSON has them all).")
-def ablate_command(model_path, adapter_path, json_path, report_dir, prompt, target, mode, kinds, layers,
-                   mean_prompts, max_tokens, batch_size, show):
-    """Zero / mean ablation of heads, attention and MLPs; effect on a token's probability and the answer."""
-    import mlx.core as mx
+@attrs.define(kw_only=True)
+class AblateOptions(ProbeOptions):
+    """The options of ``lazarus introspect ablate`` (and the keys of a recipe stage)."""
+
+    prompt: str | None = setting(None, "The prompt to run.", required=True, flags=("-p",))
+    target: str | None = setting(None, "Token whose probability is measured (text or #ID; default: the model's "
+                                       "prediction).", metavar="TOKEN")
+    mode: str = setting("zero", "Replace with zeros, or with the mean activation.", choices=("zero", "mean"))
+    what: tuple[str, ...] = setting(("heads", "attn", "mlp"), "Components to ablate; repeatable.",
+                                    type=click.Choice(["heads", "attn", "mlp"]), shown_default="heads, attn, mlp")
+    layers: str = setting("all", "Layers: all, 0,2,-1 or 1-3.")
+    mean_prompts: str | None = setting(None, "With --mode mean: average over these prompts' tokens (one per line) "
+                                             "instead of the prompt's.", metavar="FILE",
+                                       type=click.Path(exists=True, dir_okay=False))
+    max_tokens: int = setting(0, "Also generate this many tokens greedily with each ablation and compare the answers.",
+                              type=click.IntRange(0), minimum=0)
+    batch_size: int = setting(32, "Ablations run together in one batch.", type=click.IntRange(1), minimum=1)
+    show: int = setting(40, "Table rows: the components with the largest effect (the JSON has them all).",
+                        type=click.IntRange(1), minimum=1)
+
+
+@attrs.frozen(kw_only=True)
+class AblateResult(ProbeResult):
+    """What ``ablate`` measured: the target's probability with each component knocked out alone."""
+
+    prompt: str
+    mode: str  #: zero or mean
+    layers: list  #: the layers whose components were ablated
+    target: dict  #: ``{"id", "token", "text"}`` of the measured token
+    baseline_prob: float  #: the target's probability at the last position, nothing ablated
+    baseline_logit: float
+    #: one per component: ``{"component", "kind", "layer", "head", "prob", "logit", "top_token_id",
+    #: "prob_change", "top_token"}`` (plus ``"answer"``, ``"answer_changed"`` with --max-tokens)
+    effects: list
+    baseline_answer: str | None = optional()  #: the greedy answer, nothing ablated (with --max-tokens)
+    largest_component: str | None  #: the component whose ablation moves the target's probability most
+    largest_change: float | None  #: the key figure: that change in probability (signed)
+    note: str = shown_only(str)  #: how --target was tokenised, when it is several tokens
+
+
+def _show(result: AblateResult, options: AblateOptions) -> None:
     import numpy as np
 
     from lazarus_introspect.report import Report, heatmap
 
-    model, tokenizer, _ = load(model_path, adapter_path)
-    ids = encode(tokenizer, prompt)
-    chosen = parse_layers(layers, activations.num_layers(model))
-    base_logits = model(ids)[:, -1].astype(mx.float32)
-    base_probs = mx.softmax(base_logits, axis=-1)
-    note = ""
-    if target is None:
-        target_id = int(mx.argmax(base_logits[0]).item())
-    else:
-        target_id, note = single_token(tokenizer, target, "--target")
-    ablations = []
-    for layer in chosen:
-        if "heads" in kinds:
-            ablations += [Ablation("head", layer, h) for h in range(num_heads(model, layer))]
-        if "attn" in kinds:
-            ablations.append(Ablation("attn", layer))
-        if "mlp" in kinds:
-            ablations.append(Ablation("mlp", layer))
-    means = None
-    if mode == "mean":
-        sources = [encode(tokenizer, line) for line in read_lines(mean_prompts, "--mean-prompts")] if mean_prompts else [ids]
-        means = component_means(model, sources, sorted({a.hook for a in ablations}))
-    effects = ablation_effects(model, ids, ablations, target_id, mode=mode, means=means, batch_size=batch_size)
-    base_prob = base_probs[0, target_id].item()
-    for effect in effects:
-        effect["prob_change"] = effect["prob"] - base_prob
-        effect["top_token"] = token_strings(tokenizer, [effect["top_token_id"]])[0]
-
-    result = run_meta("ablate", model_path, adapter_path, model)
-    result.update({"prompt": prompt, "mode": mode, "layers": chosen,
-                   "target": {"id": target_id, "token": token_strings(tokenizer, [target_id])[0],
-                              "text": target},
-                   "baseline_prob": base_prob, "baseline_logit": base_logits[0, target_id].item(),
-                   "effects": effects})
-    if max_tokens:
-        baseline = generate_text(model, tokenizer, prompt, max_tokens)
-        result["baseline_answer"] = baseline["text"]
-        for ablation, effect in zip(ablations, effects, strict=True):
-            hook = ablation_hook(ablation, mode, None if means is None else means[ablation.hook])
-            effect["answer"] = generate_text(model, tokenizer, prompt, max_tokens, [(ablation.hook, hook)])["text"]
-            effect["answer_changed"] = effect["answer"] != baseline["text"]
-
-    report = Report(probe="ablate", title=f"Ablation — {model_path}", data=result)
-    if note:
-        report.notes.append(note)
-    report.notes.append(f"baseline p({result['target']['token']!r}) = {base_prob:.4g}"
-                        + (f"; baseline answer {result['baseline_answer']!r}" if max_tokens else ""))
+    mode, effects, chosen, max_tokens = result.mode, result.effects, result.layers, options.max_tokens
+    report = Report(probe="ablate", title=f"Ablation — {options.model}", data=result_json(result))
+    if result.note:
+        report.notes.append(result.note)
+    report.notes.append(f"baseline p({result.target['token']!r}) = {result.baseline_prob:.4g}"
+                        + (f"; baseline answer {result.baseline_answer!r}" if max_tokens else ""))
     columns = ["component", "prob", "change", "top token"] + (["answer", "changed"] if max_tokens else [])
-    shown = sorted(effects, key=lambda e: -abs(e["prob_change"]))[:show]
-    table = report.table(f"{mode}-ablation effect on p({result['target']['token']!r})"
+    shown = sorted(effects, key=lambda e: -abs(e["prob_change"]))[:options.show]
+    table = report.table(f"{mode}-ablation effect on p({result.target['token']!r})"
                          + (f" (largest {len(shown)} of {len(effects)})" if len(shown) < len(effects) else ""), columns)
     for effect in sorted(shown, key=lambda e: e["prob_change"]):
         cells = [effect["component"], effect["prob"], effect["prob_change"], repr(effect["top_token"])]
@@ -226,4 +213,62 @@ def ablate_command(model_path, adapter_path, json_path, report_dir, prompt, targ
                                             xlabel="component", ylabel="layer", xticklabels=kinds_present,
                                             yticklabels=chosen, colorbar="probability change", center_zero=True),
                           "Change in the target's probability per layer component")
-    emit(report, json_path, report_dir)
+    emit(report, options.json, options.report)
+
+
+@operation(options=AblateOptions, metric="largest_change", name="ablate", check=check_outputs, show=_show, load=load)
+def ablate_probe(model, tokenizer, options: AblateOptions) -> AblateResult:
+    """Zero / mean ablation of heads, attention and MLPs; effect on a token's probability and the answer."""
+    import mlx.core as mx
+
+    prompt, target, mode, kinds, max_tokens = (options.prompt, options.target, options.mode, options.what,
+                                               options.max_tokens)
+    ids = encode(tokenizer, prompt)
+    chosen = parse_layers(options.layers, activations.num_layers(model))
+    base_logits = model(ids)[:, -1].astype(mx.float32)
+    base_probs = mx.softmax(base_logits, axis=-1)
+    note = ""
+    if target is None:
+        target_id = int(mx.argmax(base_logits[0]).item())
+    else:
+        target_id, note = single_token(tokenizer, target, "--target")
+    ablations = []
+    for layer in chosen:
+        if "heads" in kinds:
+            ablations += [Ablation("head", layer, h) for h in range(num_heads(model, layer))]
+        if "attn" in kinds:
+            ablations.append(Ablation("attn", layer))
+        if "mlp" in kinds:
+            ablations.append(Ablation("mlp", layer))
+    means = None
+    if mode == "mean":
+        sources = ([encode(tokenizer, line) for line in read_lines(options.mean_prompts, "--mean-prompts")]
+                   if options.mean_prompts else [ids])
+        means = component_means(model, sources, sorted({a.hook for a in ablations}))
+    effects = ablation_effects(model, ids, ablations, target_id, mode=mode, means=means,
+                               batch_size=options.batch_size)
+    base_prob = base_probs[0, target_id].item()
+    for effect in effects:
+        effect["prob_change"] = effect["prob"] - base_prob
+        effect["top_token"] = token_strings(tokenizer, [effect["top_token_id"]])[0]
+
+    result = header("ablate", options, model)
+    result.update({"prompt": prompt, "mode": mode, "layers": chosen,
+                   "target": {"id": target_id, "token": token_strings(tokenizer, [target_id])[0],
+                              "text": target},
+                   "baseline_prob": base_prob, "baseline_logit": base_logits[0, target_id].item(),
+                   "effects": effects})
+    if max_tokens:
+        baseline = generate_text(model, tokenizer, prompt, max_tokens)
+        result["baseline_answer"] = baseline["text"]
+        for ablation, effect in zip(ablations, effects, strict=True):
+            hook = ablation_hook(ablation, mode, None if means is None else means[ablation.hook])
+            effect["answer"] = generate_text(model, tokenizer, prompt, max_tokens, [(ablation.hook, hook)])["text"]
+            effect["answer_changed"] = effect["answer"] != baseline["text"]
+    largest = max(effects, key=lambda e: abs(e["prob_change"]), default=None)
+    return AblateResult(**result, note=note, largest_component=largest and largest["component"],
+                        largest_change=largest and largest["prob_change"])
+
+
+#: the click command (derived from the operation), for code that imports it
+ablate_command = ablate_probe.command("ablate")

@@ -23,7 +23,7 @@ PROBES: dict[str, tuple[str, str]] = {
               "Linear (logistic) probes per layer on labelled prompts; saves the best direction."),
     "patch": ("lazarus_introspect.patching:activation_patching",
               "Activation patching clean -> corrupted over layers x positions (resid, attn, mlp)."),
-    "ablate": ("lazarus_introspect.ablation:ablate_command",
+    "ablate": ("lazarus_introspect.ablation:ablate_probe",
                "Zero / mean ablation of attention heads, whole attention or MLP per layer."),
     "steer": ("lazarus_introspect.steering:steer_probe",
               "Add a direction to the residual stream during generation; steered vs plain text."),
