@@ -15,6 +15,9 @@ from lazarus.operations import Operation, result_fields
 
 PROMPT = "The cat sat on the mat"
 CLEAN, CORRUPTED = "The cat sat on the mat", "The hat sat on the mat"
+LABELLED = [("The sun is up and it is day", "day"), ("We sat in the sun", "day"), ("It is day", "day"),
+            ("The moon is up and it is night", "night"), ("It was dark in the night", "night"),
+            ("The night was cold", "night")]
 
 
 @pytest.fixture
@@ -103,6 +106,57 @@ def test_dla_from_python_returns_its_typed_result(llama, loaded):
         dla_probe.run(model=llama, prompt=PROMPT, show=0)
 
 
+def test_neurons_from_python_returns_its_typed_result(llama, loaded, tmp_path):
+    from lazarus_introspect.neurons import NeuronsOptions, NeuronsResult, neurons_probe
+    from lazarus_introspect.probe_base import result_json
+
+    assert neurons_probe.metric == "max_activation"
+    (tmp_path / "more.txt").write_text("The sun is up\n\nIt is day\n")
+    result = neurons_probe.run(model=llama, prompt=(PROMPT,), prompts=str(tmp_path / "more.txt"), top_k=3,
+                               promote_k=2)
+    assert isinstance(result, NeuronsResult) and result.prompts == [PROMPT, "The sun is up", "It is day"]
+    assert [entry["layer"] for entry in result.layers] == [0, 1]
+    for entry in result.layers:
+        peaks = [n["max_activation"] for n in entry["neurons"]]
+        assert len(peaks) == 3 and peaks == sorted(peaks, reverse=True)
+        assert all(len(n["promotes"]) == len(n["suppresses"]) == 2 for n in entry["neurons"])
+    assert result.max_activation == max(entry["neurons"][0]["max_activation"] for entry in result.layers)
+    assert neurons_probe.metric_of(result) == result.max_activation
+    # every neuron's peak travels with the result for the figure, but is not in its JSON
+    assert [len(p) for p in result.peak_activations] == [e["num_neurons"] for e in result.layers]
+    assert "peak_activations" not in result_json(result) and "peak_activations" not in result_fields(neurons_probe)
+    model, tokenizer = loaded("llama")
+    last = neurons_probe(model, tokenizer, NeuronsOptions(model=llama, prompt=(PROMPT,), layers="-1", top_k=1))
+    assert [entry["layer"] for entry in last.layers] == [1] and len(last.layers[0]["neurons"]) == 1
+    with pytest.raises(LazarusError, match="give prompts"):
+        neurons_probe.run(model=llama)
+    with pytest.raises(LazarusError, match="out of range"):
+        neurons_probe(model, tokenizer, NeuronsOptions(model=llama, prompt=(PROMPT,), layers="5"))
+
+
+def test_embeddings_from_python_returns_its_typed_result(llama, loaded, tmp_path):
+    from lazarus_introspect.embeddings import EmbeddingsOptions, EmbeddingsResult, embeddings_probe
+
+    assert embeddings_probe.metric == "best_silhouette"
+    data = tmp_path / "labelled.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": label}) + "\n" for t, label in LABELLED))
+    result = embeddings_probe.run(model=llama, data=str(data), pool="mean")
+    assert isinstance(result, EmbeddingsResult) and result.labels == [label for _, label in LABELLED]
+    assert [row["layer"] for row in result.layers] == ["embed", 0, 1] and result.pool == "mean"
+    assert result.similarity_layer == 1 and len(result.cosine) == len(LABELLED)
+    assert all(result.cosine[i][i] == pytest.approx(1.0, abs=1e-4) for i in range(len(LABELLED)))
+    assert result.best_silhouette == max(row["silhouette"] for row in result.layers)
+    assert -1 <= embeddings_probe.metric_of(result) <= 1
+    assert all(isinstance(row["pca"], list) and len(row["pca"]) == len(LABELLED) for row in result.layers)
+    model, tokenizer = loaded("llama")
+    unlabelled = embeddings_probe(model, tokenizer, EmbeddingsOptions(model=llama, prompt=(PROMPT, "The sun"), layer=0))
+    assert unlabelled.best_silhouette is None and unlabelled.similarity_layer == 0 and unlabelled.labels == ["-", "-"]
+    with pytest.raises(LazarusError, match="at least two"):
+        embeddings_probe.run(model=llama, prompt=(PROMPT,))
+    with pytest.raises(LazarusError, match="pool must be one of last, mean"):
+        embeddings_probe.run(model=llama, data=str(data), pool="max")
+
+
 def test_patch_and_dla_are_recipe_stages_with_their_metric(llama, cli, tmp_path):
     output = tmp_path / "runs"
     recipe = tmp_path / "probes.toml"
@@ -122,6 +176,11 @@ def test_patch_and_dla_are_recipe_stages_with_their_metric(llama, cli, tmp_path)
         introspect = "dla"
         prompt = "{PROMPT}"
         show = "{{{{ stages.patch.num_layers }}}}"
+
+        [[stage]]
+        introspect = "neurons"
+        prompt = ["{PROMPT}", "The sun is up"]
+        top-k = 2
     """))
     code, printed = cli("run", recipe)
     assert code == 0, printed
@@ -133,6 +192,9 @@ def test_patch_and_dla_are_recipe_stages_with_their_metric(llama, cli, tmp_path)
     dla = json.loads((output / "dla" / "stage.json").read_text())
     assert dla["metric"] == f"logit {dla['result']['logit']:.3f}" and dla["metric"] in printed
     assert "largest contributions" in printed  # dla's table, --show 2 from the patch stage's num_layers
+    neurons = json.loads((output / "neurons" / "stage.json").read_text())
+    assert neurons["metric"] == f"max_activation {neurons['result']['max_activation']:.3f}"
+    assert "peak_activations" not in neurons["result"] and len(neurons["result"]["layers"][0]["neurons"]) == 2
     recipe.write_text(recipe.read_text().replace("stages.patch.num_layers", "stages.patch.best"))
     code, printed = cli("run", recipe, "--check")
     assert code == 2 and "has no result field 'best'" in printed and "max_score" in printed

@@ -8,11 +8,15 @@ nearest-centroid accuracy by label, and a 2-D PCA (numpy SVD) with its explained
 
 from __future__ import annotations
 
+import attrs
 import click
 
 from lazarus.errors import LazarusError
+from lazarus.operations import operation
+from lazarus.training.config import setting
 from lazarus_introspect import activations
-from lazarus_introspect.cli_common import emit, load, probe_options, read_labelled, run_meta
+from lazarus_introspect.cli_common import emit, load, read_labelled
+from lazarus_introspect.probe_base import ProbeOptions, ProbeResult, check_outputs, header, result_json
 
 
 def cosine_matrix(x):
@@ -113,53 +117,94 @@ def layer_geometry(states, labels) -> list[dict]:
     return rows
 
 
-@click.command("embeddings")
-@probe_options
-@click.option("--data", "data_path", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
-              help='Labelled prompts, JSONL: {"text": ..., "label": ...} per line.')
-@click.option("--prompt", "-p", "prompts", multiple=True, help="Unlabelled prompt(s); repeatable.")
-@click.option("--pool", type=click.Choice(["last", "mean"]), default="last", show_default=True,
-              help="Represent a prompt by its last token or the mean over its tokens.")
-@click.option("--layer", "similarity_layer", type=int, default=-1, show_default=True,
-              help="Layer whose cosine-similarity matrix is drawn and written (-1 = last).")
-def embeddings_command(model_path, adapter_path, json_path, report_dir, data_path, prompts, pool, similarity_layer):
-    """Per-layer prompt representations: cosine similarity, PCA scatter, clustering by label."""
-    from lazarus_introspect.report import Report, heatmap, line_plot, scatter_grid
+@attrs.define(kw_only=True)
+class EmbeddingsOptions(ProbeOptions):
+    """The options of ``lazarus introspect embeddings`` (and the keys of a recipe stage)."""
 
-    records = read_labelled(data_path) if data_path else []
-    records += [{"text": p, "label": "-"} for p in prompts]
+    data: str | None = setting(None, 'Labelled prompts, JSONL: {"text": ..., "label": ...} per line.', metavar="FILE",
+                               type=click.Path(exists=True, dir_okay=False))
+    prompt: tuple[str, ...] = setting((), "Unlabelled prompt(s); repeatable.", flags=("-p",))
+    pool: str = setting("last", "Represent a prompt by its last token or the mean over its tokens.",
+                        choices=("last", "mean"))
+    layer: int = setting(-1, "Layer whose cosine-similarity matrix is drawn and written (-1 = last).")
+
+
+@attrs.frozen(kw_only=True)
+class EmbeddingsResult(ProbeResult):
+    """Per layer (``"embed"``, then 0, 1, ...) the geometry of :func:`layer_geometry` (PCA points as
+    lists, without the cosine matrices), and the cosine matrix of ``similarity_layer``."""
+
+    prompts: list[str]
+    labels: list[str]
+    pool: str
+    similarity_layer: int
+    layers: list[dict]  #: {"layer", "mean_cosine", ..., "silhouette", "nearest_centroid_accuracy", "pca", ...}
+    cosine: list[list[float]]
+    best_silhouette: float | None  #: the largest silhouette over the layers (None: one label) -- the key figure
+
+
+def _records(options: EmbeddingsOptions) -> list[dict]:
+    """The prompts of ``--data`` (labelled) and ``--prompt`` (label ``-``); fewer than two is a LazarusError."""
+    records = read_labelled(options.data) if options.data else []
+    records += [{"text": p, "label": "-"} for p in options.prompt]
     if len(records) < 2:
         raise LazarusError("give at least two prompts, with --data FILE (labelled JSONL) or --prompt TEXT")
-    model, tokenizer, _ = load(model_path, adapter_path)
-    count = activations.num_layers(model)
-    drawn = activations.check_layers(model, [similarity_layer], "--layer")[0]
-    texts, labels = [r["text"] for r in records], [r["label"] for r in records]
-    states = activations.prompt_representations(model, tokenizer, texts, pool=pool, include_embed=True)
-    rows = layer_geometry(states, labels)
-    result = run_meta("embeddings", model_path, adapter_path, model)
-    result.update({"prompts": texts, "labels": labels, "pool": pool, "similarity_layer": drawn,
-                   "layers": [{k: v for k, v in row.items() if k != "cosine"} for row in rows],
-                   "cosine": rows[drawn + 1]["cosine"]})
-    report = Report(probe="embeddings", title=f"Prompt representations — {model_path}", data=result)
-    table = report.table(f"{len(texts)} prompts, {len(set(labels))} label(s), pooling: {pool}",
+    return records
+
+
+def _check(options: EmbeddingsOptions) -> None:
+    check_outputs(options)
+    _records(options)
+
+
+def _show(result: EmbeddingsResult, options: EmbeddingsOptions) -> None:
+    import numpy as np
+
+    from lazarus_introspect.report import Report, heatmap, line_plot, scatter_grid
+
+    rows, texts, labels, drawn = result.layers, result.prompts, result.labels, result.similarity_layer
+    report = Report(probe="embeddings", title=f"Prompt representations — {options.model}", data=result_json(result))
+    table = report.table(f"{len(texts)} prompts, {len(set(labels))} label(s), pooling: {result.pool}",
                          ["layer", "mean cos", "within-label cos", "between-label cos", "silhouette",
                           "nearest-centroid acc", "PCA var (PC1, PC2)"])
     for row in rows:
         table.add_row(row["layer"], row["mean_cosine"], row["within_label_cosine"], row["between_label_cosine"],
                       row["silhouette"], row["nearest_centroid_accuracy"],
                       ", ".join(f"{v:.3f}" for v in row["pca_explained_variance"]))
-    report.add_figure("pca", lambda: scatter_grid([(f"layer {row['layer']}", row["pca"]) for row in rows], labels,
-                                          title="PCA of prompt representations per layer"),
+    report.add_figure("pca", lambda: scatter_grid([(f"layer {row['layer']}", np.asarray(row["pca"])) for row in rows],
+                                                  labels, title="PCA of prompt representations per layer"),
                       "First two principal components of the prompt representations, coloured by label")
     short = [t if len(t) <= 20 else t[:19] + "…" for t in texts]
-    report.add_figure("cosine", lambda: heatmap(rows[drawn + 1]["cosine"], title=f"cosine similarity at layer {drawn}",
-                                        xlabel="prompt", ylabel="prompt", xticklabels=short, yticklabels=short,
-                                        colorbar="cosine", vmin=-1, vmax=1, cmap="RdBu_r"),
+    report.add_figure("cosine", lambda: heatmap(np.asarray(result.cosine), title=f"cosine similarity at layer {drawn}",
+                                                xlabel="prompt", ylabel="prompt", xticklabels=short, yticklabels=short,
+                                                colorbar="cosine", vmin=-1, vmax=1, cmap="RdBu_r"),
                       f"Pairwise cosine similarity of the prompts at layer {drawn}")
     if len(set(labels)) > 1:
         report.add_figure("clustering", lambda: line_plot(
             {"silhouette": [r["silhouette"] for r in rows],
              "nearest-centroid accuracy": [r["nearest_centroid_accuracy"] for r in rows]},
-            x=list(range(-1, count)), title="clustering by label per layer (-1 = embeddings)", xlabel="layer",
-            ylabel="score"), "Silhouette and nearest-centroid accuracy per layer")
-    emit(report, json_path, report_dir)
+            x=list(range(-1, result.num_layers)), title="clustering by label per layer (-1 = embeddings)",
+            xlabel="layer", ylabel="score"), "Silhouette and nearest-centroid accuracy per layer")
+    emit(report, options.json, options.report)
+
+
+@operation(options=EmbeddingsOptions, metric="best_silhouette", name="embeddings", check=_check, show=_show,
+           load=load)
+def embeddings_probe(model, tokenizer, options: EmbeddingsOptions) -> EmbeddingsResult:
+    """Per-layer prompt representations: cosine similarity, PCA scatter, clustering by label."""
+    records = _records(options)
+    drawn = activations.check_layers(model, [options.layer], "--layer")[0]
+    texts, labels = [r["text"] for r in records], [r["label"] for r in records]
+    states = activations.prompt_representations(model, tokenizer, texts, pool=options.pool, include_embed=True)
+    rows = layer_geometry(states, labels)
+    silhouettes = [row["silhouette"] for row in rows if row["silhouette"] is not None]
+    return EmbeddingsResult(**header("embeddings", options, model), prompts=texts, labels=labels, pool=options.pool,
+                            similarity_layer=drawn,
+                            layers=[{k: v.tolist() if k == "pca" else v for k, v in row.items() if k != "cosine"}
+                                    for row in rows],
+                            cosine=rows[drawn + 1]["cosine"].tolist(),
+                            best_silhouette=max(silhouettes) if silhouettes else None)
+
+
+#: the click command (derived from the operation), for code that imports it
+embeddings_command = embeddings_probe.command("embeddings")

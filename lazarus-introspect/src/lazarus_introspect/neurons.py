@@ -10,19 +10,21 @@ and the ones it pushes down.
 
 from __future__ import annotations
 
+import attrs
 import click
 
 from lazarus.errors import LazarusError
+from lazarus.operations import operation
+from lazarus.training.config import setting
 from lazarus_introspect import activations
-from lazarus_introspect.cli_common import (
-    emit,
-    encode,
-    load,
-    parse_layers,
-    probe_options,
-    read_lines,
-    run_meta,
-    token_strings,
+from lazarus_introspect.cli_common import emit, encode, load, parse_layers, read_lines, token_strings
+from lazarus_introspect.probe_base import (
+    ProbeOptions,
+    ProbeResult,
+    check_outputs,
+    header,
+    result_json,
+    shown_only,
 )
 
 
@@ -97,32 +99,49 @@ def top_neurons(model, tokenizer, prompts: list[str], layers: list[int], *, top_
     return out
 
 
-@click.command("neurons")
-@probe_options
-@click.option("--prompt", "-p", "prompts", multiple=True, help="Prompt(s); repeatable.")
-@click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              metavar="FILE", help="More prompts, one per line.")
-@click.option("--layers", default="all", show_default=True, help="Layers: all, 0,2,-1 or 1-3.")
-@click.option("--top-k", type=click.IntRange(1), default=10, show_default=True, help="Neurons to show per layer.")
-@click.option("--promote-k", type=click.IntRange(1, 50), default=5, show_default=True,
-              help="Promoted / suppressed tokens to show per neuron.")
-def neurons_command(model_path, adapter_path, json_path, report_dir, prompts, prompts_file, layers, top_k, promote_k):
-    """Top-activating MLP neurons over prompts and the tokens each one promotes."""
+@attrs.define(kw_only=True)
+class NeuronsOptions(ProbeOptions):
+    """The options of ``lazarus introspect neurons`` (and the keys of a recipe stage)."""
+
+    prompt: tuple[str, ...] = setting((), "Prompt(s); repeatable.", flags=("-p",))
+    prompts: str | None = setting(None, "More prompts, one per line.", metavar="FILE",
+                                  type=click.Path(exists=True, dir_okay=False))
+    layers: str = setting("all", "Layers: all, 0,2,-1 or 1-3.")
+    top_k: int = setting(10, "Neurons to show per layer.", type=click.IntRange(1), minimum=1)
+    promote_k: int = setting(5, "Promoted / suppressed tokens to show per neuron.", type=click.IntRange(1, 50),
+                             minimum=1, maximum=50)
+
+
+@attrs.frozen(kw_only=True)
+class NeuronsResult(ProbeResult):
+    """Per chosen layer (:func:`top_neurons` without the peak activations), and the largest activation."""
+
+    prompts: list[str]
+    layers: list[dict]  #: {"layer", "num_neurons", "tokens", "neurons": [{"neuron", "max_activation", ...}]}
+    max_activation: float  #: the largest activation of any neuron on any token (the key figure)
+    peak_activations: list = shown_only(list)  #: per layer, every neuron's peak (numpy), for the figure
+
+
+def _texts(options: NeuronsOptions) -> list[str]:
+    """The prompts of ``--prompt`` and ``--prompts FILE``; none is a LazarusError."""
+    texts = list(options.prompt) + (read_lines(options.prompts, "--prompts") if options.prompts else [])
+    if not texts:
+        raise LazarusError("give prompts with --prompt TEXT (repeatable) or --prompts FILE")
+    return texts
+
+
+def _check(options: NeuronsOptions) -> None:
+    check_outputs(options)
+    _texts(options)
+
+
+def _show(result: NeuronsResult, options: NeuronsOptions) -> None:
     import numpy as np
 
     from lazarus_introspect.report import Report, heatmap
 
-    texts = list(prompts) + (read_lines(prompts_file, "--prompts") if prompts_file else [])
-    if not texts:
-        raise LazarusError("give prompts with --prompt TEXT (repeatable) or --prompts FILE")
-    model, tokenizer, _ = load(model_path, adapter_path)
-    chosen = parse_layers(layers, activations.num_layers(model))
-    per_layer = top_neurons(model, tokenizer, texts, chosen, top_k=top_k, promote_k=promote_k)
-    result = run_meta("neurons", model_path, adapter_path, model)
-    result.update({"prompts": texts, "layers": [{k: v for k, v in entry.items() if k != "peak_activations"}
-                                                for entry in per_layer]})
-    report = Report(probe="neurons", title=f"MLP neurons — {model_path}", data=result)
-    for entry in per_layer:
+    report = Report(probe="neurons", title=f"MLP neurons — {options.model}", data=result_json(result))
+    for entry in result.layers:
         table = report.table(f"layer {entry['layer']}: top {len(entry['neurons'])} of {entry['num_neurons']} neurons "
                              f"over {entry['tokens']} tokens",
                              ["neuron", "max act", "mean act", "peak at", "promotes", "suppresses"])
@@ -131,11 +150,29 @@ def neurons_command(model_path, adapter_path, json_path, report_dir, prompts, pr
                           f"prompt {n['peak']['prompt']} pos {n['peak']['position']} {n['peak']['token']!r}",
                           ", ".join(repr(t["token"]) for t in n["promotes"]),
                           ", ".join(repr(t["token"]) for t in n["suppresses"]))
-    width = max(len(entry["peak_activations"]) for entry in per_layer)
-    grid = np.full((len(per_layer), width), np.nan)
-    for row, entry in enumerate(per_layer):
-        grid[row, :len(entry["peak_activations"])] = np.sort(entry["peak_activations"])[::-1]
+    peaks = result.peak_activations
+    width = max(len(peak) for peak in peaks)
+    grid = np.full((len(peaks), width), np.nan)
+    for row, peak in enumerate(peaks):
+        grid[row, :len(peak)] = np.sort(peak)[::-1]
     report.add_figure("peak_activations", lambda: heatmap(
         grid, title="peak activation of each neuron, sorted (per layer)", xlabel="neuron rank", ylabel="layer",
-        yticklabels=chosen, colorbar="max activation"), "How concentrated each layer's strongest activations are")
-    emit(report, json_path, report_dir)
+        yticklabels=[entry["layer"] for entry in result.layers], colorbar="max activation"),
+        "How concentrated each layer's strongest activations are")
+    emit(report, options.json, options.report)
+
+
+@operation(options=NeuronsOptions, metric="max_activation", name="neurons", check=_check, show=_show, load=load)
+def neurons_probe(model, tokenizer, options: NeuronsOptions) -> NeuronsResult:
+    """Top-activating MLP neurons over prompts and the tokens each one promotes."""
+    texts = _texts(options)
+    chosen = parse_layers(options.layers, activations.num_layers(model))
+    per_layer = top_neurons(model, tokenizer, texts, chosen, top_k=options.top_k, promote_k=options.promote_k)
+    return NeuronsResult(**header("neurons", options, model), prompts=texts,
+                         layers=[{k: v for k, v in entry.items() if k != "peak_activations"} for entry in per_layer],
+                         max_activation=max(float(entry["peak_activations"].max()) for entry in per_layer),
+                         peak_activations=[entry["peak_activations"] for entry in per_layer])
+
+
+#: the click command (derived from the operation), for code that imports it
+neurons_command = neurons_probe.command("neurons")
