@@ -7,9 +7,14 @@ when its subcommand runs or shows its own ``--help``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import click
 
 from lazarus.errors import LazarusError
+
+if TYPE_CHECKING:
+    from lazarus.specs import TrainerSpec
 
 #: exit status of a run stopped with Ctrl-C after saving a checkpoint (128 + SIGINT, as shells use)
 EXIT_INTERRUPTED = 130
@@ -35,7 +40,7 @@ class TrainGroup(click.Group):
 
         registry = get_registry()
         rows = [(name, f"{spec.description} [data: {spec.data_format}; from {registry.owner('trainer', name)}]")
-                for name, spec in registry.all("trainer").items()]
+                for name, spec in cast("dict[str, TrainerSpec]", registry.all("trainer")).items()]
         with formatter.section("Trainers"):
             if rows:
                 formatter.write_dl(rows)

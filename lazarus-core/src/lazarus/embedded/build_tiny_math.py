@@ -139,7 +139,7 @@ def pretrainer_class():
 
     sft = get("trainer", "sft").load()
 
-    class Pretrainer(sft):
+    class Pretrainer(sft):  # type: ignore[misc, valid-type]  # (a base class found in the registry at run time)
         def apply_adapter(self) -> None:
             super().apply_adapter()
             self.model.unfreeze()  # embeddings, final norm and (tied) head learn too

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator, Sequence
+from typing import cast
 
 import attrs
 import mlx.core as mx
@@ -235,7 +236,7 @@ def _compiled_decode(model, sampling, tokens, cache, key, history, max_tokens):
             return
         tokens = next_tokens
         if keep is not None and len(keep) < (batch if live is None else live.size):
-            rows = list(range(batch)) if live is None else live.tolist()
+            rows = list(range(batch)) if live is None else cast("list[int]", live.tolist())
             rows = [rows[i] for i in keep]
             if _bucket(len(rows)) < batch:  # shrink: keep the live rows, fill up to a power of two
                 rows += [rows[0]] * (_bucket(len(rows)) - len(rows))

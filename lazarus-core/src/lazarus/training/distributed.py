@@ -14,8 +14,12 @@ Every collective of a run goes through :class:`World`, so that choice is made in
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import attrs
+
+if TYPE_CHECKING:
+    from mlx.core.distributed import Group
 
 #: the backends ``mx.distributed`` can be built with, in the order ``lazarus doctor`` lists them
 BACKENDS = ("ring", "mpi", "nccl", "jaccl")
@@ -25,7 +29,7 @@ BACKENDS = ("ring", "mpi", "nccl", "jaccl")
 class World:
     """This process's place in the data-parallel group."""
 
-    group: object = None
+    group: Group | None = None  #: mx.distributed's group (None: a single process)
     rank: int = 0
     size: int = 1
     backend: str = "none"  #: ring | mpi | nccl | jaccl (``none`` for a single process)

@@ -43,6 +43,7 @@ class WeightsIO(TrainerParts):
         extra = {"trainer": self.name, "model": stored["model"], "data": stored["data"],
                  "seed": self.config.seed, "learning_rate": self.config.learning_rate,
                  "batch_size": self.config.batch_size}
+        assert self.adapter_config is not None  # apply_adapter() set it
         return attrs.evolve(self.adapter_config, extra={**self.adapter_config.extra, **extra})
 
     def read_weights(self, checkpoint: Path) -> None:
