@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 
 import pytest
 
@@ -173,3 +174,74 @@ def test_ablate_from_python_returns_its_typed_result(llama, loaded, cli, tmp_pat
     written = json.loads((tmp_path / "a.json").read_text())
     assert "note" not in written and written["largest_change"] == pytest.approx(
         max((e["prob_change"] for e in written["effects"]), key=abs))
+
+
+def test_converted_probes_are_recipe_stages_with_their_metric_and_result(llama, tmp_path):
+    """probe -> steer (at the probe's best layer, with the direction it saved) -> ablate -> attention ->
+    tuned-lens: each stage's key metric is its result's declared field, in the run table and stage.json."""
+    from click.testing import CliRunner
+
+    from lazarus.cli import main
+
+    data = _labelled(tmp_path / "labelled.jsonl")
+    (tmp_path / "train.txt").write_text("The cat sat on the mat. The dog ran in the sun. " * 4)
+    output, direction = tmp_path / "runs", tmp_path / "direction"
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(textwrap.dedent(f"""
+        model = "{llama}"
+        output = "{output}"
+
+        [[stage]]
+        introspect = "probe"
+        data = "{data}"
+        steps = 50
+        save = "{direction}"
+
+        [[stage]]
+        introspect = "steer"
+        prompt = "The cat, the dog"
+        direction = "{direction}"
+        layer = "{{{{ stages.probe.best_layer }}}}"
+        coef = [0, 8]
+        max-tokens = 2
+
+        [[stage]]
+        introspect = "ablate"
+        prompt = "{PROMPT}"
+        what = "mlp"
+
+        [[stage]]
+        introspect = "attention"
+        prompt = "{PROMPT}"
+        layers = "0"
+
+        [[stage]]
+        introspect = "tuned-lens"
+        translators = "{tmp_path / 'tl'}"
+        train-text = "{tmp_path / 'train.txt'}"
+        steps = 4
+        seq-len = 16
+    """))
+    checked = CliRunner().invoke(main, ["run", str(recipe), "--check"])  # the direction is written by stage 1
+    assert checked.exit_code == 0 and "stages OK" in checked.output, checked.output
+    ran = CliRunner().invoke(main, ["run", str(recipe)])
+    assert ran.exit_code == 0, ran.output
+    metrics = {"probe": "best_accuracy", "steer": "changed_fraction", "ablate": "largest_change",
+               "attention": "mean_entropy", "tuned-lens": "mean_kl"}
+    for name, field in metrics.items():
+        stage = json.loads((output / name / "stage.json").read_text())
+        value = stage["result"][field]
+        assert isinstance(value, float) and stage["metric"] == f"{field} {value:.3f}", (name, stage["metric"])
+        assert stage["metric"] in ran.output  # the run table
+        assert json.loads((output / name / "result.json").read_text())[field] == value
+    probe = json.loads((output / "probe" / "stage.json").read_text())["result"]
+    steer = json.loads((output / "steer" / "stage.json").read_text())["result"]
+    assert steer["layers"] == [probe["best_layer"]] and steer["direction"]["source"] == str(direction)
+    assert [(r["prompt"], r["coefficient"]) for r in steer["runs"]] == [("The cat, the dog", 0.0),
+                                                                       ("The cat, the dog", 8.0)]
+    assert "arrays" not in json.loads((output / "attention" / "result.json").read_text())
+    assert (output / "attention" / "report" / "report.html").is_file()  # its report, inside the stage
+
+    recipe.write_text(recipe.read_text().replace("stages.probe.best_layer", "stages.probe.best"))
+    bad = CliRunner().invoke(main, ["run", str(recipe), "--check"])
+    assert bad.exit_code == 2 and "has no result field 'best'" in bad.output and "best_accuracy" in bad.output
