@@ -54,6 +54,7 @@ class ModelArgs(Gemma2Args):
         return True
 
     def rope_for_layer(self, layer: int) -> tuple[float, dict | None]:
+        assert self.layer_types is not None  # (Gemma 2's args fill it in)
         if self.layer_types[layer] == "sliding_attention":
             return float(self.rope_local_base_freq), None
         return self.rope_theta, self.rope_scaling

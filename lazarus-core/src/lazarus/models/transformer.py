@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 
 import attrs
 import mlx.core as mx
@@ -32,6 +32,8 @@ from lazarus.models.hooks import HookedModel, HookRegistry
 from lazarus.models.mlp import GatedMLP
 from lazarus.models.norms import RMSNorm
 from lazarus.models.rope import RoPE, rope_from_hf_config
+
+_Args = TypeVar("_Args", bound="TransformerArgs")
 
 
 @attrs.define(kw_only=True)
@@ -74,7 +76,7 @@ class TransformerArgs:
     layer_types: list | None = None
 
     @classmethod
-    def from_hf_config(cls, config: dict) -> TransformerArgs:
+    def from_hf_config(cls: type[_Args], config: dict) -> _Args:
         """Build the args from a Hugging Face ``config.json`` dict (transformers 4 or 5 layout).
 
         Keys the class does not know are ignored; a missing required key raises LazarusError.
