@@ -277,6 +277,7 @@ def click_params(cls: type) -> list[click.Parameter]:
         if kind.many:
             params.append(click.Option([*names, field.name], type=click_type, multiple=True,
                                        default=default or (), **common))
-        else:
-            params.append(click.Option([*names, field.name], type=click_type, default=default, **common))
+        else:  # no default=None: click then reports a missing required option itself (usage + one line)
+            given = {"default": default} if default is not None else {}
+            params.append(click.Option([*names, field.name], type=click_type, **given, **common))
     return params
