@@ -19,6 +19,7 @@ difference), ``rewards/accuracy`` (share of pairs with margin > 0), ``logps/chos
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import attrs
 import mlx.core as mx
@@ -85,6 +86,7 @@ class DPOTrainer(PreferenceTrainer):
 
     name = "dpo"
     config_class = DPOConfig
+    config: DPOConfig  # (an instance of config_class)
 
     def load(self) -> None:
         super().load()
@@ -136,7 +138,8 @@ class DPOTrainer(PreferenceTrainer):
         adapter, reference and data hashes) matches, else computed once and cached."""
         path = self.output / REFERENCE_CACHE_DIR / f"{self._cache_key()}.safetensors"
         if path.is_file():
-            tables = {k: np.array(v) for k, v in mx.load(str(path)).items()}
+            saved = cast("dict[str, mx.array]", mx.load(str(path)))  # (safetensors: a dict)
+            tables = {k: np.array(v) for k, v in saved.items()}
             if tables["train_chosen"].shape[0] == len(self.train_examples):
                 self.log(f"Reference log-probs: read from {path}")
                 return tables

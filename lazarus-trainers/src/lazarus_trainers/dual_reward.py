@@ -68,6 +68,7 @@ class DualRewardTrainer(Trainer):
 
     name = "dual-reward"
     config_class = DualRewardConfig
+    config: DualRewardConfig  # (an instance of config_class)
     data_format = "prompt"
     headline_metrics = ("classifier/accuracy", "loss")
 

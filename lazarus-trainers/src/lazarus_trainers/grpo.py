@@ -63,6 +63,7 @@ class GRPOTrainer(RolloutTrainer):
 
     name = "grpo"
     config_class = GRPOConfig
+    config: GRPOConfig  # (an instance of config_class)
 
     def load_data(self) -> None:
         config = self.config
@@ -162,6 +163,7 @@ class GRPOTrainer(RolloutTrainer):
             part = step({name: a[start:start + LOSS_ROWS] for name, a in arrays.items()})
             summed = part if summed is None else tree_map(mx.add, summed, part)
             mx.eval(summed)
+        assert summed is not None  # (rows > LOSS_ROWS: the loop ran)
         return summed
 
     def loss(self, model, ids, mask, advantages, old_logprobs, ref_logprobs, weights):

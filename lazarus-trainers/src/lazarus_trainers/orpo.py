@@ -73,6 +73,7 @@ class ORPOTrainer(PreferenceTrainer):
 
     name = "orpo"
     config_class = ORPOConfig
+    config: ORPOConfig  # (an instance of config_class)
 
     def next_batch(self, batches, step: int, micro: int):
         """The step's micro-batches are drawn together, so that the NLL term can be the token mean

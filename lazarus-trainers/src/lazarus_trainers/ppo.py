@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import attrs
 import mlx.core as mx
@@ -68,7 +69,7 @@ def load_value_head(model: nn.Module, directory: str | Path) -> nn.Linear:
     path = Path(directory) / VALUE_HEAD_FILE
     if not path.is_file():
         raise LazarusError(f"{directory}: no {VALUE_HEAD_FILE}; is it the output of `lazarus train ppo`?")
-    weights = mx.load(str(path))
+    weights = cast("dict[str, mx.array]", mx.load(str(path)))  # (safetensors: a dict)
     expected = (1, model.args.hidden_size)
     if tuple(weights.get("value_head.weight", mx.zeros((0,))).shape) != expected:
         raise LazarusError(f"{path}: value_head.weight should have shape {expected} for this model")
@@ -89,6 +90,7 @@ class PPOTrainer(RolloutTrainer):
 
     name = "ppo"
     config_class = PPOConfig
+    config: PPOConfig  # (an instance of config_class)
 
     # -- the value head travels with the adapter --------------------------------------------------
     def apply_adapter(self) -> None:
@@ -109,7 +111,7 @@ class PPOTrainer(RolloutTrainer):
 
         with self._without_value_head() as head:
             super().write_weights(directory, step=step)
-        weights = {f"value_head.{k}": v for k, v in tree_flatten(head.parameters())}
+        weights = {f"value_head.{k}": v for k, v in cast("list[tuple[str, mx.array]]", tree_flatten(head.parameters()))}
         mx.save_safetensors(str(Path(directory) / VALUE_HEAD_FILE), weights)
 
     def read_weights(self, checkpoint: Path) -> None:

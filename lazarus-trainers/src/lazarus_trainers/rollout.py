@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import TYPE_CHECKING
 
 import attrs
 import mlx.core as mx
@@ -21,6 +22,9 @@ import numpy as np
 from lazarus.training import rl
 from lazarus.training.config import TrainingConfig, setting
 from lazarus.training.trainer import Trainer
+
+if TYPE_CHECKING:
+    from lazarus.rewards import Scores
 
 COMPLETIONS_FILE = "completions.jsonl"
 #: the weighted reward at which a rollout counts towards ``accuracy``
@@ -62,7 +66,7 @@ class RolloutBatch:
     arrays: dict  #: name -> np.ndarray, the loss inputs besides ids and mask
     weights: np.ndarray  #: 1 for real rows, 0 for filler rows (ranks kept in step)
     examples: tuple
-    scores: object = None
+    scores: Scores | None = None  #: the rewards of the rollout's rows
     #: sums over the real rows of trainer-specific metrics (``return`` ...), logged as means per row
     extra_metrics: dict = attrs.Factory(dict)
 
@@ -81,6 +85,7 @@ class RolloutTrainer(Trainer):
 
     data_format = "prompt"
     config_class = RolloutConfig
+    config: RolloutConfig  # (an instance of config_class)
     #: the loss of an on-policy step is ~0 by construction; the rewards say whether it learns
     headline_metrics = ("reward_mean", "accuracy")
 
@@ -92,7 +97,7 @@ class RolloutTrainer(Trainer):
         super().load_data()
         from lazarus.rewards import check_applies
 
-        check_applies(self.rewards, [e.record for e in self.train_examples], self.config.data)
+        check_applies(self.rewards, [e.record for e in self.train_examples], str(self.config.data))
         from lazarus.training.trainer import generation_bytes
 
         c = self.config
@@ -234,6 +239,7 @@ class RolloutTrainer(Trainer):
 
     def _account_rewards(self, batch: RolloutBatch) -> None:
         w, ro, scores = self._window, batch.rollout, batch.scores
+        assert scores is not None  # (next_batch scores every batch)
         real = batch.weights > 0
         totals = np.asarray(scores.total, dtype=np.float64)[real]
         w["reward_sum"] += float(totals.sum())

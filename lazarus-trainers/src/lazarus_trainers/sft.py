@@ -38,6 +38,7 @@ class SFTTrainer(Trainer):
 
     name = "sft"
     config_class = SFTConfig
+    config: SFTConfig  # (an instance of config_class)
     data_format = "sft"
     headline_metrics = ("loss",)
     loss_label = "cross-entropy loss (nats/token)"

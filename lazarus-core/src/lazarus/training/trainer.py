@@ -124,7 +124,7 @@ class Trainer(AdapterSetup, DataSetup, WeightsIO, RunGuard, TrainerDisplay):
         of :meth:`loss` (``training=False`` for a validation batch)."""
         raise NotImplementedError
 
-    def loss(self, model: nn.Module, **arrays) -> tuple:
+    def loss(self, model: nn.Module, *args: Any, **arrays: Any) -> tuple:
         """``(sum of losses, number of items)`` for one batch, both scalar arrays, optionally
         followed by a dict of summed extra metrics over the same items. A metric ``NAME`` with an
         entry ``NAME:count`` is divided by that count instead (e.g. a token mean next to a
