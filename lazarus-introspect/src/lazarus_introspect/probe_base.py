@@ -42,9 +42,10 @@ def check_outputs(options: ProbeOptions) -> None:
         check_output_path(options.report, kind="dir", option="--report")
 
 
-def optional(default: Any = None) -> Any:
-    """A result field that a run may leave unfilled (then absent from the probe's JSON)."""
-    return attrs.field(default=default, metadata={"optional": True})
+def optional(default: Any = None, *, present_with: str | None = None) -> Any:
+    """A result field that a run may leave unfilled (None: then absent from the probe's JSON). With
+    ``present_with``, it is in the JSON (null too) whenever that other field is filled."""
+    return attrs.field(default=default, metadata={"optional": True, "present_with": present_with})
 
 
 @attrs.frozen(kw_only=True)
@@ -73,5 +74,13 @@ def shown_only(factory: Any = dict) -> Any:
 def result_json(result) -> dict[str, Any]:
     """A probe result as the JSON it writes: its fields in order, unfilled optional ones (and
     :func:`shown_only` ones) left out."""
-    return attrs.asdict(result, recurse=True, filter=lambda field, value: field.metadata.get("stored", True) and not (
-        value is None and field.metadata.get("optional")))
+    def kept(field, value) -> bool:
+        meta = field.metadata
+        if not meta.get("stored", True):
+            return False
+        if value is None and meta.get("optional"):
+            return meta.get("present_with") is not None and getattr(result, meta["present_with"]) is not None
+        return True
+
+    return {field.name: attrs.asdict(value, recurse=True, filter=kept) if attrs.has(type(value)) else value
+            for field in attrs.fields(type(result)) if kept(field, value := getattr(result, field.name))}

@@ -223,7 +223,7 @@ class TunedLensResult(ProbeResult):
     tokens: list | None = optional()  #: the prompt's tokens (with a prompt)
     positions: list | None = optional()  #: the read-out per position (with a prompt)
     prompt: str | None = optional()
-    track: dict | None = None  #: the tracked target (with a prompt and --track)
+    track: dict | None = optional(present_with="positions")  #: the tracked target (with --track; null without)
     notes: list | None = optional()
     #: the key figure: mean over layers of KL(final || tuned lens) on the training text (None: unknown)
     mean_kl: float | None = None
