@@ -25,6 +25,7 @@ from lazarus_introspect.patching import (
     ContrastResult,
     checked_components,
     encode_contrast,
+    largest,
     patch_scan,
     position_labels,
     same_length,
@@ -230,7 +231,7 @@ def attribution_probe(model, tokenizer, options: AttributeOptions) -> AttributeR
         metric="LD = log p(answer) - log p(wrong) (= logit difference for one-token answers); "
                "score = grad(LD at corrupted) . (clean - corrupted) / (LD_clean - LD_corrupted)",
         **scan, **compared, notes=notes,
-        max_score=max(v for rows in scan["scores"].values() for row in rows for v in row))
+        max_score=largest(scan["scores"]))
 
 
 #: the click command (derived from the operation), for code that imports it

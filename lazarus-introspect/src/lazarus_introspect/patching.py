@@ -188,6 +188,11 @@ def position_labels(clean_tokens: list[str], corrupted_tokens: list[str]) -> lis
             for i, (c, k) in enumerate(zip(clean_tokens, corrupted_tokens, strict=True))]
 
 
+def largest(scores: dict[str, list[list[float]]]) -> float:
+    """The largest score of any component, layer and position (a patching probe's key figure)."""
+    return max(v for grid in scores.values() for row in grid for v in row)
+
+
 def checked_components(given, known, option: str = "--component") -> tuple[str, ...]:
     """``given`` (an options field), each one of ``known``: a LazarusError names the first that is not."""
     for component in given:
@@ -279,7 +284,7 @@ def activation_patching(model, tokenizer, options: PatchOptions) -> PatchResult:
         corrupted_tokens=contrast.corrupted_tokens, answer=contrast.answer, wrong=contrast.wrong,
         metric="(LD_patched - LD_corrupted) / (LD_clean - LD_corrupted), LD = log p(answer) - log p(wrong), each "
                "summed over its tokens (= logit[answer] - logit[wrong] for one token)",
-        **scan, max_score=max(v for rows in scan["scores"].values() for row in rows for v in row))
+        **scan, max_score=largest(scan["scores"]))
 
 
 #: the click command (derived from the operation), for code that imports it
