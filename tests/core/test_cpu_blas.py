@@ -53,3 +53,29 @@ def test_doctor_reports_the_blas_and_its_speed(lazarus_cli):
     report = json.loads(result.output)
     assert report["cpu_blas"]["blas"] in {"openblas", "reference"}
     assert report["cpu_blas"]["gflops_float32"] > 0
+
+
+THREADS = """
+import ctypes, json
+from lazarus import cpu_blas
+print(json.dumps(ctypes.CDLL(cpu_blas.state["library"]).scipy_openblas_get_num_threads()))
+"""
+
+
+@pytest.mark.parametrize("variable", ["PYTEST_XDIST_WORKER", "MLX_RANK"])
+def test_processes_sharing_the_cores_get_one_blas_thread_each(variable):
+    """pytest-xdist workers and mlx.launch ranks: OpenBLAS threads spinning on oversubscribed cores
+    made a LoRA step several times slower, so each such process runs one BLAS thread."""
+    import os
+
+    pytest.importorskip("scipy_openblas32")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LAZARUS_BLAS", "OPENBLAS_NUM_THREADS", "PYTEST_XDIST_WORKER", "MLX_RANK")}
+
+    def threads(extra):
+        out = subprocess.run([sys.executable, "-c", THREADS], env={**env, **extra}, check=True,
+                             capture_output=True, text=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    assert threads({variable: "0"}) == 1
+    assert threads({"OPENBLAS_NUM_THREADS": "2", variable: "0"}) == 2  # an explicit choice is kept

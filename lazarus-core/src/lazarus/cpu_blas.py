@@ -80,7 +80,9 @@ def preload() -> None:
         return
     try:
         library = _renamed_library()
-        if "MLX_RANK" in os.environ:  # several ranks share this host's cores
+        # several processes share this host's cores (mlx.launch ranks, pytest-xdist workers): one
+        # BLAS thread each; OpenBLAS threads spinning on oversubscribed cores made a LoRA step ~6x slower
+        if "MLX_RANK" in os.environ or "PYTEST_XDIST_WORKER" in os.environ:
             os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
     except Exception as exc:  # an optimisation only: the reference BLAS still gives right answers
