@@ -14,12 +14,16 @@ Every collective of a run goes through :class:`World`, so that choice is made in
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 if TYPE_CHECKING:
     from mlx.core.distributed import Group
+
+#: the largest flat buffer :meth:`World.all_sum` sends at once (a full fine-tune's gradients go in
+#: several, so no copy of all of them is ever made)
+BUCKET_BYTES = 64 << 20
 
 #: the backends ``mx.distributed`` can be built with, in the order ``lazarus doctor`` lists them
 BACKENDS = ("ring", "mpi", "nccl", "jaccl")
@@ -52,14 +56,41 @@ class World:
         return None if self.backend == "nccl" else mx.cpu
 
     def all_sum(self, tree):
-        """Sum every array of ``tree`` over ranks (identity for a single process)."""
+        """Sum every array of ``tree`` over ranks (identity for a single process).
+
+        The arrays travel as one flat buffer per dtype, so a tree of gradients is one collective,
+        not one per parameter: each collective has a fixed cost (on NCCL a launch and a
+        rendezvous of the ranks), which for a LoRA model's many small arrays made two GPUs no
+        faster than one. Element-wise sums, so the result is the same as array by array."""
         if not self.distributed:
             return tree
         import mlx.core as mx
-        from mlx.utils import tree_map
+        from mlx.utils import tree_flatten, tree_map
 
-        stream = self.stream
-        return tree_map(lambda x: mx.distributed.all_sum(x, group=self.group, stream=stream), tree)
+        if isinstance(tree, mx.array):
+            return mx.distributed.all_sum(tree, group=self.group, stream=self.stream)
+        flat_tree: list[tuple[str, Any]] = tree_flatten(tree)  # type: ignore[assignment]  # stubs: list | dict
+        leaves = [leaf if isinstance(leaf, mx.array) else mx.array(leaf) for _, leaf in flat_tree]
+        buckets: list[list[int]] = []  # leaf indices of one dtype, up to BUCKET_BYTES each
+        open_bucket: dict = {}  # dtype -> (its bucket being filled, bytes in it)
+        for index, leaf in enumerate(leaves):
+            bucket, size = open_bucket.get(leaf.dtype, (None, 0))
+            if bucket is None or size + leaf.nbytes > BUCKET_BYTES:
+                bucket, size = [], 0
+                buckets.append(bucket)
+            bucket.append(index)
+            open_bucket[leaf.dtype] = (bucket, size + leaf.nbytes)
+        summed: list = [None] * len(leaves)
+        for indices in buckets:
+            parts = [leaves[i] for i in indices]
+            flat = mx.concatenate([p.reshape(-1) for p in parts]) if len(parts) > 1 else parts[0].reshape(-1)
+            total = mx.distributed.all_sum(flat, group=self.group, stream=self.stream)
+            start = 0
+            for i, part in zip(indices, parts, strict=True):
+                summed[i] = total[start:start + part.size].reshape(part.shape)
+                start += part.size
+        order = iter(summed)  # tree_map visits the leaves in tree_flatten's order
+        return tree_map(lambda _: next(order), tree)
 
     def sum_floats(self, values: list[float]) -> list[float]:
         """``values`` summed element-wise over ranks (float32 on the wire), as Python floats."""
