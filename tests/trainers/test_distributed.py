@@ -245,3 +245,42 @@ def test_expert_training_on_two_ranks_equals_one_process(tmp_path):
     single = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     assert [r["return"] for r in rows] == pytest.approx([r["return"] for r in single], rel=1e-5)
     assert [r["episode_length"] for r in rows] == pytest.approx([r["episode_length"] for r in single])
+
+
+_ALL_SUM_SCRIPT = """
+import json, sys
+import mlx.core as mx
+from lazarus.training import distributed
+distributed.BUCKET_BYTES = 64  # a few small buckets, so the split and the rejoin are both exercised
+world = distributed.init_world()
+r = world.rank + 1
+tree = (mx.array(1.5 * r), {"a": [mx.arange(10, dtype=mx.float32) * r, mx.ones((3, 4), dtype=mx.bfloat16) * r],
+        "empty": {}, "n": mx.array([r, 2 * r], dtype=mx.int32)}, mx.arange(40, dtype=mx.float32).reshape(5, 8) * r)
+s = world.all_sum(tree)
+out = {"scalar": s[0].item(), "a0": s[1]["a"][0].tolist(), "a1": s[1]["a"][1].astype(mx.float32).tolist(),
+       "a1_dtype": str(s[1]["a"][1].dtype), "empty": s[1]["empty"], "n": s[1]["n"].tolist(),
+       "m": s[2].tolist(), "types": [type(s).__name__, type(s[1]["a"]).__name__]}
+if world.is_main:
+    print("RESULT " + json.dumps(out))
+"""
+
+
+def test_all_sum_of_a_tree_equals_the_sums_of_its_arrays(tmp_path):
+    """World.all_sum sends a tree as flat buffers (per dtype, bucketed) and gives it back in its shape."""
+    launcher = BIN / "mlx.launch"
+    if not launcher.exists():
+        pytest.skip("mlx.launch is not installed with this mlx")
+    script = tmp_path / "all_sum.py"
+    script.write_text(_ALL_SUM_SCRIPT)
+    command = [str(launcher), "-n", "2", "--starting-port", str(_free_port_pair()), "--",
+               str(BIN / "python"), str(script)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    line = next(x for x in run.stdout.splitlines() if x.startswith("RESULT "))
+    out = json.loads(line[len("RESULT "):])
+    assert out["scalar"] == 4.5  # 1.5 * (1 + 2)
+    assert out["a0"] == [3.0 * i for i in range(10)]
+    assert out["a1"] == [[3.0] * 4] * 3 and out["a1_dtype"] == "mlx.core.bfloat16"
+    assert out["empty"] == {} and out["n"] == [3, 6]
+    assert out["m"] == [[3.0 * (8 * i + j) for j in range(8)] for i in range(5)]
+    assert out["types"] == ["tuple", "list"]
