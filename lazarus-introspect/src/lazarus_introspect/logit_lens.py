@@ -25,6 +25,7 @@ from lazarus_introspect.cli_common import (
     token_strings,
     with_continuation,
 )
+from lazarus_introspect.probe_base import ProbeOptions, check_outputs
 
 
 def layer_logits(model, ids, transform: Callable | None = None, positions: Sequence[int] | None = None):
@@ -235,32 +236,15 @@ def build_report(result: dict, probe: str, title: str):
     return report
 
 
-def _check_outputs(options: LogitLensOptions) -> None:
-    """--json and --report are checked before the model loads (one line, exit 2)."""
-    from lazarus.paths import check_output_path
-
-    if options.json:
-        check_output_path(options.json, kind="file", option="--json")
-    if options.report:
-        check_output_path(options.report, kind="dir", option="--report")
-
-
 def _show(result: dict, options: LogitLensOptions) -> None:
     report = build_report(result, "logit-lens", f"Logit lens — {options.model}")
     emit(report, options.json, options.report)
 
 
 @attrs.define(kw_only=True)
-class LogitLensOptions:
+class LogitLensOptions(ProbeOptions):
     """The options of ``lazarus introspect logit-lens`` (and the keys of a recipe stage)."""
 
-    model: str | None = setting(None, "Model directory in Hugging Face layout (or a hub id).", required=True,
-                                flags=("-m",), metavar="M")
-    adapter: str | None = setting(None, "Adapter directory (mlx-lm layout) to load on top of the model.",
-                                  metavar="DIR")
-    json: str | None = setting(None, "Also write the numbers shown in the table to FILE as JSON.", metavar="FILE")
-    report: str | None = setting(None, "Write DIR/report.html (self-contained), PNG heatmaps and report.json.",
-                                 metavar="DIR")
     prompt: str | None = setting(None, "The prompt to read.", required=True, flags=("-p",))
     position: tuple[int, ...] = setting((-1,), "Token position(s) to read (negative counts from the end); "
                                                "repeatable.")
@@ -269,7 +253,7 @@ class LogitLensOptions:
                                 metavar="TOKEN")
 
 
-@operation(options=LogitLensOptions, metric="emergence_layer", name="logit-lens", check=_check_outputs,
+@operation(options=LogitLensOptions, metric="emergence_layer", name="logit-lens", check=check_outputs,
            show=_show, load=load)
 def logit_lens_probe(model, tokenizer, options: LogitLensOptions) -> dict:
     """Logit lens: unembed(final_norm(h_L)) at every layer L for the chosen positions."""
