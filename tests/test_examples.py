@@ -1,7 +1,11 @@
 """Every recipe in examples/recipes, run as docs/recipes.md says (`lazarus run`, on the embedded
 model, with the math data it names) in fast settings, improves the metric it is about:
 accuracy on held-out questions for the sft/dpo/grpo recipes, the answer token's probability at the
-answer position for the logit-lens recipe. The fast settings only shorten the runs (`--set`)."""
+answer position for the logit-lens recipe. The fast settings only shorten the runs (`--set`).
+
+sft-dpo and sft-grpo begin with the same two stages (eval "before", then sft: same options, same
+data, so the same stage key); the sft-grpo run starts in an output holding the sft-dpo run's two,
+so it skips them as `lazarus run` skips any finished stage of that key, and runs grpo and "after"."""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ RECIPES = ROOT / "examples" / "recipes"
 FAST = {
     "sft-dpo.toml": ["sft.max-steps=300", "dpo.max-steps=10", "before.limit=40", "after.limit=40"],
     "sft-grpo.toml": ["sft.max-steps=300", "grpo.max-steps=3", "before.limit=40", "after.limit=40"],
-    "lens.toml": ["sft.max-steps=300"],
+    "lens.toml": ["sft.max-steps=150"],
 }
 
 
@@ -39,20 +43,37 @@ def workdir(tmp_path_factory):
     return root
 
 
-def run_recipe(workdir: Path, name: str, monkeypatch) -> Path:
+def recipe_output(workdir: Path, name: str) -> Path:
+    from lazarus.training.config import read_settings_file
+
+    return workdir / read_settings_file(RECIPES / name, what="recipe")["output"]
+
+
+def run_recipe(workdir: Path, name: str) -> tuple[Path, str]:
+    """Run the recipe in ``workdir`` in its fast settings: (its output directory, what it printed)."""
+    import os
+
     from click.testing import CliRunner
 
     from lazarus.cli import main
 
-    monkeypatch.chdir(workdir)
     args = ["run", str(RECIPES / name)]
     for override in FAST[name]:
         args += ["--set", override]
-    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        result = CliRunner().invoke(main, args, catch_exceptions=False)
+    finally:
+        os.chdir(cwd)
     assert result.exit_code == 0, result.output
-    from lazarus.training.config import read_settings_file
+    return recipe_output(workdir, name), result.output
 
-    return workdir / read_settings_file(RECIPES / name, what="recipe")["output"]
+
+@pytest.fixture(scope="module")
+def sft_dpo_run(workdir):
+    """The sft-dpo recipe's output directory, run once for the module."""
+    return run_recipe(workdir, "sft-dpo.toml")[0]
 
 
 def accuracy(run: Path, stage: str) -> float:
@@ -65,8 +86,8 @@ def train_rows(run: Path, stage: str) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_sft_dpo_recipe_raises_accuracy_and_dpo_moves_its_metrics(workdir, monkeypatch):
-    run = run_recipe(workdir, "sft-dpo.toml", monkeypatch)
+def test_sft_dpo_recipe_raises_accuracy_and_dpo_moves_its_metrics(sft_dpo_run):
+    run = sft_dpo_run
     before, after = accuracy(run, "before"), accuracy(run, "after")
     assert before <= 0.3 and after >= before + 0.3, (before, after)
     rows = train_rows(run, "dpo")
@@ -74,16 +95,23 @@ def test_sft_dpo_recipe_raises_accuracy_and_dpo_moves_its_metrics(workdir, monke
 
 
 @pytest.mark.slow
-def test_sft_grpo_recipe_raises_accuracy(workdir, monkeypatch):
-    run = run_recipe(workdir, "sft-grpo.toml", monkeypatch)
+def test_sft_grpo_recipe_raises_accuracy(workdir, sft_dpo_run):
+    import shutil
+
+    output = recipe_output(workdir, "sft-grpo.toml")
+    for stage in ("before", "sft"):  # the sft-dpo run's first two stages, the same as this recipe's
+        shutil.copytree(sft_dpo_run / stage, output / stage)
+    run, printed = run_recipe(workdir, "sft-grpo.toml")
+    printed = " ".join(printed.split())
+    assert "stage before: unchanged, skipped" in printed and "stage sft: unchanged, skipped" in printed
     before, after = accuracy(run, "before"), accuracy(run, "after")
     assert before <= 0.3 and after >= before + 0.3, (before, after)
     assert all("reward_mean" in r for r in train_rows(run, "grpo"))
 
 
 @pytest.mark.slow
-def test_lens_recipe_shows_the_answer_emerge_after_training(workdir, monkeypatch):
-    run = run_recipe(workdir, "lens.toml", monkeypatch)
+def test_lens_recipe_shows_the_answer_emerge_after_training(workdir):
+    run = run_recipe(workdir, "lens.toml")[0]
 
     def last_layer(stage: str) -> dict:
         result = json.loads((run / stage / "result.json").read_text())
