@@ -108,6 +108,7 @@ def test_non_finite_values_from_python_are_refused(tmp_path):
             SFTTrainer(SFTConfig(model="m", data="d", output=str(tmp_path / "o"), **{field: value}))
 
 
+@pytest.mark.slow  # accepted values train for real (~10 s; a large accepted --steps or --epochs, longer)
 @FUZZ
 @given(option=st.sampled_from(["--seed", "--learning-rate", "--gamma", "--lam", "--clip", "--entropy-coef",
                                "--steps", "--num-envs", "--hidden-size", "--num-layers", "--epochs",
