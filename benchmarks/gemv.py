@@ -24,6 +24,23 @@ import mlx.core as mx
 
 _HEADER = "#include <cuda_bf16.h>\n#include <cuda_fp16.h>\n"
 
+# the end of both kernels: a warp's sum, then the row's (its S warps' sums) written out
+_REDUCE = r"""
+  #pragma unroll
+  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffff, acc, o);
+  if (S == 1) {
+    if (lane == 0 && row < N) y[row] = static_cast<T>(acc);
+  } else {
+    if (lane == 0) partial[warp] = acc;
+    __syncthreads();
+    if (part == 0 && lane == 0 && row < N) {
+      float total = 0.f;
+      for (int p = 0; p < S; ++p) total += partial[warp + p];
+      y[row] = static_cast<T>(total);
+    }
+  }
+"""
+
 # T: the weight/activation type (__nv_bfloat16 or __half); K: the input size; S: warps per row.
 _DENSE = r"""
   constexpr int ROWS = 8 / S;                      // 256 threads: 8 warps
@@ -42,19 +59,6 @@ _DENSE = r"""
       const T* bp = reinterpret_cast<const T*>(&b);
       #pragma unroll
       for (int j = 0; j < 8; ++j) acc = fmaf(static_cast<float>(ap[j]), static_cast<float>(bp[j]), acc);
-    }
-  }
-  #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffff, acc, o);
-  if (S == 1) {
-    if (lane == 0 && row < N) y[row] = static_cast<T>(acc);
-  } else {
-    if (lane == 0) partial[warp] = acc;
-    __syncthreads();
-    if (part == 0 && lane == 0 && row < N) {
-      float total = 0.f;
-      for (int p = 0; p < S; ++p) total += partial[warp + p];
-      y[row] = static_cast<T>(total);
     }
   }
 """
@@ -93,28 +97,15 @@ _QUANT4 = r"""
       acc += static_cast<float>(sr[g]) * dot + static_cast<float>(br[g]) * sum;
     }
   }
-  #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffff, acc, o);
-  if (S == 1) {
-    if (lane == 0 && row < N) y[row] = static_cast<T>(acc);
-  } else {
-    if (lane == 0) partial[warp] = acc;
-    __syncthreads();
-    if (part == 0 && lane == 0 && row < N) {
-      float total = 0.f;
-      for (int p = 0; p < S; ++p) total += partial[warp + p];
-      y[row] = static_cast<T>(total);
-    }
-  }
 """
 
 
 @functools.cache
 def _kernels():
     dense = mx.fast.cuda_kernel(name="lazarus_gemv", input_names=["x", "w"], output_names=["y"],
-                                source=_DENSE, header=_HEADER)
+                                source=_DENSE + _REDUCE, header=_HEADER)
     quant = mx.fast.cuda_kernel(name="lazarus_qgemv4", input_names=["x", "w", "scales", "biases"],
-                                output_names=["y"], source=_QUANT4, header=_HEADER)
+                                output_names=["y"], source=_QUANT4 + _REDUCE, header=_HEADER)
     return dense, quant
 
 
