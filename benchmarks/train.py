@@ -84,8 +84,10 @@ def eval_loss(net, examples: list, batch_size: int = 16) -> float:
 
 
 def settings(args) -> dict:
+    # mlx-lm trains at a constant rate: so does Lazarus here (its own default is warmup + cosine)
     return dict(rank=args.rank, scale=20.0, dropout=0.0, num_layers=args.num_layers,
-                learning_rate=args.learning_rate, batch_size=args.batch_size, max_steps=args.steps,
+                learning_rate=args.learning_rate, lr_schedule="constant", warmup_steps=0,
+                batch_size=args.batch_size, max_steps=args.steps,
                 max_seq_length=args.max_seq_length, seed=0, weight_decay=0.0, max_grad_norm=0.0,
                 log_interval=REPORT, eval_interval=0, save_interval=0, keep_checkpoints=1)
 
