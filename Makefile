@@ -6,12 +6,14 @@ DISTS := lazarus-core lazarus-families lazarus-trainers lazarus-introspect lazar
 
 .PHONY: install demo test test-fast lint clean
 
+# setuptools (every distribution's build backend) once in the venv, so the editable installs build
+# without an isolated build environment each (--no-build-isolation: ~9 s less on 2 cores)
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=77"
 
 $(VENV)/.installed: $(BIN)/python $(foreach d,$(DISTS),$(d)/pyproject.toml)
-	$(BIN)/python -m pip install --quiet -e "lazarus-core[test]" $(foreach d,$(filter-out lazarus-core,$(DISTS)),-e "$(d)$(if $(findstring plugins/,$(d)),[test])")
+	$(BIN)/python -m pip install --quiet --no-build-isolation -e "lazarus-core[test]" $(foreach d,$(filter-out lazarus-core,$(DISTS)),-e "$(d)$(if $(findstring plugins/,$(d)),[test])")
 	touch $@
 
 install: $(VENV)/.installed
