@@ -241,3 +241,27 @@ def test_resampling_reinitialises_only_the_dead_features():
     assert np.all(np.array(optimizer.state["W_dec"]["m"])[dead] == 0)
     assert np.all(np.array(optimizer.state["W_enc"]["v"])[:, dead] == 0)
     assert np.any(np.array(optimizer.state["W_dec"]["m"])[alive] != 0)
+
+
+def test_sae_train_into_a_live_runs_folder_is_refused(cli, checkpoint, text_file, tmp_path):
+    """A second `sae train` (or a --resume) into a folder a live run writes to stops at once."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "sae"
+    code = ("import sys, time; from lazarus.paths import OutputLock; OutputLock(sys.argv[1]).acquire(); "
+            "print('ready', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        code, output = cli("sae", "train", "--model", checkpoint("llama"), "--data", text_file, "--output", out,
+                           *TRAIN_ARGS)
+        assert code == 2, output
+        assert "another run is writing there" in output and f"pid {holder.pid}" in output
+        assert sorted(p.name for p in out.iterdir()) == [".lazarus.lock"]  # nothing written beside it
+    finally:
+        holder.kill()
+        holder.wait()
+    code, output = cli("sae", "train", "--model", checkpoint("llama"), "--data", text_file, "--output", out,
+                       *TRAIN_ARGS)
+    assert code == 0, output  # the holder is gone: its lock is taken over

@@ -270,87 +270,102 @@ def train_sae(config: SAETrainConfig, *, model=None, tokenizer=None, console=Non
         return ckpt.save_checkpoint(output, step, write_weights=write,
                                     optimizer_state=dict(tree_flatten(optimizer.state)), state=record)
 
-    output.mkdir(parents=True, exist_ok=True)
-    metrics = MetricsLog(output / "metrics.jsonl")
-    if resume_from is not None:
-        metrics.drop_after(start_step)
-    else:
-        (output / "metrics.jsonl").unlink(missing_ok=True)
-    result = SAETrainResult(output=output, step=start_step, total_steps=config.max_steps, checkpoint=resume_from)
-    log = console.print if console is not None else (lambda *a, **k: None)
-    if resume_from is not None:
-        log(f"Resuming from {resume_from} at step {start_step}/{config.max_steps}")
-    log(f"Training a {config.architecture} SAE ({config.width} features"
-        f"{f', k={config.k}' if config.architecture == 'topk' else f', l1={config.l1_coefficient:g}'}) on "
-        f"{config.hook} of {config.model}")
+    from rich.markup import escape
 
-    window = {"loss": 0.0, "sse": 0.0, "var": 0.0, "l0": 0.0, "steps": 0, "seconds": 0.0, "resampled": 0}
-    step = start_step
-    progress = _progress(console)
-    with _Stop() as stop, progress:
-        task = progress.add_task("sae", total=config.max_steps, completed=start_step, stats="")
-        while step < config.max_steps:
-            started = time.perf_counter()
-            x = mx.array(next(batches)) * scale
-            (loss, (sse, features)), grads = loss_and_grad(sae, x)
-            optimizer.update(sae, grads)
-            sae.W_dec = sae.W_dec / mx.maximum(mx.linalg.norm(sae.W_dec, axis=1, keepdims=True), 1e-8)
-            fired = (features > 0).any(axis=0)
-            l0 = (features > 0).sum(axis=-1).astype(mx.float32).mean()
-            variance = ((x - x.mean(axis=0)) ** 2).sum()
-            mx.eval(sae.parameters(), optimizer.state, loss, sse, l0, fired, variance)
-            step += 1
-            loss_value = float(loss.item())
-            if not math.isfinite(loss_value):
-                raise TrainingDiverged(f"training diverged at step {step}: the loss is {loss_value} -- lower "
-                                       f"--learning-rate (now {config.learning_rate:g})", step=step,
-                                       checkpoint=result.checkpoint)
-            last_fired[np.array(fired)] = step
-            if config.resample_interval and step % config.resample_interval == 0 and step < config.max_steps * 0.9:
-                dead = np.nonzero(step - last_fired > config.dead_steps)[0]
-                count = resample_dead(sae, optimizer, x, dead, rng)
-                last_fired[dead] = step
-                window["resampled"] += count
-                mx.eval(sae.parameters(), optimizer.state)
-            window["loss"] += loss_value
-            window["sse"] += float(sse.item())
-            window["var"] += float(variance.item())
-            window["l0"] += float(l0.item())
-            window["steps"] += 1
-            window["seconds"] += time.perf_counter() - started
-            if step % config.log_interval == 0 or step == config.max_steps:
-                row = {"split": "train", "step": step, "loss": window["loss"] / window["steps"],
-                       "explained_variance": 1 - window["sse"] / max(window["var"], 1e-12),
-                       "l0": window["l0"] / window["steps"],
-                       "dead_fraction": float((step - last_fired > config.dead_steps).mean()),
-                       "resampled": window["resampled"], "learning_rate": float(optimizer.learning_rate.item()),
-                       "tokens_per_second": window["steps"] * config.batch_size / max(window["seconds"], 1e-9)}
-                metrics.write(row)
-                result.metrics = row
-                progress.update(task, stats=f"loss {row['loss']:.4g}  EV {row['explained_variance']:.3f}  "
-                                            f"L0 {row['l0']:.1f}  dead {row['dead_fraction']:.1%}")
-                window = {k: 0.0 if k != "resampled" else 0 for k in window}
-                window["steps"] = 0
-            progress.update(task, completed=step)
-            if stop.requested and step < config.max_steps:
-                result.checkpoint = save_checkpoint(step)
-                result.interrupted = True
-                break
-            if config.save_interval and step % config.save_interval == 0 and step < config.max_steps:
-                result.checkpoint = save_checkpoint(step)
-    result.step = step
-    if result.interrupted:
-        log(f"[yellow]Interrupted at step {step}/{config.max_steps}.[/] Checkpoint: {result.checkpoint}")
-        log(f"Resume with: lazarus sae train --resume {output}", markup=False)
+    from lazarus.paths import OutputLock
+
+    lock = OutputLock(output)  # one live run per output folder (a dead run's lock is taken over)
+    note = lock.acquire()
+
+    def run() -> SAETrainResult:
+        output.mkdir(parents=True, exist_ok=True)
+        metrics = MetricsLog(output / "metrics.jsonl")
+        if resume_from is not None:
+            metrics.drop_after(start_step)
+        else:
+            (output / "metrics.jsonl").unlink(missing_ok=True)
+        result = SAETrainResult(output=output, step=start_step, total_steps=config.max_steps, checkpoint=resume_from)
+        log = console.print if console is not None else (lambda *a, **k: None)
+        if note:
+            log(f"[yellow]Note: {escape(note)}[/]")
+        if resume_from is not None:
+            log(f"Resuming from {resume_from} at step {start_step}/{config.max_steps}")
+        log(f"Training a {config.architecture} SAE ({config.width} features"
+            f"{f', k={config.k}' if config.architecture == 'topk' else f', l1={config.l1_coefficient:g}'}) on "
+            f"{config.hook} of {config.model}")
+
+        window = {"loss": 0.0, "sse": 0.0, "var": 0.0, "l0": 0.0, "steps": 0, "seconds": 0.0, "resampled": 0}
+        step = start_step
+        progress = _progress(console)
+        with _Stop() as stop, progress:
+            task = progress.add_task("sae", total=config.max_steps, completed=start_step, stats="")
+            while step < config.max_steps:
+                started = time.perf_counter()
+                x = mx.array(next(batches)) * scale
+                (loss, (sse, features)), grads = loss_and_grad(sae, x)
+                optimizer.update(sae, grads)
+                sae.W_dec = sae.W_dec / mx.maximum(mx.linalg.norm(sae.W_dec, axis=1, keepdims=True), 1e-8)
+                fired = (features > 0).any(axis=0)
+                l0 = (features > 0).sum(axis=-1).astype(mx.float32).mean()
+                variance = ((x - x.mean(axis=0)) ** 2).sum()
+                mx.eval(sae.parameters(), optimizer.state, loss, sse, l0, fired, variance)
+                step += 1
+                loss_value = float(loss.item())
+                if not math.isfinite(loss_value):
+                    raise TrainingDiverged(f"training diverged at step {step}: the loss is {loss_value} -- lower "
+                                           f"--learning-rate (now {config.learning_rate:g})", step=step,
+                                           checkpoint=result.checkpoint)
+                last_fired[np.array(fired)] = step
+                if config.resample_interval and step % config.resample_interval == 0 and step < config.max_steps * 0.9:
+                    dead = np.nonzero(step - last_fired > config.dead_steps)[0]
+                    count = resample_dead(sae, optimizer, x, dead, rng)
+                    last_fired[dead] = step
+                    window["resampled"] += count
+                    mx.eval(sae.parameters(), optimizer.state)
+                window["loss"] += loss_value
+                window["sse"] += float(sse.item())
+                window["var"] += float(variance.item())
+                window["l0"] += float(l0.item())
+                window["steps"] += 1
+                window["seconds"] += time.perf_counter() - started
+                if step % config.log_interval == 0 or step == config.max_steps:
+                    row = {"split": "train", "step": step, "loss": window["loss"] / window["steps"],
+                           "explained_variance": 1 - window["sse"] / max(window["var"], 1e-12),
+                           "l0": window["l0"] / window["steps"],
+                           "dead_fraction": float((step - last_fired > config.dead_steps).mean()),
+                           "resampled": window["resampled"], "learning_rate": float(optimizer.learning_rate.item()),
+                           "tokens_per_second": window["steps"] * config.batch_size / max(window["seconds"], 1e-9)}
+                    metrics.write(row)
+                    result.metrics = row
+                    progress.update(task, stats=f"loss {row['loss']:.4g}  EV {row['explained_variance']:.3f}  "
+                                                f"L0 {row['l0']:.1f}  dead {row['dead_fraction']:.1%}")
+                    window = {k: 0.0 if k != "resampled" else 0 for k in window}
+                    window["steps"] = 0
+                progress.update(task, completed=step)
+                if stop.requested and step < config.max_steps:
+                    result.checkpoint = save_checkpoint(step)
+                    result.interrupted = True
+                    break
+                if config.save_interval and step % config.save_interval == 0 and step < config.max_steps:
+                    result.checkpoint = save_checkpoint(step)
+        result.step = step
+        if result.interrupted:
+            log(f"[yellow]Interrupted at step {step}/{config.max_steps}.[/] Checkpoint: {result.checkpoint}")
+            log(f"Resume with: lazarus sae train --resume {output}", markup=False)
+            return result
+        result.checkpoint = save_checkpoint(step)
+        record = provenance.for_model(model, data_files=[p for p in [Path(config.data)] if p.is_file()],
+                                      trainer=TRAINER_NAME, hook=config.hook, steps=step)
+        save_sae(folded(sae, scale), output, provenance=record)
+        final = result.metrics
+        log(f"Wrote the SAE to {output}: explained variance {final.get('explained_variance', float('nan')):.3f}, "
+            f"L0 {final.get('l0', float('nan')):.1f}, dead {final.get('dead_fraction', float('nan')):.1%}")
         return result
-    result.checkpoint = save_checkpoint(step)
-    record = provenance.for_model(model, data_files=[p for p in [Path(config.data)] if p.is_file()],
-                                  trainer=TRAINER_NAME, hook=config.hook, steps=step)
-    save_sae(folded(sae, scale), output, provenance=record)
-    final = result.metrics
-    log(f"Wrote the SAE to {output}: explained variance {final.get('explained_variance', float('nan')):.3f}, "
-        f"L0 {final.get('l0', float('nan')):.1f}, dead {final.get('dead_fraction', float('nan')):.1%}")
-    return result
+
+    try:
+        return run()
+    finally:
+        lock.release()
 
 
 def nn_value_and_grad(sae, config: SAETrainConfig):
