@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import numpy as np
 
 from lazarus.errors import LazarusError
-from lazarus_experts.spaces import Box, Discrete, Text, as_space
+from lazarus_experts.spaces import Box, Discrete, Space, Text, as_space
 
 
 class ReachEnv:
@@ -40,10 +41,12 @@ class ReachEnv:
         self.observation_space = Box([-1, -1, -2, 0], [1, 1, 2, 1])
         self.action_space = Discrete(3) if self.discrete else Box([-1.0], [1.0])
         self._rng = random.Random()
-        self._position = self._target = None
+        self._position: float | None = None
+        self._target: float | None = None
         self._steps = 0
 
     def _observation(self) -> list[float]:
+        assert self._position is not None and self._target is not None  # (set by reset)
         return [self._position, self._target, self._target - self._position,
                 (self.max_steps - self._steps) / self.max_steps]
 
@@ -55,7 +58,7 @@ class ReachEnv:
         return self._observation()
 
     def step(self, action) -> tuple[list[float], float, bool, dict]:
-        if self._position is None:
+        if self._position is None or self._target is None:  # (reset sets both)
             raise LazarusError("reach: call reset() before step()")
         if self.discrete:
             if not self.action_space.contains(action):
@@ -76,13 +79,13 @@ class ReachEnv:
 
 def observation_size(space) -> int:
     """The length of the vector an expert sees for one observation of ``space``."""
-    return as_space(space, "observation_space").size
+    return cast("Space", as_space(space, "observation_space")).size  # (not a Text space: experts cannot read one)
 
 
 def encode_observation(space, observation) -> np.ndarray:
     """An observation as the float vector an expert reads: one-hot for :class:`Discrete`, the
     values for :class:`Box`."""
-    space = as_space(space, "observation_space")
+    space = cast("Space", as_space(space, "observation_space"))  # (not a Text space: experts cannot read one)
     if isinstance(space, Discrete):
         vector = np.zeros(space.n, dtype=np.float32)
         vector[int(observation)] = 1.0
@@ -117,13 +120,14 @@ class VectorEnv:
     stepped again until the next ``reset``: it reports its last observation, reward 0 and done.
     """
 
-    def __init__(self, make_env: Callable[[], object], num_envs: int) -> None:
+    def __init__(self, make_env: Callable[[], Any], num_envs: int) -> None:
         if num_envs < 1:
             raise LazarusError(f"num_envs must be >= 1, got {num_envs}")
         self.envs = [make_env() for _ in range(num_envs)]
         first = self.envs[0]
-        self.observation_space = as_space(first.observation_space, "observation_space")
-        self.action_space = as_space(first.action_space, "action_space")
+        # (an expert's environment: Discrete or Box spaces, as check_trainable requires)
+        self.observation_space = cast("Space", as_space(first.observation_space, "observation_space"))
+        self.action_space = cast("Space", as_space(first.action_space, "action_space"))
         self.observation_size = self.observation_space.size
         self.done = np.ones(num_envs, dtype=bool)
         self._last = np.zeros((num_envs, self.observation_size), dtype=np.float32)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import mlx.core as mx
@@ -104,19 +104,20 @@ class RecurrentExpert(nn.Module):
     # -- forward -------------------------------------------------------------------------------
     def _body(self, x: mx.array, state: list | None) -> tuple[mx.array, list]:
         state = state if state is not None else self.reset(x.shape[0])
-        new_state = []
+        new_state: list = []
         for layer, layer_state in zip(self.layers, state, strict=True):
             if self.cell == "gru":
                 x = layer(x, hidden=layer_state)
                 new_state.append(x[:, -1])
             else:
-                x, cells = layer(x, hidden=layer_state[0], cell=layer_state[1])
+                x, cells = cast(nn.LSTM, layer)(x, hidden=layer_state[0], cell=layer_state[1])  # (cell "lstm")
                 new_state.append((x[:, -1], cells[:, -1]))
         return x, new_state
 
     def _heads(self, h: mx.array):
         space = self.config.action_space
         out = self.policy(h)
+        dist: Categorical | SquashedNormal
         if isinstance(space, Discrete):
             dist = Categorical(out)
         else:

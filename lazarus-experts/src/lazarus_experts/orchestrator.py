@@ -138,6 +138,7 @@ class Orchestrator:
         self.steps += 1
         self.transcript.append({"role": "llm", "text": text})
         action, answer, done = None, None, False
+        observation: dict[str, Any]
         try:
             action = parse_action(text)
             if action.kind == "final":
@@ -158,6 +159,7 @@ class Orchestrator:
         return Turn(text, action, observation, done, answer)
 
     def _call_tool(self, action: Action):
+        assert action.target is not None  # (parse_action names the tool of every tool action)
         tool = self.tools.get(action.target)
         if tool is None:
             raise ActionError(f"unknown tool {action.target!r}; available: {', '.join(self.tools) or 'none'}")
@@ -173,6 +175,7 @@ class Orchestrator:
     def _delegate(self, action: Action):
         from lazarus_experts.experts import act
 
+        assert action.target is not None  # (parse_action names the expert of every delegate action)
         if action.target not in self.experts:
             raise ActionError(f"unknown expert {action.target!r}; available: {', '.join(self.experts.names()) or 'none'}")
         expert = self.experts.get(action.target)
@@ -191,7 +194,7 @@ class Orchestrator:
 
 
 # -- the calculator tool ---------------------------------------------------------------------------
-_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+_OPERATORS: dict[type, Callable[..., Any]] = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
               ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
               ast.USub: operator.neg, ast.UAdd: operator.pos}
 

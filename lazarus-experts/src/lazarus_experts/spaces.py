@@ -93,8 +93,8 @@ class Box:
 Space = Discrete | Box
 
 
-def as_space(value: Any, what: str = "space") -> Space:
-    """A :class:`Discrete` or :class:`Box` from a space, a dict written by ``to_dict`` or any object
+def as_space(value: Any, what: str = "space") -> Space | Text:
+    """A :class:`Discrete` or :class:`Box` (or :class:`Text`) from a space, a dict written by ``to_dict`` or any object
     with ``n`` (discrete) or ``low``/``high`` (continuous), as gym spaces have."""
     if isinstance(value, (Discrete, Box, Text)):
         return value

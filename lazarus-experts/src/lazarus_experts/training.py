@@ -22,7 +22,7 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import mlx.core as mx
@@ -81,7 +81,7 @@ def collect_episodes(expert, venv: VectorEnv, *, seed: int, key: mx.array | None
     first, total = rows if rows is not None else (0, venv.num_envs)
     obs = venv.reset(seed + first)
     state = expert.reset(venv.num_envs)
-    rows: dict[str, list] = {k: [] for k in ("obs", "raw", "logp", "values", "rewards", "mask")}
+    columns: dict[str, list] = {k: [] for k in ("obs", "raw", "logp", "values", "rewards", "mask")}
     for _ in range(max_steps):
         running = ~venv.done
         if not running.any():
@@ -98,14 +98,14 @@ def collect_episodes(expert, venv: VectorEnv, *, seed: int, key: mx.array | None
         logp = dist.log_prob(raw)
         action = dist.to_action(raw)
         mx.eval(raw, logp, action, state, *(() if value is None else (value,)))
-        rows["obs"].append(obs)
-        rows["raw"].append(np.array(raw))
-        rows["logp"].append(np.array(logp))
-        rows["values"].append(np.zeros(venv.num_envs, np.float32) if value is None else np.array(value))
+        columns["obs"].append(obs)
+        columns["raw"].append(np.array(raw))
+        columns["logp"].append(np.array(logp))
+        columns["values"].append(np.zeros(venv.num_envs, np.float32) if value is None else np.array(value))
         obs, rewards, _, _ = venv.step(to_env_actions(venv.action_space, np.array(action)))
-        rows["rewards"].append(rewards)
-        rows["mask"].append(running.astype(np.float32))
-    stacked = {k: np.stack(v, axis=1) for k, v in rows.items()}
+        columns["rewards"].append(rewards)
+        columns["mask"].append(running.astype(np.float32))
+    stacked = {k: np.stack(v, axis=1) for k, v in columns.items()}
     return Episodes(**stacked)
 
 
@@ -243,7 +243,7 @@ class ExpertTrainer:
                 episode_return = return_sum / c.num_envs
                 first = episode_return if first is None else first
                 last = episode_return
-                row = {"split": "train", "step": step, "loss": float(loss), "learning_rate": c.learning_rate,
+                row: dict[str, Any] = {"split": "train", "step": step, "loss": float(loss), "learning_rate": c.learning_rate,
                        "return": episode_return,
                        "return_std": float(np.sqrt(max(return_sq / c.num_envs - episode_return ** 2, 0.0))),
                        "reward_mean": reward_sum / max(env_steps, 1),
@@ -268,7 +268,8 @@ class ExpertTrainer:
     def _guard(self, expert, step: int, loss: float, saved) -> None:
         """The divergence guard of ``lazarus train``: a non-finite loss or weights stop the run before
         anything is saved (the last good checkpoint stays), one line, exit 2."""
-        finite = all(bool(mx.all(mx.isfinite(v)).item()) for _, v in tree_flatten(expert.parameters()))
+        finite = all(bool(mx.all(mx.isfinite(v)).item())
+                     for _, v in cast("list[tuple[str, mx.array]]", tree_flatten(expert.parameters())))
         if math.isfinite(loss) and finite:
             return
         what = f"the loss is {loss}" if not math.isfinite(loss) else "the expert's weights are no longer finite"
@@ -310,6 +311,7 @@ class ExpertTrainer:
 
     def _resume(self, expert, optimizer, metrics: MetricsLog) -> int:
         c = self.config
+        assert c.resume is not None  # (_train calls this with --resume only)
         where = ckpt.find_checkpoint(c.resume)
         state = ckpt.read_state(where)
         if state["trainer"] != TRAINER:

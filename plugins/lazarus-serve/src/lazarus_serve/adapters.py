@@ -114,7 +114,7 @@ def load_adapters(model, adapters: dict[str, str]) -> AdapterSet:
         scales, present, own = [0.0], [False], {}
         for index, layers in enumerate(per_adapter, start=1):
             a, b, scale = layers.get(path, (None, None, 0.0))
-            if a is None:  # padded with zeros: this adapter leaves the layer alone
+            if a is None or b is None:  # (both or neither) padded with zeros: this adapter leaves the layer alone
                 a, b = mx.zeros((in_dims, rank), dtype), mx.zeros((rank, out_dims), dtype)
             else:  # ranks differ between adapters: zero columns add nothing
                 own[index] = (a, b)

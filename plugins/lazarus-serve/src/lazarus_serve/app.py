@@ -14,6 +14,8 @@ import hmac
 import json
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -361,7 +363,9 @@ def make_app(server: Server, allow_origins: tuple[str, ...] = ()) -> Starlette:
 
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(allow_origins), allow_methods=["GET", "POST"],
                                      allow_headers=["Authorization", "Content-Type"]))
-    app = Starlette(routes=routes, middleware=middleware,
-                    exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _server_error})
+    # (starlette types every handler as taking any Exception; each of these takes its own class)
+    handlers: dict[Any, Callable[..., Any]] = {APIError: _api_error, HTTPException: _http_error,
+                                               Exception: _server_error}
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)
     app.state.server = server
     return app

@@ -13,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
+
+if TYPE_CHECKING:
+    from lazarus.batch_generator import BatchGenerator
 
 
 @attrs.define(eq=False)
@@ -64,7 +67,7 @@ class Engine:
         self._jobs: dict[Job, dict[int, int]] = {}  # job -> {row id: choice index}
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lazarus-serve-engine", daemon=True)
-        self._generator = None
+        self._generator: BatchGenerator | None = None  # (made by _run, on the thread)
         self.dropped_rows = 0  # rows removed unfinished because their client went away
 
     def start(self) -> None:
@@ -79,7 +82,7 @@ class Engine:
         self._inbox.put(job)
 
     # -- the thread -----------------------------------------------------------------------------
-    def _new_generator(self):
+    def _new_generator(self) -> BatchGenerator:
         from lazarus.batch_generator import BatchGenerator
 
         return BatchGenerator(self.model, self.tokenizer, max_batch=self.max_batch,
@@ -115,6 +118,7 @@ class Engine:
                     job._send(None)
 
     def _take_jobs(self, block: bool) -> None:
+        assert self._generator is not None  # (called from _run, after it made the generator)
         while True:
             try:
                 job = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
@@ -138,6 +142,7 @@ class Engine:
             self._jobs[job] = rows
 
     def _drop_cancelled(self) -> None:
+        assert self._generator is not None  # (called from _run, after it made the generator)
         for job in [j for j in self._jobs if j.cancelled]:
             for row_id in self._jobs.pop(job):
                 self.dropped_rows += self._generator.remove(row_id)

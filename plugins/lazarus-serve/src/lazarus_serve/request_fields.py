@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import overload
 
 from starlette.responses import JSONResponse
 
@@ -51,6 +52,10 @@ def number(body: dict, name: str, default: float, low: float, high: float, low_o
     return float(value)
 
 
+@overload
+def integer(body: dict, name: str, default: int, low: int, high: int | None = None) -> int: ...
+@overload
+def integer(body: dict, name: str, default: int | None, low: int, high: int | None = None) -> int | None: ...
 def integer(body: dict, name: str, default: int | None, low: int, high: int | None = None) -> int | None:
     value = body.get(name)
     if value is None:
