@@ -62,7 +62,8 @@ def component_means(model, prompts_ids: Sequence, names: Sequence[str]) -> dict:
     """Mean activation per hook over all tokens of ``prompts_ids`` (each (1, T)): ``{name: (last dims)}``."""
     import mlx.core as mx
 
-    sums, count = {}, 0
+    sums: dict[str, mx.array] = {}
+    count = 0
     for ids in prompts_ids:
         _, cache = activations.run_with_cache(model, ids, names)
         for name in names:
@@ -119,7 +120,7 @@ def ablation_effects(model, ids, ablations: Sequence[Ablation], target_id: int, 
             results.append({"component": ablation.label, "kind": ablation.kind, "layer": ablation.layer,
                             "head": ablation.head, "prob": probs[row, target_id].item(),
                             "logit": logits[row, target_id].item(),
-                            "top_token_id": int(mx.argmax(logits[row]).item())})
+                            "top_token_id": int(mx.argmax(logits[row]).item())})  # type: ignore[arg-type]  # mlx's stub: item() may be complex
     return results
 
 
@@ -223,13 +224,14 @@ def ablate_probe(model, tokenizer, options: AblateOptions) -> AblateResult:
 
     prompt, target, mode, kinds, max_tokens = (options.prompt, options.target, options.mode, options.what,
                                                options.max_tokens)
+    assert prompt is not None  # a required setting
     ids = encode(tokenizer, prompt)
     chosen = parse_layers(options.layers, activations.num_layers(model))
     base_logits = model(ids)[:, -1].astype(mx.float32)
     base_probs = mx.softmax(base_logits, axis=-1)
     note = ""
     if target is None:
-        target_id = int(mx.argmax(base_logits[0]).item())
+        target_id = int(mx.argmax(base_logits[0]).item())  # type: ignore[arg-type]  # mlx's stub: item() may be complex
     else:
         target_id, note = single_token(tokenizer, target, "--target")
     ablations = []
@@ -266,8 +268,8 @@ def ablate_probe(model, tokenizer, options: AblateOptions) -> AblateResult:
             effect["answer"] = generate_text(model, tokenizer, prompt, max_tokens, [(ablation.hook, hook)])["text"]
             effect["answer_changed"] = effect["answer"] != baseline["text"]
     largest = max(effects, key=lambda e: abs(e["prob_change"]), default=None)
-    return AblateResult(**result, note=note, largest_component=largest and largest["component"],
-                        largest_change=largest and largest["prob_change"])
+    return AblateResult(**result, note=note, largest_component=None if largest is None else largest["component"],
+                        largest_change=None if largest is None else largest["prob_change"])
 
 
 #: the click command (derived from the operation), for code that imports it

@@ -157,6 +157,7 @@ def _show(result: AttentionResult, options: AttentionOptions) -> None:
            load=load)
 def attention_probe(model, tokenizer, options: AttentionOptions) -> AttentionResult:
     """Attention patterns per layer and head: entropy, top attended tokens, heatmaps."""
+    assert options.prompt is not None  # a required setting
     ids = encode(tokenizer, options.prompt)
     tokens = token_strings(tokenizer, ids[0].tolist())
     chosen = parse_layers(options.layers, activations.num_layers(model))

@@ -86,7 +86,8 @@ def attribution_patching(model, clean_ids, corrupt_ids, metric: Callable, *,
     clean_value, corrupt_value = float(clean_metric.item()), float(corrupt_metric.item())
     length = clean_ids.shape[1] if positions is None else positions
     denominator = clean_value - corrupt_value
-    estimates, scores = {}, {}
+    estimates: dict[str, list[list[float]]] = {}
+    scores: dict[str, list[list[float]]] = {}
     for component in components:
         estimates[component], scores[component] = [], []
         for layer in layers:
@@ -117,17 +118,17 @@ def answer_metric(length: int, answer: Sequence[int], wrong: Sequence[int]) -> t
         return ids_for, metric
     width = length + max(len(answer), len(wrong)) - 1
 
-    def ids_for(prompt_ids):
+    def padded_ids_for(prompt_ids):
         rows = []
         for target in (answer, wrong):
             row = prompt_ids[0].tolist() + target[:-1]
             rows.append(row + [row[-1]] * (width - len(row)))  # padding after the answer is never read
         return mx.array(rows, dtype=mx.int32)
 
-    def metric(logits):
+    def paired_metric(logits):
         return (continuation_logprob(logits[:1], length, answer) - continuation_logprob(logits[1:], length, wrong))[0]
 
-    return ids_for, metric
+    return padded_ids_for, paired_metric
 
 
 def correlation(xs: Sequence[float], ys: Sequence[float]) -> float | None:
@@ -202,6 +203,7 @@ def _show_attribute(result: AttributeResult, options: AttributeOptions) -> None:
            show=_show_attribute, load=load)
 def attribution_probe(model, tokenizer, options: AttributeOptions) -> AttributeResult:
     """Attribution patching: grad x (clean - corrupted) for every layer x position, one backward pass."""
+    assert options.clean is not None and options.corrupted is not None  # required settings
     contrast = encode_contrast(tokenizer, options)
     answer, wrong = contrast.answer["ids"], contrast.wrong["ids"]
     components = checked_components(options.component or (), tuple(PATCH_COMPONENTS))

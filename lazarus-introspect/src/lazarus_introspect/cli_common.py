@@ -221,6 +221,7 @@ def parse_layers(spec: str | None, count: int, option: str = "--layers") -> list
     layers: set[int] = set()
     for part in spec.split(","):
         part = part.strip()
+        values: range | list[int]
         try:
             if "-" in part[1:]:
                 start, end = part[0] + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1]

@@ -14,6 +14,7 @@ what is not linear (final soft-capping, rounding in the model's dtype).
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 import attrs
 import click
@@ -48,11 +49,12 @@ def frozen_norm(norm, x):
         probes.append(mx.concatenate([mx.zeros((1,)), signs[: width - 1]]))
     weight = mx.zeros((width,), dtype=mx.float32)
     for probe in probes:
-        mean_square = float(mx.mean(probe * probe).item())
+        mean_square = float(mx.mean(probe * probe).item())  # type: ignore[arg-type]  # mlx's stub: item() may be complex
         out = norm(probe[None])[0].astype(mx.float32) - bias
         weight = mx.where(probe != 0, out * probe * math.sqrt(mean_square + eps), weight)
     ones = norm(mx.ones((1, width), dtype=mx.float32))[0].astype(mx.float32) - bias
-    centered = bool(mx.abs(ones).max().item() <= 1e-3 * max(mx.abs(weight).max().item(), 1e-12))
+    centered = bool(cast(float, mx.abs(ones).max().item())
+                    <= 1e-3 * max(cast(float, mx.abs(weight).max().item()), 1e-12))  # (mlx's stub: item() may be complex)
     x = x.astype(mx.float32)
     centred = x - x.mean(axis=-1, keepdims=True) if centered else x
     scale = mx.rsqrt(mx.mean(centred * centred, axis=-1) + eps)
@@ -152,8 +154,10 @@ def direct_logit_attribution(model, ids, target: int, position: int = -1, baseli
 
     row = logits[0, position].astype(mx.float32)
     logit = float((row[target] - (row[baseline] if baseline is not None else 0.0)).item())
-    components = [{"name": "embed", "kind": "embed", "layer": None, "head": None,
-                   "contribution": float(contribution(at("blocks.0.hook_resid_pre")).item())}]
+    components: list[dict[str, Any]] = [{"name": "embed", "kind": "embed", "layer": None, "head": None,
+                                         "contribution": float(contribution(at("blocks.0.hook_resid_pre")).item())}]
+    head_table: list[list[float]] | None
+    head_remainder: list[float] | None
     head_table, head_remainder = ([], []) if with_heads else (None, None)
     for layer in range(count):
         if branches:
@@ -166,7 +170,8 @@ def direct_logit_attribution(model, ids, target: int, position: int = -1, baseli
                     head_table = head_remainder = None
                     with_heads = False
                 else:
-                    values = contribution(vectors).tolist()
+                    assert head_table is not None and head_remainder is not None  # (with_heads)
+                    values = cast("list[float]", contribution(vectors).tolist())
                     head_table.append(values)
                     head_remainder.append(attn_value - sum(values))
             components.append({"name": f"L{layer} mlp", "kind": "mlp", "layer": layer, "head": None,
@@ -276,11 +281,12 @@ def dla_probe(model, tokenizer, options: DlaOptions) -> DlaResult:
     """Direct logit attribution: the target's logit split into embed, attention (heads) and MLP parts."""
     import mlx.core as mx
 
+    assert options.prompt is not None  # a required setting
     ids = encode(tokenizer, options.prompt)
     resolved = resolve_positions([options.position], ids.shape[1])[0]
     notes = []
     if options.target is None:
-        target_id = int(mx.argmax(model(ids)[0, resolved]).item())
+        target_id = int(mx.argmax(model(ids)[0, resolved]).item())  # type: ignore[arg-type]  # mlx's stub: item() may be complex
     else:
         target_id, note = single_token(tokenizer, options.target, "--target")
         notes += [note] if note else []

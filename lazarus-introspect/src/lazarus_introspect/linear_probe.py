@@ -43,7 +43,8 @@ def stratified_split(labels, test_fraction: float, seed: int):
 
     rng = np.random.default_rng(seed)
     labels = np.asarray(labels)
-    train, test = [], []
+    train: list[int] = []
+    test: list[int] = []
     for value in sorted(set(labels.tolist())):
         members = np.flatnonzero(labels == value)
         rng.shuffle(members)
@@ -233,6 +234,7 @@ class LinearProbeResult(ProbeResult):
 
 def _check(options: LinearProbeOptions) -> None:
     check_outputs(options)
+    assert options.data is not None  # a required setting
     read_labelled(options.data)
 
 
@@ -262,6 +264,7 @@ def linear_probe(model, tokenizer, options: LinearProbeOptions) -> LinearProbeRe
 
     model_path, adapter_path, data_path, pool, seed = (options.model, options.adapter, options.data, options.pool,
                                                        options.seed)
+    assert data_path is not None  # a required setting
     records = read_labelled(data_path)
     labels = [r["label"] for r in records]
     if options.shuffle_labels:

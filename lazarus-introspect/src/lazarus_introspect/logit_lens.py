@@ -8,6 +8,7 @@ from which the model's final prediction is (and stays) the top token.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
 import click
@@ -75,7 +76,7 @@ def read_layers(model, tokenizer, ids, *, positions: Sequence[int] = (-1,), top_
     tokens = token_strings(tokenizer, ids[0].tolist())
     resolved = resolve_positions(positions, ids.shape[1])
     lens_logits, logits = layer_logits(model, ids, transform, resolved)
-    result = {"tokens": tokens, "positions": []}
+    result: dict[str, Any] = {"tokens": tokens, "positions": []}
     count = lens_logits.shape[0]
     for column, position in enumerate(resolved):
         layer_probs = activations.to_numpy(mx.softmax(lens_logits[:, 0, column].astype(mx.float32), axis=-1))
@@ -98,6 +99,7 @@ def read_layers(model, tokenizer, ids, *, positions: Sequence[int] = (-1,), top_
                 entry["track_prob"] = float(probs[track_id])
                 entry["track_rank"] = _rank(probs, track_id)
                 if position == ids.shape[1] - 1:
+                    assert continuation is not None  # (track_ids is not empty: track_id is its first)
                     entry["track_logprob"] = continuation[layer]
             layers.append(entry)
         emergence = None
@@ -152,7 +154,7 @@ def logit_lens(model, tokenizer, prompt: str, *, positions: Sequence[int] = (-1,
     result = read_layers(model, tokenizer, ids, positions=positions, top_k=top_k, track_id=track_ids)
     result["prompt"] = prompt
     result["top_k"] = top_k
-    result["track"] = None if track_ids is None else track_info(tokenizer, track, track_ids)
+    result["track"] = None if track is None or track_ids is None else track_info(tokenizer, track, track_ids)
     if note:
         result["notes"] = [f"{note}: log p is the whole target's, at the last position (the JSON's "
                            "track_rank and track_prob are its first token's)"]
@@ -257,6 +259,7 @@ class LogitLensOptions(ProbeOptions):
            show=_show, load=load)
 def logit_lens_probe(model, tokenizer, options: LogitLensOptions) -> dict:
     """Logit lens: unembed(final_norm(h_L)) at every layer L for the chosen positions."""
+    assert options.model is not None and options.prompt is not None  # required settings
     result = run_meta("logit-lens", options.model, options.adapter, model)
     result.update(logit_lens(model, tokenizer, options.prompt, positions=options.position, top_k=options.top_k,
                              track=options.track))

@@ -12,6 +12,7 @@ that 1 means "as clean" and 0 means "as corrupted". Components: ``resid`` (``hoo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 import click
@@ -30,6 +31,9 @@ from lazarus_introspect.cli_common import (
     with_continuation,
 )
 from lazarus_introspect.probe_base import ProbeOptions, ProbeResult, check_outputs, header, result_json
+
+if TYPE_CHECKING:
+    import mlx.core as mx
 
 COMPONENTS = {"resid": "resid_pre", "attn_out": "attn_out", "mlp_out": "mlp_out"}
 #: clean and corrupted differences closer than this (nats) make normalised scores noise
@@ -111,7 +115,8 @@ def patch_scan(model, clean_ids, corrupted_ids, answer_id: int | Sequence[int], 
     if abs(denominator) < 1e-6:
         raise LazarusError(f"the clean and corrupted prompts give the same logit difference ({clean_diff:.4g}) "
                            "between --answer and --wrong; choose prompts or answers the model tells apart")
-    scores, diffs = {}, {}
+    scores: dict[str, list[list[float]]] = {}
+    diffs: dict[str, list[list[float]]] = {}
     length = corrupted_ids.shape[1]
     for component in components:
         scores[component], diffs[component] = [], []
@@ -154,8 +159,8 @@ class Contrast:
     """A :class:`ContrastOptions` encoded: the prompts' ids (1, T) and tokens, the answers (``text``,
     ``ids``, ``tokens``, and ``id``/``token`` of the first) and notes on several-token answers."""
 
-    clean_ids: object
-    corrupted_ids: object
+    clean_ids: mx.array
+    corrupted_ids: mx.array
     clean_tokens: list[str]
     corrupted_tokens: list[str]
     answer: dict
@@ -165,6 +170,7 @@ class Contrast:
 
 def encode_contrast(tokenizer, options: ContrastOptions) -> Contrast:
     """Encode the prompts and the answers; two answers of the same tokens are a LazarusError."""
+    assert options.clean is not None and options.corrupted is not None  # required settings
     clean_ids = encode(tokenizer, options.clean, "clean prompt")
     corrupted_ids = encode(tokenizer, options.corrupted, "corrupted prompt")
     targets, notes = {}, []
@@ -274,6 +280,7 @@ def _show_patch(result: PatchResult, options: PatchOptions) -> None:
 @operation(options=PatchOptions, metric="max_score", name="patch", check=check_outputs, show=_show_patch, load=load)
 def activation_patching(model, tokenizer, options: PatchOptions) -> PatchResult:
     """Activation patching clean -> corrupted over layers x positions; 1 = clean, 0 = corrupted."""
+    assert options.clean is not None and options.corrupted is not None  # required settings
     components = checked_components(options.component, tuple(COMPONENTS))
     contrast = encode_contrast(tokenizer, options)
     scan = patch_scan(model, contrast.clean_ids, contrast.corrupted_ids, contrast.answer["ids"],

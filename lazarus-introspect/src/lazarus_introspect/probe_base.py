@@ -63,6 +63,7 @@ def header(probe: str, options: ProbeOptions, model) -> dict[str, Any]:
     """The :class:`ProbeResult` fields for ``model`` loaded from ``options``."""
     from lazarus_introspect.cli_common import run_meta
 
+    assert options.model is not None  # a required setting
     return run_meta(probe, options.model, options.adapter, model)
 
 

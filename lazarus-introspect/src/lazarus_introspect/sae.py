@@ -25,6 +25,7 @@ import heapq
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -61,7 +62,7 @@ class SAE(nn.Module):
     @property
     def hook(self) -> str:
         """The hook point the SAE reads (TransformerLens naming, e.g. ``blocks.3.hook_resid_post``)."""
-        return _hook_of(self.cfg)
+        return cast(str, _hook_of(self.cfg))  # (load_sae and sae_config require one)
 
     @property
     def k(self) -> int | None:
@@ -128,11 +129,11 @@ def sae_config(*, architecture: str, d_in: int, d_sae: int, hook_name: str, k: i
         "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none",
         "reshape_activations": "none",
         "activation_fn_str": "topk" if architecture == "topk" else "relu",
-        "activation_fn_kwargs": {"k": int(k)} if architecture == "topk" else {},
+        "activation_fn_kwargs": {"k": int(k)} if architecture == "topk" and k else {},  # (topk has k: checked above)
         "model_name": model_name, "hook_name": hook_name, "hook_layer": layer, "hook_head_index": None,
         "prepend_bos": True, "context_size": None, "dataset_path": None, "finetuning_scaling_factor": False,
     }
-    if architecture == "topk":
+    if architecture == "topk" and k:  # (topk has k: checked above)
         cfg["k"] = int(k)
     cfg.update(extra)
     return cfg
@@ -152,9 +153,9 @@ def load_sae(path: str | Path) -> SAE:
     """
     path = Path(path)
     cfg_path, weights_path = path / CFG_FILE, path / WEIGHTS_FILE
-    for needed in (cfg_path, weights_path):
-        if not needed.is_file():
-            raise LazarusError(f"{needed} not found; an SAE folder (SAELens layout) holds {CFG_FILE} and "
+    for required in (cfg_path, weights_path):
+        if not required.is_file():
+            raise LazarusError(f"{required} not found; an SAE folder (SAELens layout) holds {CFG_FILE} and "
                                f"{WEIGHTS_FILE} (train one with `lazarus sae train`)")
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
@@ -181,7 +182,7 @@ def load_sae(path: str | Path) -> SAE:
         raise LazarusError(f"{cfg_path}: no 'hook_name' (nor metadata.hook_name); it names the hook point "
                            "the SAE reads, e.g. blocks.3.hook_resid_post")
     try:
-        weights = mx.load(str(weights_path))
+        weights = cast("dict[str, mx.array]", mx.load(str(weights_path)))  # (safetensors: a dict)
     except Exception as exc:  # mlx raises plain exceptions for corrupt files
         raise LazarusError(f"{weights_path}: cannot read safetensors ({exc})") from None
     if "threshold" not in weights and "log_threshold" in weights:
@@ -307,7 +308,8 @@ def top_contexts(model, tokenizer, sae: SAE, features: Sequence[int], texts, *, 
                     heapq.heapreplace(heaps[feature], item)
     out = {}
     for feature, heap in heaps.items():
-        rows, seen = [], set()
+        rows: list[dict] = []
+        seen: set[tuple[int, ...]] = set()
         for value, _, text, ids, position in sorted(heap, reverse=True):
             start = max(0, position - width)
             if tuple(ids[start:position + 1]) in seen or len(rows) == per_feature:
@@ -327,8 +329,8 @@ def sae_features(model, tokenizer, sae: SAE, prompt: str, *, top_k: int = 5) -> 
     ids = encode(tokenizer, prompt)
     features, acts = feature_activations(model, sae, ids)
     tokens = token_strings(tokenizer, ids[0].tolist())
-    order = mx.argsort(-features[0], axis=-1)[:, :top_k].tolist()
-    values = features[0].tolist()
+    order = cast("list[list[int]]", mx.argsort(-features[0], axis=-1)[:, :top_k].tolist())
+    values = cast("list[list[float]]", features[0].tolist())
     per_token = []
     for position, token in enumerate(tokens):
         top = [{"feature": int(f), "activation": values[position][f]} for f in order[position] if values[position][f] > 0]

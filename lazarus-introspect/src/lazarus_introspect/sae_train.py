@@ -31,6 +31,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import attrs
 import click
@@ -81,6 +82,7 @@ def init_sae(config: SAETrainConfig, d_in: int, mean, model_name: str | None):
 
     from lazarus_introspect.sae import SAE, sae_config
 
+    assert config.hook is not None  # (train_sae checks it)
     mx.random.seed(config.seed)
     w_dec = mx.random.normal((config.width, d_in))
     w_dec = w_dec / mx.linalg.norm(w_dec, axis=1, keepdims=True)
@@ -208,11 +210,14 @@ def train_sae(config: SAETrainConfig, *, model=None, tokenizer=None, console=Non
     for name in ("model", "hook", "data", "output"):
         if getattr(config, name) is None:
             raise LazarusError(f"--{name} is required")
+    assert config.output is not None  # (checked just above)
     output = check_output_path(config.output)
     # the saved config names files absolutely, so --resume works from any directory
-    config = attrs.evolve(config, output=str(output), **{
+    absolute: dict[str, Any] = {
         name: str(Path(getattr(config, name)).absolute()) for name in ("model", "adapter", "data")
-        if getattr(config, name) and Path(getattr(config, name)).exists()})
+        if getattr(config, name) and Path(getattr(config, name)).exists()}
+    config = attrs.evolve(config, output=str(output), **absolute)
+    assert config.model is not None and config.hook is not None and config.data is not None  # (checked above)
     resume_from = ckpt.find_checkpoint(config.resume) if config.resume else None
     state = ckpt.read_state(resume_from) if resume_from else {}
     if state and state["trainer"] != TRAINER_NAME:
@@ -240,7 +245,7 @@ def train_sae(config: SAETrainConfig, *, model=None, tokenizer=None, console=Non
     if resume_from is not None:
         start_step, scale = int(state["step"]), float(state["scale"])
         trained = load_sae(resume_from)  # folded; the exact training weights are in TRAINING_WEIGHTS
-        raw = mx.load(str(resume_from / TRAINING_WEIGHTS))
+        raw = cast("dict[str, mx.array]", mx.load(str(resume_from / TRAINING_WEIGHTS)))  # (safetensors: a dict)
         sae = trained
         sae.update({k: raw[k] for k in ("W_enc", "W_dec", "b_enc", "b_dec")})
         last_fired = np.array(raw["last_fired"]).astype(np.int64)
@@ -262,7 +267,7 @@ def train_sae(config: SAETrainConfig, *, model=None, tokenizer=None, console=Non
         def write(directory: Path) -> None:
             save_sae(folded(sae, scale), directory)
             mx.save_safetensors(str(directory / TRAINING_WEIGHTS),
-                                {**{k: v for k, v in tree_flatten(sae.parameters())},
+                                {**dict(cast("list[tuple[str, mx.array]]", tree_flatten(sae.parameters()))),
                                  "last_fired": mx.array(last_fired.astype(np.int32))})
 
         record = {"step": step, "trainer": TRAINER_NAME, "config": attrs.asdict(config), "scale": scale,
@@ -324,7 +329,7 @@ def train_sae(config: SAETrainConfig, *, model=None, tokenizer=None, console=Non
                     mx.eval(sae.parameters(), optimizer.state)
                 window["loss"] += loss_value
                 window["sse"] += float(sse.item())
-                window["var"] += float(variance.item())
+                window["var"] += float(variance.item())  # type: ignore[arg-type]  # mlx's stub: item() may be complex
                 window["l0"] += float(l0.item())
                 window["steps"] += 1
                 window["seconds"] += time.perf_counter() - started
@@ -354,6 +359,7 @@ def train_sae(config: SAETrainConfig, *, model=None, tokenizer=None, console=Non
             log(f"Resume with: lazarus sae train --resume {output}", markup=False)
             return result
         result.checkpoint = save_checkpoint(step)
+        assert config.data is not None  # (checked above)
         record = provenance.for_model(model, data_files=[p for p in [Path(config.data)] if p.is_file()],
                                       trainer=TRAINER_NAME, hook=config.hook, steps=step)
         save_sae(folded(sae, scale), output, provenance=record)

@@ -10,6 +10,7 @@ runs, for each chosen layer. Coefficient 0 adds nothing and reproduces plain gen
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import attrs
 import click
@@ -142,9 +143,10 @@ def steer_probe(model, tokenizer, options: SteerOptions) -> SteerResult:
         default_layer = count // 2
     chosen = activations.check_layers(model, list(options.layer) or [default_layer])
     if direction_dir is None:
+        assert positive is not None and negative is not None  # (_check: --direction, or both files)
         direction = mean_difference_direction(model, tokenizer, read_lines(positive, "--positive"),
                                               read_lines(negative, "--negative"), chosen[0])
-        if mx.linalg.norm(direction).item() < 1e-8:
+        if cast(float, mx.linalg.norm(direction).item()) < 1e-8:  # (mlx's stub: item() may be complex)
             raise LazarusError(f"--positive {positive} and --negative {negative} give the same mean residual at "
                                f"layer {chosen[0]}, so the direction is zero; use prompt sets that differ")
         if options.normalize:

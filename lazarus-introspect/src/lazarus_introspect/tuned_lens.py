@@ -87,6 +87,7 @@ def translator_kl(model, windows, weights=None, biases=None) -> list[float]:
         values = [v.item() for v in values]
         totals = values if totals is None else [a + b for a, b in zip(totals, values, strict=True)]
         count += states[0].shape[0]
+    assert totals is not None  # (text_windows gives at least one window)
     return [t / count for t in totals]
 
 
@@ -122,7 +123,7 @@ def train_translators(model, tokenizer, text: str, *, steps: int = 200, learning
         states, final = _window_states(model, windows[order[step % len(windows)]])
         for layer in range(count - 1):  # the last layer's lens is the output itself: identity
             _, grads = grad_fn(params[layer], states[layer], final)
-            optimizers[layer].update(params[layer], grads)
+            optimizers[layer].update(params[layer], grads)  # type: ignore[arg-type]  # mlx's stub: any parameter tree, not only a Module
         mx.eval(params, [o.state for o in optimizers])
         if progress is not None:
             progress(step)
@@ -263,6 +264,7 @@ def tuned_lens_probe(model, tokenizer, options: TunedLensOptions) -> TunedLensRe
     from lazarus_introspect.logit_lens import read_layers, track_info
 
     model_path, adapter_path, train_text = options.model, options.adapter, options.train_text
+    assert options.translators is not None  # a required setting
     result = header("tuned-lens", options, model)
     result["translators"] = str(options.translators)
     if train_text is not None:
@@ -299,7 +301,7 @@ def tuned_lens_probe(model, tokenizer, options: TunedLensOptions) -> TunedLensRe
                            transform=translator_transform(weights, biases))
         result.update(read)
         result["prompt"] = prompt
-        result["track"] = None if track_id is None else track_info(tokenizer, track, track_id)
+        result["track"] = None if track is None or track_id is None else track_info(tokenizer, track, track_id)
         if note:
             result["notes"] = [f"{note}: rank and prob are its first token's; log p sums over all of them "
                                "(at the last position)"]
