@@ -279,10 +279,8 @@ def train_sae(config: SAETrainConfig, *, model=None, tokenizer=None, console=Non
 
     from lazarus.paths import OutputLock
 
-    lock = OutputLock(output)  # one live run per output folder (a dead run's lock is taken over)
-    note = lock.acquire()
-
-    def run() -> SAETrainResult:
+    # one live run per output folder (a dead run's lock is taken over, with a note)
+    with OutputLock(output) as lock:
         output.mkdir(parents=True, exist_ok=True)
         metrics = MetricsLog(output / "metrics.jsonl")
         if resume_from is not None:
@@ -291,8 +289,8 @@ def train_sae(config: SAETrainConfig, *, model=None, tokenizer=None, console=Non
             (output / "metrics.jsonl").unlink(missing_ok=True)
         result = SAETrainResult(output=output, step=start_step, total_steps=config.max_steps, checkpoint=resume_from)
         log = console.print if console is not None else (lambda *a, **k: None)
-        if note:
-            log(f"[yellow]Note: {escape(note)}[/]")
+        if lock.note:
+            log(f"[yellow]Note: {escape(lock.note)}[/]")
         if resume_from is not None:
             log(f"Resuming from {resume_from} at step {start_step}/{config.max_steps}")
         log(f"Training a {config.architecture} SAE ({config.width} features"
@@ -367,11 +365,6 @@ def train_sae(config: SAETrainConfig, *, model=None, tokenizer=None, console=Non
         log(f"Wrote the SAE to {output}: explained variance {final.get('explained_variance', float('nan')):.3f}, "
             f"L0 {final.get('l0', float('nan')):.1f}, dead {final.get('dead_fraction', float('nan')):.1%}")
         return result
-
-    try:
-        return run()
-    finally:
-        lock.release()
 
 
 def nn_value_and_grad(sae, config: SAETrainConfig):
