@@ -61,7 +61,10 @@ class World:
         The arrays travel as one flat buffer per dtype, so a tree of gradients is one collective,
         not one per parameter: each collective has a fixed cost (on NCCL a launch and a
         rendezvous of the ranks), which for a LoRA model's many small arrays made two GPUs no
-        faster than one. Element-wise sums, so the result is the same as array by array."""
+        faster than one. Element-wise sums, so the result is the same as array by array. (MLX's
+        ``nn.average_gradients`` buckets the same way but divides by the group size, sends mixed
+        dtypes array by array and rebuilds the tree without its empty containers or tuples; these
+        trees hold counts and metrics beside gradients.)"""
         if not self.distributed:
             return tree
         import mlx.core as mx
