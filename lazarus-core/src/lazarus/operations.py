@@ -171,15 +171,9 @@ def check_value(cls: type, field: attrs.Attribute, value: Any, where: str, *, fi
     many = _many(cls, field)
     if isinstance(value, list) and not many:
         raise LazarusError(f"{where} takes one value, got a list {value!r}")
-    if many and value is not None and _item_type(cls, field) is float:
-        items = value if isinstance(value, (list, tuple)) else [value]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in items):
-            raise LazarusError(f"{where} must be a number or a list of numbers, got {value!r}")
-        value = tuple(float(v) for v in items)
-    else:
-        if many and isinstance(value, str):
-            value = [value]
-        value = _check_value(cls, field, value, where=where)
+    if many and isinstance(value, str):
+        value = [value]
+    value = _check_value(cls, field, value, where=where)
     click_type = field.metadata.get("type")
     if isinstance(click_type, click.Path) and not files:
         return value
@@ -196,22 +190,6 @@ def _many(cls: type, field: attrs.Attribute) -> bool:
     from lazarus.training.config import field_kind
 
     return field_kind(cls, field).many
-
-
-def _item_type(cls: type, field: attrs.Attribute) -> type:
-    """The type of a field's value, or of its items for a tuple (``field_kind`` reads a tuple of
-    floats as strings: operations take ``tuple[float, ...]`` too, e.g. repeatable coefficients)."""
-    import typing
-
-    from lazarus.training.config import field_kind
-
-    kind = field_kind(cls, field)
-    if kind.many:
-        hint = typing.get_type_hints(cls)[field.name]
-        for arg in (hint, *typing.get_args(hint)):
-            if typing.get_origin(arg) is tuple and (typing.get_args(arg) or (str,))[0] is float:
-                return float
-    return kind.base
 
 
 def make_options(cls: type, values: dict[str, Any], *, where: str = "") -> Any:
@@ -273,7 +251,7 @@ def click_params(cls: type) -> list[click.Parameter]:
         elif meta.get("choices"):
             click_type = click.Choice(meta["choices"])
         else:
-            click_type = {int: click.INT, float: FINITE_FLOAT, str: click.STRING}[_item_type(cls, field)]
+            click_type = {int: click.INT, float: FINITE_FLOAT, str: click.STRING}[kind.base]
         if kind.many:
             params.append(click.Option([*names, field.name], type=click_type, multiple=True,
                                        default=default or (), **common))

@@ -107,7 +107,8 @@ def _at_least(minimum):
 # -- field introspection ----------------------------------------------------------------------------
 @attrs.frozen
 class FieldKind:
-    """What a config field holds: ``base`` is int, float, str or bool; ``many`` for tuples of str."""
+    """What a config field holds: ``base`` is int, float, str or bool; ``many`` for a tuple (of str,
+    int or float: ``base``)."""
 
     base: type
     optional: bool
@@ -128,7 +129,7 @@ def field_kind(cls: type, field: attrs.Attribute) -> FieldKind:
         hint = rest[0]
     if typing.get_origin(hint) is tuple:
         item = (typing.get_args(hint) or (str,))[0]
-        return FieldKind(int if item is int else str, optional, True)
+        return FieldKind(item if item in (int, float) else str, optional, True)
     if hint not in (int, float, str, bool):
         raise TypeError(f"config field {field.name}: unsupported type {hint!r}")
     return FieldKind(hint, optional, False)
@@ -266,6 +267,11 @@ def _check_value(cls: type, field: attrs.Attribute, value: Any, where: str) -> A
         if all(isinstance(v, int) and not isinstance(v, bool) for v in items):
             return tuple(items)
         raise LazarusError(f"{where} must be an integer or a list of integers, got {value!r}")
+    if kind.many and kind.base is float:  # a tuple of numbers: one, or a list of them
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in items):
+            return tuple(float(v) for v in items)
+        raise LazarusError(f"{where} must be a number or a list of numbers, got {value!r}")
     if kind.many:
         if isinstance(value, str):
             return _tuple_converter(value)
